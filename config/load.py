@@ -1,0 +1,81 @@
+"""Reading sluis.toml into Settings: unknown keys and bad values stop startup, named."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from .settings import SECTIONS, Settings, section_fields
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file, key and what is allowed."""
+
+
+def default_config_path(explicit: str | None, environ: Mapping[str, str]) -> Path:
+    """-c CONFIG, else $SLUIS_CONFIG, else ./sluis.toml."""
+    return Path(explicit or environ.get("SLUIS_CONFIG") or "sluis.toml")
+
+
+def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Parse and validate `path`; secrets may come from the environment or systemd credentials."""
+    environ = os.environ if environ is None else environ
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file (run 'sluis init DIR' to create one)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    settings = parse_document(document, Path(path).absolute(), str(path))
+    return _apply_secret_sources(settings, environ)
+
+
+def parse_document(document: dict[str, Any], config_path: Path, label: str) -> Settings:
+    """Build Settings from a parsed TOML document, rejecting anything unknown."""
+    sections: dict[str, Any] = {}
+    for name, table in document.items():
+        section = SECTIONS.get(name)
+        if section is None:
+            allowed = ", ".join(f"[{s}]" for s in SECTIONS)
+            raise ConfigError(f"{label}: unknown section [{name}]; allowed sections: {allowed}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{label}: '{name}' must be a section ([{name}]), not a value")
+        sections[name] = _parse_section(name, section, table, label)
+    return Settings(config_path=config_path, **sections)
+
+
+def _parse_section(name: str, section: type, table: dict[str, Any], label: str) -> Any:
+    known = {f.name: f for f in section_fields(section)}
+    values: dict[str, Any] = {}
+    for key, raw in table.items():
+        spec = known.get(key)
+        if spec is None:
+            allowed = ", ".join(known)
+            raise ConfigError(f"{label}: unknown setting [{name}] {key}; allowed in [{name}]: {allowed}")
+        try:
+            values[key] = spec.metadata["parse"](raw)
+        except ValueError as exc:
+            raise ConfigError(f"{label}: [{name}] {key}: {exc}") from None
+    return section(**values)
+
+
+def _apply_secret_sources(settings: Settings, environ: Mapping[str, str]) -> Settings:
+    """Secrets from $SLUIS_* variables or systemd credentials override the file's values."""
+    creds = environ.get("CREDENTIALS_DIRECTORY")
+
+    def secret(current: str, env: str, credential: str) -> str:
+        if environ.get(env):
+            return environ[env]
+        if creds and (Path(creds) / credential).is_file():
+            return (Path(creds) / credential).read_text().strip()
+        return current
+
+    sms = replace(settings.sms, auth_token=secret(settings.sms.auth_token, "SLUIS_TWILIO_AUTH_TOKEN",
+                                                  "sluis-twilio-token"))
+    email = replace(settings.email, password=secret(settings.email.password, "SLUIS_SMTP_PASSWORD",
+                                                    "sluis-smtp-password"))
+    return replace(settings, sms=sms, email=email)

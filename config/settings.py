@@ -1,0 +1,189 @@
+"""The one typed settings model: a frozen dataclass per TOML section, passed explicitly.
+
+Every field is declared with `setting(raw, parse, doc)`: `raw` is the default exactly as it is
+written in sluis.toml, `parse` turns TOML into the typed value, `doc` is the one-line comment
+`sluis init` writes above it. Loading, validation and the generated file all read these three.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from ..keydelivery.templates import DEFAULT_SMS_TEMPLATE
+from .values import (
+    int_range,
+    one_of,
+    parse_bool,
+    parse_duration,
+    parse_listen,
+    parse_path,
+    parse_paths,
+    parse_size,
+    parse_str,
+)
+
+
+
+def setting(raw: Any, parse: Callable[[Any], Any], doc: str) -> Any:
+    """Declare a setting whose default is `raw` as written in TOML."""
+    return field(default=parse(raw), metadata={"raw": raw, "parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """[server]: the SSH/SFTP listener."""
+
+    listen: tuple[str, int] = setting("127.0.0.1:2222", parse_listen,
+                                      "address and port the SFTP server listens on (HOST:PORT)")
+    host_keys: tuple[Path, ...] = setting(["ssh_host_ed25519_key"], parse_paths,
+                                          "SSH host private keys, relative to this file")
+    login_timeout: int = setting("60s", parse_duration,
+                                 "time a client has to authenticate before it is disconnected")
+    max_auth_tries: int = setting(6, int_range(1, 20),
+                                  "authentication attempts allowed per connection")
+    max_connections: int = setting(200, int_range(1, 100000),
+                                   "simultaneous connections; more are refused")
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """[storage]: where state and the encrypted files live."""
+
+    data_dir: Path = setting(".", parse_path,
+                             "directory for the state database and the drop boxes, relative to this file")
+
+
+@dataclass(frozen=True)
+class UploadSettings:
+    """[upload]: limits that bound what one upload may cost the server."""
+
+    window: int = setting("8MiB", parse_size,
+                          "per upload: plaintext held in memory for writes that arrive ahead of the stream")
+    total_window: int = setting("256MiB", parse_size,
+                                "all uploads together: plaintext held in memory for out-of-order writes")
+    max_file_size: int = setting("4GiB", parse_size, "largest file a sender may upload")
+
+
+@dataclass(frozen=True)
+class CryptoSettings:
+    """[crypto]: encryption at rest and sealing of passphrases."""
+
+    scrypt_log_n: int = setting(15, int_range(10, 20),
+                                "age scrypt work factor (log2 N); passphrases are random, see docs/age.md")
+    secret_key_file: Path = setting("secret.key", parse_path,
+                                    "32-byte key that seals passphrases at rest (mode 0600), relative to this file")
+
+
+@dataclass(frozen=True)
+class SmsSettings:
+    """[sms]: how passphrases reach the municipality's phones."""
+
+    provider: str = setting("console", one_of("console", "twilio"),
+                            "'twilio' in production; 'console' prints messages to the log (demo only)")
+    account_sid: str = setting("", parse_str, "Twilio account SID (AC...)")
+    auth_token: str = setting("", parse_str,
+                              "Twilio auth token; better: $SLUIS_TWILIO_AUTH_TOKEN or credential sluis-twilio-token")
+    from_number: str = setting("", parse_str, "Twilio sender number in E.164 (or set messaging_service_sid)")
+    messaging_service_sid: str = setting("", parse_str, "Twilio messaging service SID (MG...), instead of from_number")
+    api_base: str = setting("https://api.twilio.com", parse_str,
+                            "Twilio API endpoint (a regional edge, or a local stand-in for tests)")
+    template: str = setting(DEFAULT_SMS_TEMPLATE, parse_str,
+                            "SMS text; placeholders {passphrase} {file} {tenant} {expires}")
+    default_region: str = setting("BE", parse_str, "region for phone numbers written without +country code")
+    resend_interval: int = setting("10m", parse_duration, "minimum time between two resends of one key")
+    retry_initial: int = setting("10s", parse_duration, "first wait after a temporary SMS failure; doubles each time")
+    retry_max: int = setting("1h", parse_duration, "longest wait between two attempts (retries never stop)")
+    alert_after: int = setting(8, int_range(1, 1000), "failed attempts after which the operator is alerted")
+    poll_interval: int = setting("1m", parse_duration, "first wait before asking the provider for delivery status")
+    poll_limit: int = setting(12, int_range(0, 100), "status polls per message before giving up (0: never poll)")
+
+
+@dataclass(frozen=True)
+class EmailSettings:
+    """[email]: optional 'a file is waiting' mails and operator alerts (never a passphrase)."""
+
+    enabled: bool = setting(False, parse_bool, "send notification and alert e-mails")
+    host: str = setting("localhost", parse_str, "SMTP server")
+    port: int = setting(587, int_range(1, 65535), "SMTP port")
+    starttls: bool = setting(True, parse_bool, "require STARTTLS")
+    username: str = setting("", parse_str, "SMTP user, if the server wants a login")
+    password: str = setting("", parse_str, "SMTP password; better: $SLUIS_SMTP_PASSWORD or credential sluis-smtp-password")
+    sender: str = setting("sluis@localhost", parse_str, "From: address")
+    operator: str = setting("", parse_str, "operator address that receives alerts (failed SMS, access attempts)")
+    public_host: str = setting("", parse_str, "host name municipalities connect to, quoted in the e-mail")
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """[retention]: how long files, keys and audit records stay."""
+
+    collected_grace: int = setting("24h", parse_duration, "a collected file is removed this long after collection")
+    expire_after: int = setting("30d", parse_duration, "an uncollected file expires this long after upload")
+    interval: int = setting("15m", parse_duration, "how often `serve` runs the janitor")
+    audit_keep: int = setting("5y", parse_duration, "audit records older than this are pruned (with a checkpoint)")
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """[policy]: the data-sharing protocol's rules."""
+
+    yearly_limit: int = setting(1, int_range(1, 366), "deliveries per municipality per 365 days")
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """[log]: what goes to stderr (journald)."""
+
+    level: str = setting("info", one_of("debug", "info", "warning", "error"), "log level")
+
+
+SECTIONS: dict[str, type] = {
+    "server": ServerSettings,
+    "storage": StorageSettings,
+    "upload": UploadSettings,
+    "crypto": CryptoSettings,
+    "sms": SmsSettings,
+    "email": EmailSettings,
+    "retention": RetentionSettings,
+    "policy": PolicySettings,
+    "log": LogSettings,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything sluis is configured with; built once by `load_settings` and passed down."""
+
+    config_path: Path
+    server: ServerSettings = field(default_factory=ServerSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    upload: UploadSettings = field(default_factory=UploadSettings)
+    crypto: CryptoSettings = field(default_factory=CryptoSettings)
+    sms: SmsSettings = field(default_factory=SmsSettings)
+    email: EmailSettings = field(default_factory=EmailSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    log: LogSettings = field(default_factory=LogSettings)
+
+    @property
+    def base_dir(self) -> Path:
+        """Relative paths in the file are relative to the file's own directory."""
+        return self.config_path.parent
+
+    @property
+    def data_dir(self) -> Path:
+        return (self.base_dir / self.storage.data_dir).resolve()
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "state.db"
+
+    def resolve(self, path: Path) -> Path:
+        return (self.base_dir / path).resolve()
+
+
+def section_fields(section: type) -> list[Any]:
+    """The dataclass fields of a section, in declaration order."""
+    return list(fields(section))

@@ -1,0 +1,185 @@
+"""The durable outbox: key messages are rows written in the transaction that publishes the
+delivery, so a published delivery always has its jobs and an unpublished one never does.
+
+The passphrase is kept only sealed (SecretBox, key from the secret-key file or credential), and
+only while a message may still need it: it is destroyed once the delivery is collected or
+removed and no SMS for it is still waiting to go out. Job states are in docs/keydelivery.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable
+
+from ..config.settings import Settings
+from ..server.core.audit import AuditLog
+from ..server.core.clock import Clock, iso, parse_iso
+from ..server.core.deliveries import PUBLISHED, fetch
+from ..server.core.records import Delivery, Tenant
+from ..server.core.state import Database, Tx
+from ..server.errors import Busy, InvalidInput, NotFound
+from .sealing import Sealer
+
+SMS, EMAIL, ALERT = "sms", "email", "alert"
+PENDING = "pending"          # due at next_attempt_at (first try or a retry)
+SENT = "sent"                # accepted by the provider; an SMS is then polled for its status
+DELIVERED = "delivered"      # the provider confirmed delivery to the phone
+UNDELIVERED = "undelivered"  # the provider gave up (final status undelivered/failed)
+FAILED = "failed"            # permanent error on sending: not retried, operator alerted
+CANCELLED = "cancelled"      # the delivery was removed before the message went out
+WAITING = (PENDING,)
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    delivery_id: str
+    kind: str
+    target: str
+    state: str
+    attempts: int
+    next_attempt_at: str
+    provider_id: str | None
+    provider_status: str | None
+    polls: int
+    last_error: str | None
+    payload: dict[str, Any]
+
+
+def job_from_row(row: Any) -> Job:
+    return Job(**{k: row[k] for k in row.keys() if k in Job.__dataclass_fields__ and k != "payload"},
+               payload=json.loads(row["payload"]))
+
+
+class Outbox:
+    """KeyHandoff for the drop-box core, and the job store the worker drains."""
+
+    def __init__(self, settings: Settings, db: Database, audit: AuditLog, clock: Clock,
+                 sealer: Sealer) -> None:
+        self.settings = settings
+        self.db = db
+        self.audit = audit
+        self.clock = clock
+        self.sealer = sealer
+        self._wake: Callable[[], None] = lambda: None
+
+    def on_wake(self, callback: Callable[[], None]) -> None:
+        self._wake = callback
+
+    def wake(self) -> None:
+        self._wake()
+
+    # --- KeyHandoff ----------------------------------------------------------------------------
+    def enqueue(self, tx: Tx, delivery: Delivery, tenant: Tenant, passphrase: str) -> int:
+        tx.execute("INSERT INTO secrets (delivery_id, sealed) VALUES (?, ?)",
+                   (delivery.id, self.sealer.seal(passphrase.encode())))
+        jobs = [(SMS, phone) for phone in tenant.phones]
+        if self.settings.email.enabled and tenant.email:
+            jobs.append((EMAIL, tenant.email))
+        for kind, target in jobs:
+            self._insert(tx, delivery.id, kind, target)
+        return len(jobs)
+
+    def revoke(self, tx: Tx, delivery_id: str, reason: str) -> None:
+        tx.execute("DELETE FROM secrets WHERE delivery_id = ?", (delivery_id,))
+        tx.execute("UPDATE outbox SET state = ?, last_error = ?, updated_at = ? WHERE delivery_id = ?"
+                   " AND state = ? AND kind != ?", (CANCELLED, f"delivery {reason}", self._now(),
+                                                     delivery_id, PENDING, ALERT))
+
+    def collected(self, tx: Tx, delivery_id: str) -> None:
+        self.destroy_if_done(tx, delivery_id)
+
+    # --- jobs ------------------------------------------------------------------------------------
+    def _now(self) -> str:
+        return iso(self.clock.now())
+
+    def _insert(self, tx: Tx, delivery_id: str, kind: str, target: str, **payload: Any) -> int:
+        now = self._now()
+        cur = tx.execute("INSERT INTO outbox (delivery_id, kind, target, state, next_attempt_at,"
+                         " payload, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (delivery_id, kind, target, PENDING, now, json.dumps(payload), now, now))
+        return cur.lastrowid
+
+    def alert(self, tx: Tx, delivery_id: str, **details: Any) -> None:
+        """Queue an operator alert (sent by e-mail when configured; always logged and audited)."""
+        self._insert(tx, delivery_id, ALERT, self.settings.email.operator or "-", **details)
+
+    def due(self, limit: int = 50) -> list[Job]:
+        """Jobs to send now, and sent SMS whose status is due to be polled."""
+        now = self._now()
+        rows = self.db.query("SELECT * FROM outbox WHERE next_attempt_at <= ? AND (state = ? OR"
+                             " (state = ? AND kind = ? AND polls < ?)) ORDER BY next_attempt_at LIMIT ?",
+                             (now, PENDING, SENT, SMS, self.settings.sms.poll_limit, limit))
+        return [job_from_row(row) for row in rows]
+
+    def jobs(self, delivery_id: str | None = None) -> list[Job]:
+        where, params = ("WHERE delivery_id = ?", (delivery_id,)) if delivery_id else ("", ())
+        return [job_from_row(r) for r in self.db.query(f"SELECT * FROM outbox {where} ORDER BY id", params)]
+
+    def passphrase(self, delivery_id: str) -> str | None:
+        row = self.db.query_one("SELECT sealed FROM secrets WHERE delivery_id = ?", (delivery_id,))
+        return self.sealer.open(row[0]).decode() if row else None
+
+    def update(self, tx: Tx, job: Job, **changes: Any) -> None:
+        changes["updated_at"] = self._now()
+        assignments = ", ".join(f"{key} = ?" for key in changes)
+        tx.execute(f"UPDATE outbox SET {assignments} WHERE id = ?", (*changes.values(), job.id))
+
+    def backoff(self, attempts: int, retry_after: float | None, jitter: float) -> str:
+        """Exponential backoff with jitter (0..1 scales +-20%); a provider's Retry-After wins if longer."""
+        sms = self.settings.sms
+        wait = min(sms.retry_max, sms.retry_initial * 2 ** max(attempts - 1, 0)) * (0.8 + 0.4 * jitter)
+        wait = max(wait, retry_after or 0.0)
+        return iso(self.clock.now() + timedelta(seconds=wait))
+
+    def poll_later(self, polls: int) -> str:
+        return iso(self.clock.now() + timedelta(seconds=self.settings.sms.poll_interval * 2 ** polls))
+
+    def destroy_if_done(self, tx: Tx, delivery_id: str) -> bool:
+        """Destroy the sealed passphrase once no SMS needs it and the delivery is no longer pending."""
+        pending = tx.execute("SELECT COUNT(*) FROM outbox WHERE delivery_id = ? AND kind = ? AND state = ?",
+                             (delivery_id, SMS, PENDING)).fetchone()[0]
+        delivery = fetch(tx, "id = ?", (delivery_id,))
+        if pending or (delivery and delivery[0].state == PUBLISHED):
+            return False
+        return tx.execute("DELETE FROM secrets WHERE delivery_id = ?", (delivery_id,)).rowcount > 0
+
+    # --- operator actions ---------------------------------------------------------------------------
+    def resend(self, delivery_id: str, *, actor: str, phone: str | None = None) -> list[str]:
+        """Send the key again to every phone of the tenant (or one), at most once per interval."""
+        with self.db.transaction() as tx:
+            found = fetch(tx, "id = ?", (delivery_id,))
+            if not found:
+                raise NotFound(f"no delivery {delivery_id!r}")
+            delivery = found[0]
+            has_secret = tx.execute("SELECT 1 FROM secrets WHERE delivery_id = ?", (delivery_id,)).fetchone()
+            if delivery.state != PUBLISHED or not has_secret:
+                raise InvalidInput(f"delivery {delivery_id} is {delivery.state}: its key was destroyed "
+                                   "and cannot be sent again (upload the file again instead)")
+            phones = [r[0] for r in tx.execute("SELECT e164 FROM tenant_phones WHERE tenant_id = ?"
+                                               " ORDER BY position", (delivery.tenant_id,))]
+            if phone is not None:
+                if phone not in phones:
+                    raise InvalidInput(f"{phone} is not a registered phone of this delivery's tenant "
+                                       f"(registered: {', '.join(phones)})")
+                phones = [phone]
+            since = iso(self.clock.now() - timedelta(seconds=self.settings.sms.resend_interval))
+            if tx.execute("SELECT 1 FROM resends WHERE delivery_id = ? AND requested_at > ?",
+                          (delivery_id, since)).fetchone():
+                raise Busy(f"the key of {delivery_id} was resent less than "
+                           f"{self.settings.sms.resend_interval}s ago; try again later")
+            tx.execute("INSERT INTO resends (delivery_id, requested_at, requested_by) VALUES (?, ?, ?)",
+                       (delivery_id, self._now(), actor))
+            for target in phones:
+                self._insert(tx, delivery_id, SMS, target, resend=True)
+            tenant = tx.execute("SELECT name FROM tenants WHERE id = ?", (delivery.tenant_id,)).fetchone()[0]
+            self.audit.append(tx, "key.resend", actor=actor, tenant=tenant, delivery=delivery_id,
+                              source="cli", phones=phones)
+        self.wake()
+        return phones
+
+
+def expires_of(delivery: Delivery):
+    return parse_iso(delivery.expires_at)

@@ -1,0 +1,1 @@
+"""SMS providers behind one small blocking interface (see base.SmsProvider)."""

@@ -1,0 +1,194 @@
+"""The outbox worker inside `serve`: sends due key messages, retries what may pass, raises what
+cannot, polls SMS status with bounded effort. Provider calls run in threads, never on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+from ..config.settings import Settings
+from ..server.core.clock import parse_iso
+from ..server.core.deliveries import fetch
+from .mail import MailServer, send_mail
+from .outbox import ALERT, CANCELLED, DELIVERED, EMAIL, FAILED, PENDING, SENT, SMS, UNDELIVERED, Job, Outbox
+from .providers.base import (
+    FAILED_STATUSES, FINAL_STATUSES, PermanentProviderError, SmsProvider, TransientProviderError,
+)
+from .templates import render_alert, render_email, render_sms
+
+log = logging.getLogger("sluis.keydelivery")
+TICK_SECONDS = 1.0
+
+
+def mail_server(settings: Settings) -> MailServer | None:
+    email = settings.email
+    if not email.enabled:
+        return None
+    return MailServer(host=email.host, port=email.port, starttls=email.starttls,
+                      username=email.username or None, password=email.password or None,
+                      sender=email.sender)
+
+
+class OutboxWorker:
+    """Drains the outbox; `run_once` is one pass (tests and `sluis keys flush` use it directly)."""
+
+    def __init__(self, settings: Settings, outbox: Outbox, provider: SmsProvider,
+                 rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self.outbox = outbox
+        self.provider = provider
+        self.mail = mail_server(settings)
+        self.rng = rng or random.SystemRandom()
+        self._event = asyncio.Event()
+
+    def wake_threadsafe(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.call_soon_threadsafe(self._event.set)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.run_once)
+            except Exception:
+                log.exception("outbox pass failed; retrying")
+            try:
+                await asyncio.wait_for(self._event.wait(), TICK_SECONDS)
+            except asyncio.TimeoutError:
+                pass
+            self._event.clear()
+
+    def run_once(self) -> int:
+        """Handle every job due now; returns how many were handled."""
+        handled = 0
+        for job in self.outbox.due():
+            try:
+                self._handle(job)
+            except Exception:
+                log.exception("outbox job %d (%s to %s) failed unexpectedly", job.id, job.kind, job.target)
+            handled += 1
+        return handled
+
+    def _handle(self, job: Job) -> None:
+        if job.state == SENT:
+            self._poll(job)
+        elif job.kind == SMS:
+            self._send_sms(job)
+        elif job.kind == EMAIL:
+            self._deliver(job, lambda: self._send_notice(job))
+        elif job.kind == ALERT:
+            self._deliver(job, lambda: self._send_alert(job))
+
+    # --- SMS ---------------------------------------------------------------------------------------
+    def _context(self, job: Job) -> tuple[Any, str]:
+        delivery = fetch(self.outbox.db, "id = ?", (job.delivery_id,))[0]
+        tenant = self.outbox.db.query_one("SELECT name FROM tenants WHERE id = ?", (delivery.tenant_id,))[0]
+        return delivery, tenant
+
+    def _send_sms(self, job: Job) -> None:
+        delivery, tenant = self._context(job)
+        passphrase = self.outbox.passphrase(job.delivery_id)
+        if passphrase is None:  # revoked or destroyed while the job waited
+            with self.outbox.db.transaction() as tx:
+                self.outbox.update(tx, job, state=CANCELLED, last_error="key no longer available")
+            return
+        body = render_sms(self.settings.sms.template, passphrase=passphrase, file=delivery.stored_name,
+                          tenant=tenant, expires=parse_iso(delivery.expires_at))
+        try:
+            result = self.provider.send(job.target, body)
+        except TransientProviderError as exc:
+            self._retry(job, tenant, exc)
+        except PermanentProviderError as exc:
+            self._fail(job, tenant, delivery, f"{exc} (code {exc.code})" if exc.code else str(exc))
+        else:
+            with self.outbox.db.transaction() as tx:
+                self.outbox.update(tx, job, state=SENT, attempts=job.attempts + 1, provider_id=result.provider_id,
+                                   provider_status=result.status, last_error=None,
+                                   next_attempt_at=self.outbox.poll_later(0))
+                self.outbox.destroy_if_done(tx, job.delivery_id)
+                self.outbox.audit.append(tx, "key.sms.sent", actor="sluis", tenant=tenant,
+                                         delivery=job.delivery_id, phone=job.target,
+                                         provider=self.provider.name, provider_id=result.provider_id,
+                                         attempt=job.attempts + 1)
+
+    def _retry(self, job: Job, tenant: str, exc: TransientProviderError) -> None:
+        attempts = job.attempts + 1
+        with self.outbox.db.transaction() as tx:
+            self.outbox.update(tx, job, state=PENDING, attempts=attempts, last_error=str(exc)[:500],
+                               next_attempt_at=self.outbox.backoff(attempts, exc.retry_after, self.rng.random()))
+            self.outbox.audit.append(tx, "key.retry", actor="sluis", tenant=tenant, delivery=job.delivery_id,
+                                     kind=job.kind, target=job.target, attempt=attempts, error=str(exc)[:200])
+            if attempts == self.settings.sms.alert_after and job.kind != ALERT:
+                self.outbox.alert(tx, job.delivery_id, phone=job.target,
+                                  reason=f"{attempts} attempts failed so far, still retrying: {exc}")
+        log.warning("%s to %s failed (attempt %d), retrying: %s", job.kind, job.target, attempts, exc)
+
+    def _fail(self, job: Job, tenant: str, delivery: Any, reason: str) -> None:
+        with self.outbox.db.transaction() as tx:
+            self.outbox.update(tx, job, state=FAILED, attempts=job.attempts + 1, last_error=reason[:500])
+            self.outbox.destroy_if_done(tx, job.delivery_id)
+            self.outbox.audit.append(tx, "key.failed", actor="sluis", tenant=tenant, delivery=job.delivery_id,
+                                     kind=job.kind, target=job.target, reason=reason[:300])
+            if job.kind != ALERT:
+                self.outbox.alert(tx, job.delivery_id, phone=job.target, reason=reason)
+        log.error("%s to %s failed permanently for delivery %s: %s", job.kind, job.target,
+                  job.delivery_id, reason)
+
+    def _poll(self, job: Job) -> None:
+        assert job.provider_id is not None
+        try:
+            status = self.provider.fetch_status(job.provider_id)
+        except (TransientProviderError, PermanentProviderError) as exc:
+            status, error = job.provider_status, str(exc)
+        else:
+            error = None
+        _, tenant = self._context(job)
+        with self.outbox.db.transaction() as tx:
+            if status in FINAL_STATUSES:
+                state = UNDELIVERED if status in FAILED_STATUSES else DELIVERED
+                self.outbox.update(tx, job, state=state, provider_status=status, polls=job.polls + 1)
+                self.outbox.audit.append(tx, f"key.sms.{state}", actor="sluis", tenant=tenant,
+                                         delivery=job.delivery_id, phone=job.target, status=status)
+                if state == UNDELIVERED:
+                    self.outbox.alert(tx, job.delivery_id, phone=job.target,
+                                      reason=f"the provider reports the SMS as {status}")
+            else:
+                self.outbox.update(tx, job, provider_status=status, polls=job.polls + 1, last_error=error,
+                                   next_attempt_at=self.outbox.poll_later(job.polls + 1))
+
+    # --- e-mail --------------------------------------------------------------------------------------
+    def _deliver(self, job: Job, send: Any) -> None:
+        delivery, tenant = self._context(job)
+        try:
+            send()
+        except TransientProviderError as exc:
+            self._retry(job, tenant, exc)
+        except PermanentProviderError as exc:
+            self._fail(job, tenant, delivery, str(exc))
+        else:
+            with self.outbox.db.transaction() as tx:
+                self.outbox.update(tx, job, state=SENT, attempts=job.attempts + 1, last_error=None)
+                self.outbox.audit.append(tx, f"{job.kind}.sent", actor="sluis", tenant=tenant,
+                                         delivery=job.delivery_id, target=job.target)
+
+    def _send_notice(self, job: Job) -> None:
+        delivery, tenant = self._context(job)
+        if self.mail is None:
+            raise PermanentProviderError("e-mail is not enabled in [email]")
+        host, port = self.settings.server.listen
+        subject, body = render_email(file=delivery.stored_name, tenant=tenant,
+                                     expires=parse_iso(delivery.expires_at),
+                                     host=self.settings.email.public_host or host, port=port)
+        send_mail(self.mail, to=[job.target], subject=subject, body=body)
+
+    def _send_alert(self, job: Job) -> None:
+        delivery, tenant = self._context(job)
+        subject, body = render_alert(file=delivery.stored_name, tenant=tenant,
+                                     phone=job.payload.get("phone", "-"),
+                                     reason=job.payload.get("reason", "-"),
+                                     expires=parse_iso(delivery.expires_at))
+        log.error("ALERT for operator: %s", subject)
+        if self.mail is None or not self.settings.email.operator:
+            return  # logged (and audited when raised); there is no operator address to mail
+        send_mail(self.mail, to=[self.settings.email.operator], subject=subject, body=body)

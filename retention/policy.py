@@ -1,0 +1,113 @@
+"""The protocol's delivery rules: a tenant receives a list only while its data-sharing protocol
+is in force, and at most `yearly_limit` lists per 365 days; a re-upload before collection is a
+correction that replaces the pending delivery and does not count again (docs/policy.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from ..config.settings import PolicySettings
+from ..server.core.clock import Clock, iso, parse_iso
+from ..server.core.deliveries import PUBLISHED, fetch
+from ..server.core.records import Delivery, Tenant
+from ..server.errors import PolicyRefused
+
+YEAR = timedelta(days=365)
+
+
+def notice_end(notice: date) -> date:
+    """A protocol ends twelve months after notice is given (art. 12)."""
+    try:
+        return notice.replace(year=notice.year + 1)
+    except ValueError:  # 29 February
+        return notice.replace(year=notice.year + 1, day=28)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    signed: date
+    effective: date
+    reference: str
+    notice: date | None
+    ends: date | None
+
+    def in_force(self, today: date) -> bool:
+        return self.effective <= today and (self.ends is None or today < self.ends)
+
+    def describe(self, today: date) -> str:
+        if today < self.effective:
+            return f"signed {self.signed}, in force from {self.effective}"
+        if self.ends and today >= self.ends:
+            return f"ended on {self.ends} (notice given {self.notice})"
+        if self.ends:
+            return f"in force since {self.effective}; notice given {self.notice}, ends {self.ends}"
+        return f"in force since {self.effective}"
+
+
+def load_protocol(conn: Any, tenant_id: int) -> Protocol | None:
+    row = conn.execute("SELECT * FROM protocols WHERE tenant_id = ?", (tenant_id,)).fetchone()
+    if row is None:
+        return None
+    as_date = lambda text: date.fromisoformat(text) if text else None  # noqa: E731
+    return Protocol(signed=as_date(row["signed"]), effective=as_date(row["effective"]),
+                    reference=row["reference"], notice=as_date(row["notice"]), ends=as_date(row["ends"]))
+
+
+class YearlyPolicy:
+    """`DeliveryPolicy` for the drop-box core."""
+
+    def __init__(self, settings: PolicySettings, clock: Clock) -> None:
+        self.settings = settings
+        self.clock = clock
+
+    def admit(self, conn: Any, tenant: Tenant, delivery_id: str | None = None) -> list[Delivery]:
+        """Raise PolicyRefused, or return the pending deliveries this upload replaces.
+
+        With `delivery_id` (inside the publishing transaction) an exception granted by an
+        operator is used up by that delivery.
+        """
+        now = self.clock.now()
+        protocol = load_protocol(conn, tenant.id)
+        if protocol is None:
+            raise PolicyRefused(f"no data-sharing protocol is registered for {tenant.name}; "
+                                "a list can only be sent while one is in force")
+        if not protocol.in_force(now.date()):
+            raise PolicyRefused(f"the data-sharing protocol with {tenant.name} is not in force: "
+                                f"{protocol.describe(now.date())}")
+        pending = fetch(conn, "tenant_id = ? AND state = ?", (tenant.id, PUBLISHED))
+        if pending:
+            return pending  # a correction: replaces what is waiting, counts once
+        counted = fetch(conn, "tenant_id = ? AND created_at >= ? AND collected_at IS NOT NULL",
+                        (tenant.id, iso(now - YEAR)))
+        if len(counted) < self.settings.yearly_limit:
+            return []
+        allowance = conn.execute("SELECT id FROM allowances WHERE tenant_id = ? AND used_by IS NULL"
+                                 " AND granted_at >= ? ORDER BY id LIMIT 1",
+                                 (tenant.id, iso(now - YEAR))).fetchone()
+        if allowance is None:
+            raise PolicyRefused(
+                f"{tenant.name} received its list on {_day(parse_iso(counted[-1].created_at))}; at most "
+                f"{self.settings.yearly_limit} per 365 days, so the next is allowed from "
+                f"{_day(self._next_date(counted))}")
+        if delivery_id is not None:
+            conn.execute("UPDATE allowances SET used_by = ? WHERE id = ?", (delivery_id, allowance["id"]))
+        return []
+
+    def _next_date(self, counted: list[Delivery]) -> datetime:
+        """The count drops below the limit when the (count - limit + 1)-th oldest leaves the window."""
+        return parse_iso(counted[len(counted) - self.settings.yearly_limit].created_at) + YEAR
+
+    def standing(self, conn: Any, tenant: Tenant) -> str:
+        """One line for `tenant show` and `status`: may the tenant receive a list now?"""
+        try:
+            replaces = self.admit(conn, tenant)
+        except PolicyRefused as refusal:
+            return f"refused: {refusal}"
+        return "a correction would replace the pending delivery" if replaces else "may receive a list now"
+
+
+def _day(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d")

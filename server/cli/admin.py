@@ -1,0 +1,223 @@
+"""`sluis tenant …` and `sluis user …`: municipalities, people and their keys."""
+
+from __future__ import annotations
+
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from ...keydelivery.phones import InvalidPhoneError, normalise_phone
+from ...retention.policy import load_protocol, notice_end
+from ..errors import InvalidInput, NotFound
+from .common import open_app, operator, print_json, print_table
+
+
+def _phones(raw: list[str], region: str) -> list[str]:
+    numbers = []
+    for text in raw:
+        try:
+            phone = normalise_phone(text, region)
+        except InvalidPhoneError as exc:
+            raise InvalidInput(str(exc)) from None
+        if phone.warning:
+            print(f"warning: {phone.warning}", file=sys.stderr)
+        numbers.append(phone.e164)
+    return numbers
+
+
+def _date(text: str, flag: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(f"{flag} {text!r}: expected a date as YYYY-MM-DD") from None
+
+
+def add_tenant_commands(commands: Any, command: Any) -> None:
+    tenant = commands.add_parser("tenant", help="municipalities and their drop boxes").add_subparsers(
+        dest="tenant_command", required=True, metavar="ACTION")
+    add = command(tenant, "add", cmd_tenant_add, "add a municipality",
+                  "Add a municipality. NAME is a short lowercase slug (genk): the folder senders see.")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--nis", metavar="CODE", help="five-digit NIS code (71016 for Genk)")
+    add.add_argument("--phone", action="append", required=True, metavar="E164",
+                     help="phone that receives passphrases by SMS; repeat for more")
+    add.add_argument("--email", metavar="ADDR", help="contact address for 'a file is waiting' e-mails")
+    add.add_argument("--format", choices=("age", "zip"), default="age",
+                     help="stored format: age (default) or an AES-256 zip for 7-Zip users")
+    change = command(tenant, "set", cmd_tenant_set, "change phones, e-mail or format of a municipality")
+    change.add_argument("name", metavar="NAME")
+    change.add_argument("--phone", action="append", metavar="E164", help="replaces all phones; repeat")
+    change.add_argument("--email", metavar="ADDR", help="contact address ('' removes it)")
+    change.add_argument("--format", choices=("age", "zip"))
+    listing = command(tenant, "list", cmd_tenant_list, "list municipalities")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    show = command(tenant, "show", cmd_tenant_show, "show one municipality, its protocol and standing")
+    show.add_argument("name", metavar="NAME")
+    disable = command(tenant, "disable", cmd_tenant_disable, "disable a municipality (its folder disappears)")
+    disable.add_argument("name", metavar="NAME")
+    protocol = command(tenant, "protocol", cmd_tenant_protocol, "register the data-sharing protocol",
+                       "Register the protocol (--signed, --effective, --reference) or its termination "
+                       "(--notice: the protocol ends twelve months later). Uploads are accepted only "
+                       "while it is in force.")
+    protocol.add_argument("name", metavar="NAME")
+    protocol.add_argument("--signed", metavar="DATE")
+    protocol.add_argument("--effective", metavar="DATE")
+    protocol.add_argument("--reference", metavar="TEXT", default="")
+    protocol.add_argument("--notice", metavar="DATE", help="date notice was given")
+
+
+def cmd_tenant_add(args: Any) -> None:
+    app = open_app(args)
+    phones = _phones(args.phone, app.settings.sms.default_region)
+    tenant = app.directory.add_tenant(operator(), args.name, phones=phones, nis=args.nis,
+                                      email=args.email, fmt=args.format)
+    print(f"added tenant {tenant.name} (format {tenant.format}, phones {', '.join(tenant.phones)})")
+    print(f"register its protocol before uploads: sluis tenant protocol {tenant.name} --signed DATE --effective DATE")
+
+
+def cmd_tenant_set(args: Any) -> None:
+    app = open_app(args)
+    phones = _phones(args.phone, app.settings.sms.default_region) if args.phone else None
+    tenant = app.directory.update_tenant(operator(), args.name, phones=phones, email=args.email, fmt=args.format)
+    print(f"updated tenant {tenant.name}")
+
+
+def cmd_tenant_list(args: Any) -> None:
+    app = open_app(args)
+    tenants = app.directory.tenants()
+    if args.json:
+        print_json([t.__dict__ for t in tenants])
+        return
+    print_table(["NAME", "NIS", "FORMAT", "ACTIVE", "PHONES", "EMAIL"],
+                [(t.name, t.nis, t.format, "yes" if t.active else "no", " ".join(t.phones), t.email)
+                 for t in tenants])
+
+
+def cmd_tenant_show(args: Any) -> None:
+    app = open_app(args)
+    tenant = app.directory.tenant(args.name)
+    protocol = load_protocol(app.db, tenant.id)
+    today = app.clock.now().date()
+    print(f"tenant:    {tenant.name}  (id {tenant.id}, NIS {tenant.nis or '-'})")
+    print(f"active:    {'yes' if tenant.active else 'no'}")
+    print(f"format:    {tenant.format}")
+    print(f"phones:    {', '.join(tenant.phones)}")
+    print(f"e-mail:    {tenant.email or '-'}")
+    print(f"protocol:  {protocol.describe(today) if protocol else 'none registered'}"
+          + (f"  [{protocol.reference}]" if protocol and protocol.reference else ""))
+    print(f"delivery:  {app.policy.standing(app.db, tenant)}")
+    recipients = [u.name for u in app.directory.users() if u.tenant_id == tenant.id and u.active]
+    print(f"recipients: {', '.join(recipients) or '-'}")
+
+
+def cmd_tenant_disable(args: Any) -> None:
+    open_app(args).directory.disable_tenant(operator(), args.name)
+    print(f"disabled tenant {args.name}")
+
+
+def cmd_tenant_protocol(args: Any) -> None:
+    app = open_app(args)
+    tenant = app.directory.tenant(args.name)
+    actor = operator()
+    with app.db.transaction() as tx:
+        if args.notice:
+            if load_protocol(tx, tenant.id) is None:
+                raise NotFound(f"no protocol is registered for {tenant.name}")
+            notice = _date(args.notice, "--notice")
+            ends = notice_end(notice)
+            tx.execute("UPDATE protocols SET notice = ?, ends = ? WHERE tenant_id = ?",
+                       (notice.isoformat(), ends.isoformat(), tenant.id))
+            app.audit.append(tx, "protocol.notice", actor=actor.name, tenant=tenant.name, source=actor.source,
+                             notice=notice.isoformat(), ends=ends.isoformat())
+            message = f"notice registered: the protocol with {tenant.name} ends on {ends}"
+        else:
+            if not (args.signed and args.effective):
+                raise InvalidInput("give --signed and --effective (or --notice to end a protocol)")
+            signed, effective = _date(args.signed, "--signed"), _date(args.effective, "--effective")
+            if effective < signed:
+                raise InvalidInput("--effective cannot be before --signed")
+            tx.execute("INSERT OR REPLACE INTO protocols (tenant_id, signed, effective, reference, notice, ends)"
+                       " VALUES (?, ?, ?, ?, NULL, NULL)",
+                       (tenant.id, signed.isoformat(), effective.isoformat(), args.reference))
+            app.audit.append(tx, "protocol.register", actor=actor.name, tenant=tenant.name, source=actor.source,
+                             signed=signed.isoformat(), effective=effective.isoformat(), reference=args.reference)
+            message = f"protocol registered for {tenant.name}: in force from {effective}"
+    print(message)
+
+
+def add_user_commands(commands: Any, command: Any) -> None:
+    user = commands.add_parser("user", help="people and scripts that log in").add_subparsers(
+        dest="user_command", required=True, metavar="ACTION")
+    add = command(user, "add", cmd_user_add, "add a user",
+                  "Add a sender (agency staff or script; no tenant) or a recipient (municipal staff; "
+                  "exactly one --tenant). Give SSH public keys with --key, and/or a password on stdin.")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--role", choices=("sender", "recipient"), required=True)
+    add.add_argument("--tenant", metavar="T", help="the recipient's municipality")
+    add.add_argument("--key", action="append", default=[], type=Path, metavar="PUBFILE",
+                     help="OpenSSH public key file; repeat for more")
+    add.add_argument("--password-stdin", action="store_true", help="read a password from standard input")
+    add.add_argument("--email", metavar="ADDR", help="where expiry notices for a sender go")
+    listing = command(user, "list", cmd_user_list, "list users")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    disable = command(user, "disable", cmd_user_disable, "disable a user (logins refused from now on)")
+    disable.add_argument("name", metavar="NAME")
+    key = user.add_parser("key", help="add or remove a user's SSH keys").add_subparsers(
+        dest="key_command", required=True, metavar="ACTION")
+    for action, func in (("add", cmd_user_key_add), ("remove", cmd_user_key_remove)):
+        sub = command(key, action, func, f"{action} the keys in PUBFILE for user NAME")
+        sub.add_argument("name", metavar="NAME")
+        sub.add_argument("pubfile", type=Path, metavar="PUBFILE")
+
+
+def _read_key(path: Path) -> tuple[str, str]:
+    try:
+        return path.read_text(), str(path)
+    except OSError as exc:
+        raise InvalidInput(f"cannot read key file {path}: {exc.strerror}") from None
+
+
+def cmd_user_add(args: Any) -> None:
+    app = open_app(args)
+    password = None
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+        if len(password) < 12:
+            raise InvalidInput("passwords must be at least 12 characters; keys are better")
+    user = app.directory.add_user(operator(), args.name, role=args.role, tenant=args.tenant,
+                                  keys=[_read_key(p) for p in args.key], password=password)
+    if args.email:
+        with app.db.transaction() as tx:
+            tx.execute("UPDATE users SET email = ? WHERE id = ?", (args.email, user.id))
+    print(f"added {user.role} {user.name}" + (f" for {args.tenant}" if args.tenant else ""))
+
+
+def cmd_user_list(args: Any) -> None:
+    app = open_app(args)
+    users = app.directory.users()
+    tenants = {t.id: t.name for t in app.directory.tenants()}
+    rows = [{"name": u.name, "role": u.role, "tenant": tenants.get(u.tenant_id), "active": u.active,
+             "keys": [k.fingerprint for k in app.directory.keys(u)], "password": u.password_hash is not None}
+            for u in users]
+    if args.json:
+        print_json(rows)
+        return
+    print_table(["NAME", "ROLE", "TENANT", "ACTIVE", "KEYS", "PASSWORD"],
+                [(r["name"], r["role"], r["tenant"], "yes" if r["active"] else "no", len(r["keys"]),
+                  "yes" if r["password"] else "no") for r in rows])
+
+
+def cmd_user_disable(args: Any) -> None:
+    open_app(args).directory.disable_user(operator(), args.name)
+    print(f"disabled user {args.name}")
+
+
+def cmd_user_key_add(args: Any) -> None:
+    added = open_app(args).directory.add_key(operator(), args.name, *_read_key(args.pubfile))
+    print(f"added {', '.join(added)} to {args.name}")
+
+
+def cmd_user_key_remove(args: Any) -> None:
+    removed = open_app(args).directory.remove_key(operator(), args.name, *_read_key(args.pubfile))
+    print(f"removed {', '.join(removed)} from {args.name}")

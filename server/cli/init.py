@@ -1,0 +1,47 @@
+"""`sluis init DIR`: a new setup — config with every default, host key, secret key, database."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import asyncssh
+
+from ...config import render_config
+from ...keydelivery.sealing import create_key_file
+from ..core.audit import AuditLog
+from ..core.clock import SystemClock
+from ..core.state import open_database
+from .common import operator
+
+CONFIG_NAME = "sluis.toml"
+HOST_KEY_NAME = "ssh_host_ed25519_key"
+SECRET_KEY_NAME = "secret.key"
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Create a secret file with mode 0600 from the start (never chmod after the fact)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def init_setup(directory: Path, overrides: dict | None = None) -> Path:
+    """Create a complete setup in `directory`; refuses to touch an existing one."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    existing = [name for name in (CONFIG_NAME, HOST_KEY_NAME, SECRET_KEY_NAME, "state.db")
+                if (directory / name).exists()]
+    if existing:
+        raise FileExistsError(f"{directory} already holds a setup ({', '.join(existing)}); "
+                              "refusing to overwrite it")
+    config_path = directory / CONFIG_NAME
+    write_private(config_path, render_config(overrides).encode())
+    key = asyncssh.generate_private_key("ssh-ed25519", comment="sluis host key")
+    write_private(directory / HOST_KEY_NAME, key.export_private_key("openssh"))
+    write_private(directory / (HOST_KEY_NAME + ".pub"), key.export_public_key("openssh"))
+    create_key_file(directory / SECRET_KEY_NAME)
+    db = open_database(directory / "state.db")
+    AuditLog(db, SystemClock()).record("sluis.init", actor=operator().name, source="cli",
+                                       host_key=key.get_fingerprint("sha256"))
+    db.close()
+    return config_path

@@ -1,0 +1,77 @@
+"""The `sluis` command: a thin layer over the library. Each command's help is its documentation."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from ...config import ConfigError, default_config_path, load_settings
+from ..errors import SluisError
+from . import admin, ops
+
+log = logging.getLogger("sluis")
+
+
+def _config_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("-c", "--config", default=argparse.SUPPRESS, metavar="CONFIG",
+                        help="configuration file (default: $SLUIS_CONFIG, then ./sluis.toml)")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sluis", description="Secure SFTP drop boxes: encrypted at rest, key by SMS, gone once collected.")
+    parser.add_argument("-c", "--config", metavar="CONFIG",
+                        help="configuration file (default: $SLUIS_CONFIG, then ./sluis.toml)")
+    common = _config_parent()
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(group, name: str, func: Callable, help_text: str, description: str | None = None):
+        sub = group.add_parser(name, parents=[common], help=help_text, description=description or help_text)
+        sub.set_defaults(func=func)
+        return sub
+
+    init = command(commands, "init", ops.cmd_init, "create a new setup in DIR",
+                   "Write DIR/sluis.toml (every setting with its default), an ed25519 host key (0600), the "
+                   "secret key that seals passphrases (0600) and the state database. Refuses to overwrite.")
+    init.add_argument("dir", type=Path, metavar="DIR")
+    command(commands, "serve", ops.cmd_serve, "run the SFTP server with its workers",
+            "Run the SFTP server, the key-delivery worker and the janitor in one process. Logs go to "
+            "stderr; SIGTERM stops it cleanly (uploads in flight are discarded).")
+    admin.add_tenant_commands(commands, command)
+    admin.add_user_commands(commands, command)
+    ops.add_ops_commands(commands, command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.umask(0o077)  # everything sluis creates is private to its user
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.func is not ops.cmd_init:
+        try:
+            args.settings = load_settings(default_config_path(args.config, os.environ))
+        except ConfigError as exc:
+            print(f"sluis: configuration error: {exc}", file=sys.stderr)
+            return 2
+        logging.getLogger().setLevel(args.settings.log.level.upper())
+        if args.func is not ops.cmd_serve:
+            logging.getLogger("sluis.audit").setLevel(logging.WARNING)  # the CLI prints its own result
+    try:
+        return args.func(args) or 0
+    except (SluisError, ConfigError, FileExistsError, FileNotFoundError) as exc:
+        print(f"sluis: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

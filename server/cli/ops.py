@@ -1,0 +1,163 @@
+"""`sluis init|serve|status|audit|janitor|key|delivery`: running and inspecting the service."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+from typing import Any
+
+from ...retention.policy import load_protocol
+from ..core.clock import iso
+from ..core.deliveries import REMOVED, fetch
+from ..errors import InvalidInput
+from ..service import Service
+from .common import open_app, operator, print_json, print_table
+from .init import init_setup
+
+
+def cmd_init(args: Any) -> None:
+    config = init_setup(args.dir)
+    print(f"created {config}")
+    print(f"next: sluis -c {config} tenant add NAME --phone +32...; sluis -c {config} serve")
+
+
+def cmd_serve(args: Any) -> None:
+    app = open_app(args)
+    try:
+        asyncio.run(Service(app).run())
+    finally:
+        app.close()
+
+
+def add_ops_commands(commands: Any, command: Any) -> None:
+    status = command(commands, "status", cmd_status, "deliveries, their state and their key messages",
+                     "Show every delivery not yet removed (and, with --all, removed ones), its state, and "
+                     "the state of each key message per phone; then where each tenant stands.")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--all", action="store_true", help="include removed deliveries")
+    audit = commands.add_parser("audit", help="the tamper-evident audit log").add_subparsers(
+        dest="audit_command", required=True, metavar="ACTION")
+    command(audit, "verify", cmd_audit_verify, "check the hash chain of the whole audit log",
+            "Recompute every record's hash and link. Exits 1 and names the first bad record if any "
+            "record was edited, deleted, inserted or reordered.")
+    export = command(audit, "export", cmd_audit_export, "print audit records")
+    export.add_argument("--since", metavar="DATE", help="only records from this date (YYYY-MM-DD) on")
+    export.add_argument("--tenant", metavar="T", help="only records about this tenant")
+    export.add_argument("--json", action="store_true", help="JSON lines, one record each")
+    janitor = commands.add_parser("janitor", help="retention").add_subparsers(
+        dest="janitor_command", required=True, metavar="ACTION")
+    command(janitor, "run", cmd_janitor_run, "one retention pass: remove collected and expired files",
+            "Remove collected deliveries past [retention] collected_grace, expire uncollected ones past "
+            "expire_after, destroy key material, sweep orphans, prune old audit records; report it.")
+    key = commands.add_parser("key", help="key delivery").add_subparsers(
+        dest="key_command", required=True, metavar="ACTION")
+    resend = command(key, "resend", cmd_key_resend, "send a delivery's passphrase again by SMS",
+                     "Queue the passphrase again for every registered phone of the tenant (or one). "
+                     "Audited; at most once per [sms] resend_interval; impossible once the key is destroyed.")
+    resend.add_argument("delivery", metavar="DELIVERY")
+    resend.add_argument("--phone", metavar="E164")
+    delivery = commands.add_parser("delivery", help="the yearly limit").add_subparsers(
+        dest="delivery_command", required=True, metavar="ACTION")
+    allow = command(delivery, "allow", cmd_delivery_allow, "grant a tenant one delivery beyond the yearly limit")
+    allow.add_argument("tenant", metavar="TENANT")
+    allow.add_argument("--reason", required=True, metavar="TEXT", help="why (kept in the audit log)")
+
+
+def cmd_status(args: Any) -> None:
+    app = open_app(args)
+    where = "1=1" if args.all else "state != ?"
+    deliveries = fetch(app.db, where, () if args.all else (REMOVED,))
+    tenants = {t.id: t for t in app.directory.tenants()}
+    users = {u.id: u.name for u in app.directory.users()}
+    rows = []
+    for d in deliveries:
+        jobs = [j for j in app.outbox.jobs(d.id)]
+        rows.append({"id": d.id, "tenant": tenants[d.tenant_id].name, "file": d.stored_name,
+                     "sender": users.get(d.sender_id), "state": d.state, "size": d.stored_size,
+                     "published": d.created_at, "expires": d.expires_at, "collected": d.collected_at,
+                     "collected_by": d.collected_by, "removed": d.removed_reason,
+                     "messages": [{"kind": j.kind, "to": j.target, "state": j.state,
+                                   "provider_status": j.provider_status, "attempts": j.attempts,
+                                   "error": j.last_error} for j in jobs]})
+    today = app.clock.now().date()
+    standing = []
+    for tenant in tenants.values():
+        protocol = load_protocol(app.db, tenant.id)
+        standing.append({"tenant": tenant.name, "active": tenant.active,
+                         "protocol": protocol.describe(today) if protocol else "none registered",
+                         "delivery": app.policy.standing(app.db, tenant)})
+    if args.json:
+        print_json({"deliveries": rows, "tenants": standing})
+        return
+    if not rows:
+        print("no deliveries")
+    for row in rows:
+        print(f"{row['id']}  {row['tenant']}/{row['file']}  {row['state']}"
+              + (f" ({row['removed']})" if row["removed"] else "")
+              + f"  {row['size']} bytes  published {row['published'][:16]}  expires {row['expires'][:10]}"
+              + (f"  collected by {row['collected_by']} {row['collected'][:16]}" if row["collected"] else ""))
+        for m in row["messages"]:
+            detail = f" [{m['provider_status']}]" if m["provider_status"] else ""
+            error = f" error: {m['error']}" if m["error"] else ""
+            print(f"    {m['kind']:5} {m['to']:16} {m['state']}{detail} attempts={m['attempts']}{error}")
+    print()
+    print_table(["TENANT", "ACTIVE", "PROTOCOL", "DELIVERY"],
+                [(s["tenant"], "yes" if s["active"] else "no", s["protocol"], s["delivery"]) for s in standing])
+
+
+def cmd_audit_verify(args: Any) -> int:
+    app = open_app(args)
+    result = app.audit.verify()
+    seq, head = app.audit.head()
+    if result.ok:
+        print(f"audit log intact: {result.checked} records, head #{seq} {head}")
+        return 0
+    print(f"audit log BROKEN at record #{result.bad_seq}: {result.reason} "
+          f"({result.checked} records before it are intact)")
+    return 1
+
+
+def cmd_audit_export(args: Any) -> None:
+    app = open_app(args)
+    since = None
+    if args.since:
+        try:
+            since = iso(datetime.fromisoformat(args.since).replace(tzinfo=timezone.utc))
+        except ValueError:
+            raise InvalidInput(f"--since {args.since!r}: expected YYYY-MM-DD") from None
+    for record in app.audit.records(since=since, tenant=args.tenant):
+        if args.json:
+            import json
+
+            print(json.dumps(record.as_dict(), ensure_ascii=False, sort_keys=True))
+        else:
+            print(f"#{record.seq} {record.ts} {record.event} actor={record.actor} tenant={record.tenant or '-'}"
+                  f" delivery={record.delivery or '-'} source={record.source or '-'} {record.detail}")
+
+
+def cmd_janitor_run(args: Any) -> None:
+    app = open_app(args)
+    report = app.janitor.run_once()
+    print(report.summary())
+    for delivery_id in report.removed_collected:
+        print(f"removed (collected): {delivery_id}")
+    for delivery_id in report.expired:
+        print(f"expired: {delivery_id}")
+
+
+def cmd_key_resend(args: Any) -> None:
+    app = open_app(args)
+    phones = app.outbox.resend(args.delivery, actor=operator().name, phone=args.phone)
+    print(f"queued the key of {args.delivery} for {', '.join(phones)}; the running server sends it")
+
+
+def cmd_delivery_allow(args: Any) -> None:
+    app = open_app(args)
+    tenant = app.directory.tenant(args.tenant)
+    actor = operator()
+    with app.db.transaction() as tx:
+        tx.execute("INSERT INTO allowances (tenant_id, granted_at, granted_by, reason) VALUES (?, ?, ?, ?)",
+                   (tenant.id, iso(app.clock.now()), actor.name, args.reason))
+        app.audit.append(tx, "policy.allow", actor=actor.name, tenant=tenant.name, source=actor.source,
+                         reason=args.reason)
+    print(f"{tenant.name} may receive one more delivery within the coming 365 days")

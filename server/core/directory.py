@@ -1,0 +1,236 @@
+"""Tenants (municipalities), users and their SSH keys: the administrative records, audited."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from dataclasses import dataclass
+from typing import Iterable
+
+import asyncssh
+import nacl.exceptions
+import nacl.pwhash
+
+from ..errors import AlreadyExists, InvalidInput, NotFound
+from .audit import AuditLog
+from .clock import Clock, iso
+from .records import FORMATS, ROLE_RECIPIENT, ROLES, Tenant, User, UserKey
+from .state import Database, Tx
+
+TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+USER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+NIS_CODE = re.compile(r"^\d{5}$")
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who made an administrative change, and from where (for the audit log)."""
+
+    name: str
+    source: str = "cli"
+
+
+def hash_password(password: str) -> bytes:
+    """argon2id with libsodium's interactive limits: slow enough for guessing, fast enough to log in."""
+    return nacl.pwhash.argon2id.str(password.encode())
+
+
+def verify_password(stored: bytes, password: str) -> bool:
+    """Blocking (tens of ms): call it off the event loop."""
+    try:
+        return nacl.pwhash.verify(stored, password.encode())
+    except nacl.exceptions.InvalidkeyError:
+        return False
+
+
+def parse_public_keys(text: str, origin: str) -> list[asyncssh.SSHKey]:
+    """Keys from an OpenSSH public key file (one or more lines)."""
+    keys = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            try:
+                keys.append(asyncssh.import_public_key(line.strip()))
+            except (asyncssh.KeyImportError, ValueError) as exc:
+                raise InvalidInput(f"{origin}, line {number}: not an SSH public key ({exc})") from None
+    if not keys:
+        raise InvalidInput(f"{origin}: contains no SSH public key")
+    return keys
+
+
+class Directory:
+    """Reads and changes tenants, users and keys; every change leaves an audit record."""
+
+    def __init__(self, db: Database, audit: AuditLog, clock: Clock) -> None:
+        self.db = db
+        self.audit = audit
+        self.clock = clock
+
+    # --- tenants -------------------------------------------------------------------------------
+    def add_tenant(self, actor: Actor, name: str, *, phones: Iterable[str], nis: str | None = None,
+                   email: str | None = None, fmt: str = "age") -> Tenant:
+        if not TENANT_NAME.match(name):
+            raise InvalidInput(f"tenant name {name!r}: use a short lowercase slug such as 'genk' "
+                               "(letters, digits and '-', at most 40)")
+        if nis is not None and not NIS_CODE.match(nis):
+            raise InvalidInput(f"NIS code {nis!r}: expected five digits, such as 71016 for Genk")
+        if fmt not in FORMATS:
+            raise InvalidInput(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
+        phones = list(phones)
+        if not phones:
+            raise InvalidInput("a tenant needs at least one --phone for key delivery")
+        with self.db.transaction() as tx:
+            try:
+                cur = tx.execute("INSERT INTO tenants (name, nis, format, email, active, created_at)"
+                                 " VALUES (?, ?, ?, ?, 1, ?)", (name, nis, fmt, email, iso(self.clock.now())))
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"tenant {name!r} exists already") from None
+            tenant_id = cur.lastrowid
+            self._set_phones(tx, tenant_id, phones)
+            self.audit.append(tx, "tenant.add", actor=actor.name, tenant=name, source=actor.source,
+                              nis=nis, format=fmt, phones=len(phones), email=bool(email))
+        return self.tenant(name)
+
+    def _set_phones(self, tx: Tx, tenant_id: int, phones: list[str]) -> None:
+        tx.execute("DELETE FROM tenant_phones WHERE tenant_id = ?", (tenant_id,))
+        for position, e164 in enumerate(dict.fromkeys(phones)):
+            tx.execute("INSERT INTO tenant_phones (tenant_id, e164, position) VALUES (?, ?, ?)",
+                       (tenant_id, e164, position))
+
+    def update_tenant(self, actor: Actor, name: str, *, phones: list[str] | None = None,
+                      email: str | None = None, fmt: str | None = None) -> Tenant:
+        tenant = self.tenant(name)
+        if fmt is not None and fmt not in FORMATS:
+            raise InvalidInput(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
+        with self.db.transaction() as tx:
+            if phones:
+                self._set_phones(tx, tenant.id, phones)
+            if email is not None:
+                tx.execute("UPDATE tenants SET email = ? WHERE id = ?", (email or None, tenant.id))
+            if fmt is not None:
+                tx.execute("UPDATE tenants SET format = ? WHERE id = ?", (fmt, tenant.id))
+            self.audit.append(tx, "tenant.change", actor=actor.name, tenant=name, source=actor.source,
+                              phones=len(phones) if phones else None, email=email is not None,
+                              format=fmt)
+        return self.tenant(name)
+
+    def disable_tenant(self, actor: Actor, name: str) -> None:
+        tenant = self.tenant(name)
+        with self.db.transaction() as tx:
+            tx.execute("UPDATE tenants SET active = 0 WHERE id = ?", (tenant.id,))
+            self.audit.append(tx, "tenant.disable", actor=actor.name, tenant=name, source=actor.source)
+
+    def tenant(self, name: str) -> Tenant:
+        row = self.db.query_one("SELECT * FROM tenants WHERE name = ?", (name,))
+        if row is None:
+            raise NotFound(f"no tenant named {name!r}")
+        return self._tenant(row)
+
+    def tenant_by_id(self, tenant_id: int) -> Tenant:
+        row = self.db.query_one("SELECT * FROM tenants WHERE id = ?", (tenant_id,))
+        if row is None:
+            raise NotFound(f"no tenant with id {tenant_id}")
+        return self._tenant(row)
+
+    def tenants(self, *, active_only: bool = False) -> list[Tenant]:
+        sql = "SELECT * FROM tenants" + (" WHERE active = 1" if active_only else "") + " ORDER BY name"
+        return [self._tenant(row) for row in self.db.query(sql)]
+
+    def _tenant(self, row: sqlite3.Row) -> Tenant:
+        phones = tuple(r[0] for r in self.db.query(
+            "SELECT e164 FROM tenant_phones WHERE tenant_id = ? ORDER BY position", (row["id"],)))
+        return Tenant(id=row["id"], name=row["name"], nis=row["nis"], format=row["format"],
+                      email=row["email"], active=bool(row["active"]), phones=phones)
+
+    # --- users ---------------------------------------------------------------------------------
+    def add_user(self, actor: Actor, name: str, *, role: str, tenant: str | None = None,
+                 keys: Iterable[tuple[str, str]] = (), password: str | None = None) -> User:
+        """`keys` are (text of a public key file, where it came from) pairs."""
+        if not USER_NAME.match(name):
+            raise InvalidInput(f"user name {name!r}: lowercase letters, digits, '.', '_' and '-', at most 64")
+        if role not in ROLES:
+            raise InvalidInput(f"role {role!r}: expected sender or recipient")
+        if (role == ROLE_RECIPIENT) != (tenant is not None):
+            raise InvalidInput("a recipient belongs to exactly one --tenant; a sender to none")
+        tenant_id = self.tenant(tenant).id if tenant else None
+        parsed = [(key, origin) for text, origin in keys for key in parse_public_keys(text, origin)]
+        if not parsed and not password:
+            raise InvalidInput(f"user {name!r} needs at least one --key or a password (--password-stdin)")
+        pw_hash = hash_password(password) if password else None
+        with self.db.transaction() as tx:
+            try:
+                cur = tx.execute("INSERT INTO users (name, role, tenant_id, active, password_hash, created_at)"
+                                 " VALUES (?, ?, ?, 1, ?, ?)",
+                                 (name, role, tenant_id, pw_hash, iso(self.clock.now())))
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"user {name!r} exists already") from None
+            for key, _origin in parsed:
+                self._insert_key(tx, cur.lastrowid, key)
+            self.audit.append(tx, "user.add", actor=actor.name, tenant=tenant, source=actor.source,
+                              user=name, role=role, keys=[k.get_fingerprint("sha256") for k, _ in parsed],
+                              password=bool(password))
+        return self.user(name)
+
+    def _insert_key(self, tx: Tx, user_id: int, key: asyncssh.SSHKey) -> str:
+        fingerprint = key.get_fingerprint("sha256")
+        try:
+            tx.execute("INSERT INTO user_keys (user_id, fingerprint, public_key, comment, added_at)"
+                       " VALUES (?, ?, ?, ?, ?)",
+                       (user_id, fingerprint, key.export_public_key("openssh").decode().strip(),
+                        key.get_comment() or "", iso(self.clock.now())))
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"key {fingerprint} is registered for this user already") from None
+        return fingerprint
+
+    def add_key(self, actor: Actor, name: str, text: str, origin: str) -> list[str]:
+        user = self.user(name)
+        keys = parse_public_keys(text, origin)
+        with self.db.transaction() as tx:
+            added = [self._insert_key(tx, user.id, key) for key in keys]
+            self.audit.append(tx, "user.key.add", actor=actor.name, source=actor.source, user=name,
+                              tenant=self._tenant_name(user), keys=added)
+        return added
+
+    def remove_key(self, actor: Actor, name: str, text: str, origin: str) -> list[str]:
+        user = self.user(name)
+        fingerprints = [k.get_fingerprint("sha256") for k in parse_public_keys(text, origin)]
+        with self.db.transaction() as tx:
+            removed = [fp for fp in fingerprints if tx.execute(
+                "DELETE FROM user_keys WHERE user_id = ? AND fingerprint = ?", (user.id, fp)).rowcount]
+            if not removed:
+                raise NotFound(f"none of the keys in {origin} is registered for {name!r}")
+            self.audit.append(tx, "user.key.remove", actor=actor.name, source=actor.source, user=name,
+                              tenant=self._tenant_name(user), keys=removed)
+        return removed
+
+    def disable_user(self, actor: Actor, name: str) -> None:
+        user = self.user(name)
+        with self.db.transaction() as tx:
+            tx.execute("UPDATE users SET active = 0 WHERE id = ?", (user.id,))
+            self.audit.append(tx, "user.disable", actor=actor.name, source=actor.source, user=name,
+                              tenant=self._tenant_name(user))
+
+    def _tenant_name(self, user: User) -> str | None:
+        return self.tenant_by_id(user.tenant_id).name if user.tenant_id else None
+
+    def user(self, name: str) -> User:
+        row = self.db.query_one("SELECT * FROM users WHERE name = ?", (name,))
+        if row is None:
+            raise NotFound(f"no user named {name!r}")
+        return _user(row)
+
+    def find_user(self, name: str) -> User | None:
+        row = self.db.query_one("SELECT * FROM users WHERE name = ?", (name,))
+        return _user(row) if row else None
+
+    def users(self) -> list[User]:
+        return [_user(row) for row in self.db.query("SELECT * FROM users ORDER BY name")]
+
+    def keys(self, user: User) -> list[UserKey]:
+        return [UserKey(id=r["id"], user_id=r["user_id"], fingerprint=r["fingerprint"],
+                        public_key=r["public_key"], comment=r["comment"])
+                for r in self.db.query("SELECT * FROM user_keys WHERE user_id = ? ORDER BY id", (user.id,))]
+
+
+def _user(row: sqlite3.Row) -> User:
+    return User(id=row["id"], name=row["name"], role=row["role"], tenant_id=row["tenant_id"],
+                active=bool(row["active"]), password_hash=row["password_hash"])

@@ -1,0 +1,290 @@
+"""The drop-box core: uploads become deliveries, recipients read and collect them, and every
+removal goes through one path. It knows nothing of SFTP; the edge calls it off the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import timedelta
+from typing import Callable, Protocol
+
+from ...config.settings import Settings
+from ..errors import NotFound, PermissionDenied, SluisError
+from .audit import AuditLog
+from .clock import Clock, iso
+from .coverage import Coverage
+from .deliveries import COLLECTED, PUBLISHED, REMOVED, VISIBLE, fetch
+from .directory import Directory
+from .encryption import SUFFIXES, HashingOutput, open_encryptor
+from .names import check_name, staged_base
+from .records import Delivery, Tenant
+from .session import Session
+from .state import Database, Tx
+from .storage import BlobReader, Storage
+from .uploads import Upload
+from .window import MemoryBudget, ReorderWindow
+
+log = logging.getLogger("sluis.dropbox")
+
+
+class KeyHandoff(Protocol):
+    """What the core asks of key delivery, always inside the transaction that changes state."""
+
+    def enqueue(self, tx: Tx, delivery: Delivery, tenant: Tenant, passphrase: str) -> int: ...
+    def revoke(self, tx: Tx, delivery_id: str, reason: str) -> None: ...
+    def collected(self, tx: Tx, delivery_id: str) -> None: ...
+    def wake(self) -> None: ...
+
+
+class DeliveryPolicy(Protocol):
+    """The protocol's rules: may this tenant receive a delivery now, and what does it replace?"""
+
+    def admit(self, conn: Tx | Database, tenant: Tenant, delivery_id: str | None = None) -> list[Delivery]: ...
+
+
+class Download:
+    """An open recipient handle on one delivery; reads are recorded in the session's coverage."""
+
+    def __init__(self, delivery: Delivery, reader: BlobReader, coverage: Coverage) -> None:
+        self.delivery = delivery
+        self.reader = reader
+        self.coverage = coverage
+        self.sent = 0
+
+    def read(self, offset: int, size: int) -> bytes:
+        data = self.reader.read_at(offset, size)
+        self.coverage.add(offset, offset + len(data))
+        self.sent += len(data)
+        return data
+
+
+class DropBox:
+    """Uploads, downloads, collection and removal of deliveries."""
+
+    def __init__(self, *, settings: Settings, db: Database, audit: AuditLog, directory: Directory,
+                 storage: Storage, clock: Clock, keys: KeyHandoff, policy: DeliveryPolicy,
+                 passphrases: Callable[[], str]) -> None:
+        self.settings = settings
+        self.db = db
+        self.audit = audit
+        self.directory = directory
+        self.storage = storage
+        self.clock = clock
+        self.keys = keys
+        self.policy = policy
+        self.passphrases = passphrases
+        self.budget = MemoryBudget(settings.upload.total_window)
+
+    # --- what users see ----------------------------------------------------------------------
+    def active_tenant(self, name: str) -> Tenant:
+        tenant = self.directory.tenant(name)
+        if not tenant.active:
+            raise NotFound(f"no tenant named {name!r}")
+        return tenant
+
+    def sender_pending(self, session: Session, tenant: Tenant) -> list[Delivery]:
+        """The sender's own deliveries to this tenant that nobody has collected yet."""
+        return fetch(self.db, "tenant_id = ? AND sender_id = ? AND state = ?",
+                     (tenant.id, session.user.id, PUBLISHED))
+
+    def recipient_files(self, session: Session) -> list[Delivery]:
+        return fetch(self.db, "tenant_id = ? AND state IN (?, ?)", (session.user.tenant_id, *VISIBLE))
+
+    def recipient_file(self, session: Session, stored_name: str) -> Delivery:
+        for delivery in self.recipient_files(session):
+            if delivery.stored_name == stored_name:
+                return delivery
+        raise NotFound(f"no file named {stored_name!r}")
+
+    def sender_file(self, session: Session, tenant: Tenant, name: str) -> Delivery:
+        for delivery in self.sender_pending(session, tenant):
+            if delivery.name == name:
+                return delivery
+        raise NotFound(f"no file named {name!r}")
+
+    # --- uploads -------------------------------------------------------------------------------
+    def start_upload(self, session: Session, tenant_name: str, name: str) -> Upload:
+        """Check name, tenant and policy, then open an encrypted temporary. Blocks (scrypt)."""
+        if not session.is_sender:
+            raise PermissionDenied("only senders upload")
+        name = check_name(name)
+        tenant = self.active_tenant(tenant_name)
+        self.policy.admit(self.db, tenant)  # refuse early, with the policy's message
+        upload_id = "u-" + secrets.token_hex(8)
+        with self.db.transaction() as tx:
+            tx.execute("INSERT INTO uploads (id, tenant_id, sender_id, name, temp_key, source, started_at)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?)", (upload_id, tenant.id, session.user.id, name,
+                                                         upload_id, session.source, iso(self.clock.now())))
+            self.audit.append(tx, "upload.start", actor=session.actor, tenant=tenant.name,
+                              source=session.source, upload=upload_id, name=name)
+        temp = self.storage.create_temp(upload_id)
+        try:
+            out = HashingOutput(temp)
+            passphrase = self.passphrases()
+            member = staged_base(name) or name
+            encryptor = open_encryptor(tenant.format, out, passphrase, name=member,
+                                       scrypt_log_n=self.settings.crypto.scrypt_log_n)
+        except BaseException:
+            temp.close()
+            self._forget_upload(upload_id, tenant, session, "failed to start", "encryptor")
+            raise
+        upload_settings = self.settings.upload
+        return Upload(upload_id=upload_id, session=session, tenant=tenant, name=name, temp=temp,
+                      out=out, encryptor=encryptor, passphrase=passphrase,
+                      window_factory=lambda sink: ReorderWindow(
+                          sink, window=upload_settings.window, budget=self.budget,
+                          max_size=upload_settings.max_file_size))
+
+    def publish(self, upload: Upload, name: str | None = None) -> Delivery:
+        """Seal the upload and make it a delivery, with its key jobs, in one transaction."""
+        name = check_name(name or upload.name)
+        sealed = upload.seal()
+        tenant = upload.tenant
+        now = self.clock.now()
+        delivery = Delivery(
+            id=f"d-{now:%Y%m%d}-{secrets.token_hex(6)}", tenant_id=tenant.id,
+            sender_id=upload.session.user.id, name=name, stored_name=name + SUFFIXES[tenant.format],
+            format=tenant.format, state=PUBLISHED, plain_size=sealed.plain_size,
+            stored_size=sealed.stored_size, plain_sha256=sealed.plain_sha256,
+            stored_sha256=sealed.stored_sha256, blob_key="", created_at=iso(now),
+            expires_at=iso(now + timedelta(seconds=self.settings.retention.expire_after)),
+            collected_at=None, collected_by=None, collected_from=None, removed_at=None,
+            removed_reason=None)
+        delivery = delivery.__class__(**{**delivery.__dict__, "blob_key": f"{tenant.box_key}/{delivery.id}"})
+        replaced: list[Delivery] = []
+        with self.db.transaction() as tx:
+            replaced = self.policy.admit(tx, tenant, delivery.id)
+            for old in replaced:
+                self._mark_removed(tx, old, "replaced", actor=upload.session.actor,
+                                   source=upload.session.source, by=delivery.id)
+            tx.execute("INSERT INTO deliveries VALUES (:id, :tenant_id, :sender_id, :name, :stored_name,"
+                       " :format, :state, :plain_size, :stored_size, :plain_sha256, :stored_sha256,"
+                       " :blob_key, :created_at, :expires_at, :collected_at, :collected_by,"
+                       " :collected_from, :removed_at, :removed_reason)", delivery.__dict__)
+            tx.execute("DELETE FROM uploads WHERE id = ?", (upload.id,))
+            jobs = self.keys.enqueue(tx, delivery, tenant, upload.passphrase)
+            self.audit.append(tx, "delivery.publish", actor=upload.session.actor, tenant=tenant.name,
+                              delivery=delivery.id, source=upload.session.source, upload=upload.id,
+                              name=name, stored_name=delivery.stored_name, plain_size=sealed.plain_size,
+                              plain_sha256=sealed.plain_sha256, stored_size=sealed.stored_size,
+                              stored_sha256=sealed.stored_sha256, key_jobs=jobs,
+                              replaces=[d.id for d in replaced])
+            # Inside the transaction: if the rename fails nothing commits; if we crash after the
+            # rename but before COMMIT, the blob is an orphan that recovery removes.
+            self.storage.publish(upload.temp, delivery.blob_key)
+        upload.finished = True
+        upload.passphrase = ""
+        for old in replaced:
+            self.storage.delete(old.blob_key)
+        self.keys.wake()
+        return delivery
+
+    def abort(self, upload: Upload, reason: str, error: BaseException | None = None) -> None:
+        """Drop an upload that will not be published; nothing of it stays."""
+        if upload.finished:
+            return
+        upload.finished = True
+        upload.release()
+        self.storage.discard(upload.temp.key)
+        self._forget_upload(upload.id, upload.tenant, upload.session, reason,
+                            str(error) if error else "", name=upload.name, received=upload.size)
+
+    def _forget_upload(self, upload_id: str, tenant: Tenant, session: Session, reason: str,
+                       error: str, **detail: object) -> None:
+        with self.db.transaction() as tx:
+            tx.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+            self.audit.append(tx, "upload.abort", actor=session.actor, tenant=tenant.name,
+                              source=session.source, upload=upload_id, reason=reason, error=error,
+                              **detail)
+
+    # --- downloads -----------------------------------------------------------------------------
+    def open_download(self, session: Session, stored_name: str, coverage: Coverage) -> Download:
+        if not session.is_recipient:
+            raise PermissionDenied("senders cannot read stored files")
+        delivery = self.recipient_file(session, stored_name)
+        reader = self.storage.open_read(delivery.blob_key)
+        self.audit.record("download.open", actor=session.actor, tenant=self._tenant_name(delivery),
+                          delivery=delivery.id, source=session.source, name=stored_name)
+        return Download(delivery, reader, coverage)
+
+    def close_download(self, session: Session, download: Download) -> bool:
+        """Close the handle; if the session has now read every byte, the delivery is collected."""
+        download.reader.close()
+        delivery = download.delivery
+        complete = download.coverage.covers(delivery.stored_size)
+        tenant = self._tenant_name(delivery)
+        with self.db.transaction() as tx:
+            self.audit.append(tx, "download.close", actor=session.actor, tenant=tenant,
+                              delivery=delivery.id, source=session.source, bytes_sent=download.sent,
+                              covered=download.coverage.total, complete=complete)
+            if complete:
+                changed = tx.execute(
+                    "UPDATE deliveries SET state = ?, collected_at = ?, collected_by = ?, collected_from = ?"
+                    " WHERE id = ? AND state = ?", (COLLECTED, iso(self.clock.now()), session.actor,
+                                                    session.source, delivery.id, PUBLISHED)).rowcount
+                if changed:
+                    self.keys.collected(tx, delivery.id)
+                    self.audit.append(tx, "delivery.collect", actor=session.actor, tenant=tenant,
+                                      delivery=delivery.id, source=session.source,
+                                      stored_sha256=delivery.stored_sha256)
+        return complete
+
+    # --- removal: one path for recipients, senders, the janitor and operators -----------------
+    def remove(self, delivery: Delivery, reason: str, *, actor: str, source: str | None = None,
+               **detail: object) -> bool:
+        with self.db.transaction() as tx:
+            current = fetch(tx, "id = ?", (delivery.id,))
+            if not current or current[0].state == REMOVED:
+                return False
+            self._mark_removed(tx, current[0], reason, actor=actor, source=source, **detail)
+        self.storage.delete(delivery.blob_key)
+        return True
+
+    def _mark_removed(self, tx: Tx, delivery: Delivery, reason: str, *, actor: str,
+                      source: str | None, **detail: object) -> None:
+        tx.execute("UPDATE deliveries SET state = ?, removed_at = ?, removed_reason = ? WHERE id = ?",
+                   (REMOVED, iso(self.clock.now()), reason, delivery.id))
+        self.keys.revoke(tx, delivery.id, reason)
+        self.audit.append(tx, "delivery.remove", actor=actor, tenant=self._tenant_name(delivery),
+                          delivery=delivery.id, source=source, reason=reason, name=delivery.stored_name,
+                          **detail)
+
+    def _tenant_name(self, delivery: Delivery) -> str:
+        return self.directory.tenant_by_id(delivery.tenant_id).name
+
+    # --- recovery ------------------------------------------------------------------------------
+    def recover(self) -> int:
+        """At startup: uploads cut off by a crash are removed and recorded; returns how many."""
+        count = 0
+        for row in self.db.query("SELECT * FROM uploads ORDER BY started_at"):
+            self.storage.discard(row["temp_key"])
+            tenant = self.directory.tenant_by_id(row["tenant_id"])
+            with self.db.transaction() as tx:
+                tx.execute("DELETE FROM uploads WHERE id = ?", (row["id"],))
+                self.audit.append(tx, "upload.abort", actor="sluis", tenant=tenant.name,
+                                  source=row["source"], upload=row["id"], name=row["name"],
+                                  reason="interrupted (server stopped or crashed mid-upload)", error="")
+            count += 1
+        return count + self.sweep_orphans()
+
+    def sweep_orphans(self) -> int:
+        """Remove blobs and temporaries that no record refers to (a crash between rename and commit).
+
+        It runs under the write lock: publish renames inside its transaction and an upload's row
+        exists before its temporary does, so what this sees unreferenced really is an orphan.
+        """
+        removed = 0
+        with self.db.transaction() as tx:
+            live_uploads = {r[0] for r in tx.execute("SELECT temp_key FROM uploads")}
+            live_blobs = {r[0] for r in tx.execute("SELECT blob_key FROM deliveries WHERE state != ?",
+                                                    (REMOVED,))}
+            for key in self.storage.temp_keys():
+                if key not in live_uploads and self.storage.discard(key):
+                    removed += 1
+                    self.audit.append(tx, "storage.orphan.remove", actor="sluis", kind="temporary", key=key)
+            for key in self.storage.keys():
+                if key not in live_blobs and self.storage.delete(key):
+                    removed += 1
+                    self.audit.append(tx, "storage.orphan.remove", actor="sluis", kind="blob", key=key)
+        return removed

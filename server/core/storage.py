@@ -1,0 +1,159 @@
+"""Where encrypted blobs live. The core talks only to `Storage`; LocalStorage is the default.
+
+Keys are made by the core from ids (`t000001/d-...`), never from names a client sent. An S3
+backend would map `create_temp`/`publish` to a multipart upload completed on publish.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from ..errors import NotFound, StorageFull
+
+_KEY = re.compile(r"^[a-z0-9]{1,32}/[A-Za-z0-9_-]{1,64}$")
+_TEMP = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def is_storage_full(exc: OSError) -> bool:
+    return exc.errno in _FULL
+
+
+class TempBlob(Protocol):
+    """A blob being written, invisible until published."""
+
+    key: str
+
+    def write(self, data: bytes) -> int: ...
+    def sync(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class BlobReader(Protocol):
+    def read_at(self, offset: int, size: int) -> bytes: ...
+    def close(self) -> None: ...
+
+
+class Storage(Protocol):
+    """The small surface the drop-box core needs from a blob store."""
+
+    def create_temp(self, temp_key: str) -> TempBlob: ...
+    def publish(self, temp: TempBlob, key: str) -> None: ...
+    def discard(self, temp_key: str) -> bool: ...
+    def open_read(self, key: str) -> BlobReader: ...
+    def size(self, key: str) -> int: ...
+    def delete(self, key: str) -> bool: ...
+    def temp_keys(self) -> list[str]: ...
+    def keys(self) -> list[str]: ...
+
+
+class _LocalTemp:
+    def __init__(self, key: str, path: Path) -> None:
+        self.key = key
+        self.path = path
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        self._file: BinaryIO = os.fdopen(fd, "wb", buffering=1 << 20)
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as exc:
+            raise StorageFull("no space left for the upload") if is_storage_full(exc) else exc
+
+    def sync(self) -> None:
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise StorageFull("no space left for the upload") if is_storage_full(exc) else exc
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        except OSError:
+            pass  # a failed flush of a temp that is being discarded anyway
+
+
+class _LocalReader:
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        return os.pread(self._fd, size, offset)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStorage:
+    """Blobs as files under DATA_DIR/boxes, temporaries under DATA_DIR/tmp (same filesystem)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.boxes = data_dir / "boxes"
+        self.tmp = data_dir / "tmp"
+        for directory in (self.boxes, self.tmp):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        if not _KEY.match(key):
+            raise ValueError(f"malformed storage key {key!r}")
+        return self.boxes / key
+
+    def _temp_path(self, temp_key: str) -> Path:
+        if not _TEMP.match(temp_key):
+            raise ValueError(f"malformed temporary key {temp_key!r}")
+        return self.tmp / f"{temp_key}.part"
+
+    def create_temp(self, temp_key: str) -> _LocalTemp:
+        return _LocalTemp(temp_key, self._temp_path(temp_key))
+
+    def publish(self, temp: TempBlob, key: str) -> None:
+        """Atomically move a synced temporary into place and make the rename durable."""
+        target = self._path(key)
+        target.parent.mkdir(mode=0o700, exist_ok=True)
+        os.rename(self._temp_path(temp.key), target)
+        fsync_dir(target.parent)
+
+    def discard(self, temp_key: str) -> bool:
+        try:
+            os.unlink(self._temp_path(temp_key))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def open_read(self, key: str) -> _LocalReader:
+        try:
+            return _LocalReader(self._path(key))
+        except FileNotFoundError:
+            raise NotFound("the file is no longer stored") from None
+
+    def size(self, key: str) -> int:
+        return self._path(key).stat().st_size
+
+    def delete(self, key: str) -> bool:
+        """Unlink and fsync the directory, so the removal survives a crash."""
+        path = self._path(key)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        fsync_dir(path.parent)
+        return True
+
+    def temp_keys(self) -> list[str]:
+        return sorted(p.name[:-5] for p in self.tmp.glob("*.part"))
+
+    def keys(self) -> list[str]:
+        return sorted(f"{p.parent.name}/{p.name}" for p in self.boxes.glob("*/*") if p.is_file())

@@ -1,0 +1,49 @@
+"""The named errors of the drop-box core. The SFTP edge maps them to status codes in one place
+(server/sftp/status.py); the CLI prints their message. Messages are meant for the person who
+caused them, so they say what went wrong and, where it helps, what to do instead."""
+
+from __future__ import annotations
+
+
+class SluisError(Exception):
+    """Base of every error the core raises on purpose."""
+
+
+class NotFound(SluisError):
+    """The path, tenant, user or delivery does not exist (or is not visible to this user)."""
+
+
+class PermissionDenied(SluisError):
+    """The user's role does not allow this operation here."""
+
+
+class InvalidPath(PermissionDenied):
+    """The path is malformed or tries to leave the user's view (.., //, NUL, control chars)."""
+
+
+class Unsupported(SluisError):
+    """The operation does not exist in sluis (links, mkdir, ...)."""
+
+
+class AlreadyExists(SluisError):
+    """A tenant, user or key with that name exists already."""
+
+
+class InvalidInput(SluisError):
+    """An administrative command got a value it cannot use."""
+
+
+class PolicyRefused(PermissionDenied):
+    """The data-sharing protocol does not allow this delivery (yearly limit, protocol not in force)."""
+
+
+class UploadRejected(SluisError):
+    """The upload cannot be completed as sent (empty, too large, a hole, writes too far out of order)."""
+
+
+class StorageFull(SluisError):
+    """The storage has no room for the upload; nothing was published."""
+
+
+class Busy(SluisError):
+    """A shared limit is exhausted right now; retrying later can succeed."""

@@ -1,0 +1,89 @@
+"""AgeWriter: encrypt a stream to one passphrase, holding at most one chunk in memory."""
+
+from __future__ import annotations
+
+import os
+from types import TracebackType
+from typing import BinaryIO
+
+from . import scrypt
+from .header import FILE_KEY_SIZE, encode_header
+from .scrypt import DEFAULT_LOG_N
+from .stream import CHUNK_SIZE, NONCE_SIZE, StreamSealer, payload_key
+
+
+class AgeWriter:
+    """Streaming age encryptor for the scrypt recipient; writes header and nonce on creation."""
+
+    def __init__(self, out: BinaryIO, passphrase: str, *, log_n: int = DEFAULT_LOG_N) -> None:
+        # Spec: "The file key MUST be generated as 16 bytes of CSPRNG output." Same for the
+        # nonce: a fresh one per file keeps payload keys unique.
+        file_key = os.urandom(FILE_KEY_SIZE)
+        stanza = scrypt.make_stanza(file_key, passphrase.encode("utf-8"), log_n)
+        nonce = os.urandom(NONCE_SIZE)
+        self._out = out
+        self._sealer = StreamSealer(payload_key(file_key, nonce))
+        self._buffer = bytearray()
+        self._ciphertext_bytes = 0
+        self._plaintext_bytes = 0
+        self._closed = False
+        self._emit(encode_header(file_key, [stanza]) + nonce)
+
+    @property
+    def ciphertext_bytes(self) -> int:
+        """Bytes written to `out` so far (header, nonce and sealed chunks)."""
+        return self._ciphertext_bytes
+
+    @property
+    def plaintext_bytes(self) -> int:
+        """Plaintext bytes accepted by write() so far."""
+        return self._plaintext_bytes
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Plaintext held back, never more than one chunk."""
+        return len(self._buffer)
+
+    def write(self, data: bytes) -> None:
+        """Accept plaintext; seal a full chunk only once more data shows it is not the last."""
+        if self._closed:
+            raise ValueError("write to a closed AgeWriter")
+        view = memoryview(data).cast("B")
+        self._plaintext_bytes += len(view)
+        while view:
+            if len(self._buffer) == CHUNK_SIZE:
+                # More data follows, so the buffered chunk is not the final one. We cannot seal
+                # it earlier: the final chunk must carry the last-chunk flag, and a full chunk
+                # may turn out to be the final one.
+                self._emit(self._sealer.seal(bytes(self._buffer), last=False))
+                self._buffer.clear()
+            take = CHUNK_SIZE - len(self._buffer)
+            self._buffer += view[:take]
+            view = view[take:]
+
+    def close(self) -> None:
+        """Seal the final chunk. Does not close `out`, which belongs to the caller."""
+        if self._closed:
+            return
+        self._emit(self._sealer.seal(bytes(self._buffer), last=True))
+        self._buffer.clear()
+        self._closed = True
+
+    def __enter__(self) -> AgeWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Only finish the file on success: sealing a final chunk after an error would turn a
+        # truncated upload into a valid-looking, complete file.
+        if exc_type is None:
+            self.close()
+
+    def _emit(self, data: bytes) -> None:
+        """Write everything to `out`, counting it."""
+        self._out.write(data)
+        self._ciphertext_bytes += len(data)

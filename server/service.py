@@ -1,0 +1,84 @@
+"""`sluis serve`: the SFTP listener, the outbox worker and the janitor in one process.
+
+SIGTERM/SIGINT stop it cleanly: the listener closes, open connections are closed (uploads in
+flight are discarded through the normal abort path), workers stop, the database is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Callable
+
+import asyncssh
+
+from ..keydelivery.factory import make_provider
+from ..keydelivery.worker import OutboxWorker
+from .app import App
+from .sftp.auth import SluisSSHServer
+
+log = logging.getLogger("sluis")
+SHUTDOWN_GRACE_SECONDS = 5.0
+HOST_KEY_CREDENTIAL = "sluis-host-key"
+
+
+def host_key_paths(app: App) -> list[Path]:
+    """The configured host keys, or the systemd credential when one is passed."""
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds and (Path(creds) / HOST_KEY_CREDENTIAL).is_file():
+        return [Path(creds) / HOST_KEY_CREDENTIAL]
+    return [app.settings.resolve(p) for p in app.settings.server.host_keys]
+
+
+class Service:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.stopping = asyncio.Event()
+        self.port = 0
+
+    async def run(self, on_ready: Callable[[int], None] | None = None) -> None:
+        app, loop = self.app, asyncio.get_running_loop()
+        recovered = await asyncio.to_thread(app.dropbox.recover)
+        if recovered:
+            log.warning("removed %d leftovers of uploads interrupted by the last stop", recovered)
+        worker = OutboxWorker(app.settings, app.outbox, make_provider(app.settings.sms))
+        app.outbox.on_wake(lambda: worker.wake_threadsafe(loop))
+        host, port = app.settings.server.listen
+        keys = [asyncssh.read_private_key(str(path)) for path in host_key_paths(app)]
+        acceptor = await asyncssh.create_server(
+            lambda: SluisSSHServer(app), host, port, server_host_keys=keys, server_version="sluis",
+            allow_scp=False, agent_forwarding=False, x11_forwarding=False, allow_pty=False,
+            login_timeout=app.settings.server.login_timeout, keepalive_interval=60)
+        self.port = acceptor.sockets[0].getsockname()[1]
+        tasks = [asyncio.create_task(worker.run(), name="outbox"),
+                 asyncio.create_task(self._janitor_loop(), name="janitor")]
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stopping.set)
+        log.info("sluis listening on %s:%d (sms provider: %s)", host, self.port, app.settings.sms.provider)
+        if on_ready:
+            on_ready(self.port)
+        await self.stopping.wait()
+        log.info("stopping: closing the listener and %d connections", len(app.connections.live))
+        acceptor.close()
+        for server in list(app.connections.live):
+            if server.conn is not None:
+                server.conn.close()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(acceptor.wait_closed(), SHUTDOWN_GRACE_SECONDS)
+        await asyncio.sleep(0.2)  # let the SFTP sessions run their cleanup (abort open uploads)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        log.info("stopped")
+
+    async def _janitor_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.app.janitor.run_once)
+            except Exception:
+                log.exception("janitor pass failed")
+            await asyncio.sleep(self.app.settings.retention.interval)

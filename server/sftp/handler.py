@@ -1,0 +1,273 @@
+"""The SFTP server a logged-in user talks to. It only checks and delegates: every request is
+normalised (paths.py), authorised (requests.py), resolved in the user's view (views.py) and
+handed to the drop-box core off the event loop; core errors become SFTP errors in status.py.
+Every request leaves one log line (reads and writes at debug level).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, TypeVar
+
+import asyncssh
+from asyncssh import SFTPAttrs, SFTPName
+from asyncssh.sftp import FXF_APPEND, FXF_READ, FXF_WRITE
+
+from ..core.coverage import Coverage
+from ..core.deliveries import REASON_DELETED, REASON_WITHDRAWN
+from ..core.dropbox import Download, DropBox
+from ..core.names import check_name, staged_base
+from ..core.session import Session
+from ..core.uploads import Upload
+from ..errors import NotFound, PermissionDenied, UploadRejected
+from .paths import join_path, split_path
+from .requests import authorise
+from .status import to_sftp_error
+from .views import View, file_attrs
+
+log = logging.getLogger("sluis.sftp")
+T = TypeVar("T")
+_QUIET = {"read", "write"}
+
+
+@dataclass
+class UploadHandle:
+    upload: Upload
+    key: tuple[str, str]
+    staged: bool
+
+
+@dataclass
+class DownloadHandle:
+    download: Download
+
+
+class SluisSFTPServer(asyncssh.SFTPServer):
+    """One SFTP session of one user."""
+
+    def __init__(self, chan: asyncssh.SSHServerChannel, dropbox: DropBox, session: Session) -> None:
+        super().__init__(chan)
+        self.dropbox = dropbox
+        self.session = session
+        self.uploads: dict[tuple[str, str], Upload] = {}
+        self.coverage: dict[str, Coverage] = {}
+        self.view = View(dropbox, session, self.uploads, int(time.time()))
+        self.lost = False   # set when the connection drops: closing handles then must not publish
+
+    # --- the one wrapper every request goes through ---------------------------------------------
+    async def _run(self, op: str, target: str, func: Callable[..., T], *args: Any) -> T:
+        started = time.monotonic()
+        try:
+            authorise(self.session, op)
+            result = await asyncio.to_thread(func, *args)
+        except Exception as exc:
+            error = to_sftp_error(exc)
+            self._log(op, target, started, f"{type(error).__name__}: {error.reason}", logging.INFO)
+            if isinstance(exc, PermissionDenied):
+                await asyncio.to_thread(self._audit_denial, op, target, str(exc))
+            raise error from None
+        self._log(op, target, started, "ok", logging.DEBUG if op in _QUIET else logging.INFO)
+        return result
+
+    def _log(self, op: str, target: str, started: float, outcome: str, level: int) -> None:
+        log.log(level, "sftp user=%s session=%s from=%s op=%s path=%s result=%s ms=%.1f",
+                self.session.actor, self.session.id, self.session.source, op, target, outcome,
+                (time.monotonic() - started) * 1000)
+
+    def _audit_denial(self, op: str, target: str, reason: str) -> None:
+        tenant = self.dropbox.directory.tenant_by_id(self.session.user.tenant_id).name \
+            if self.session.user.tenant_id else None
+        self.dropbox.audit.record("sftp.deny", actor=self.session.actor, tenant=tenant,
+                                  source=self.session.source, op=op, path=target, reason=reason)
+
+    @staticmethod
+    def _show(path: bytes) -> str:
+        return path.decode("utf-8", "backslashreplace")[:300]
+
+    # --- names and attributes -----------------------------------------------------------------
+    def format_user(self, uid: int | None) -> str:
+        return "sluis"
+
+    def format_group(self, gid: int | None) -> str:
+        return "sluis"
+
+    async def realpath(self, path: bytes) -> bytes:
+        return await self._run("realpath", self._show(path), lambda: join_path(split_path(path)))
+
+    async def stat(self, path: bytes) -> SFTPAttrs:
+        return await self._run("stat", self._show(path), lambda: self.view.lookup(split_path(path)).attrs)
+
+    lstat = stat  # there are no links, so lstat and stat agree
+
+    async def fstat(self, file_obj: object) -> SFTPAttrs:
+        return await self._run("stat", "<handle>", self._handle_attrs, file_obj)
+
+    def _handle_attrs(self, file_obj: object) -> SFTPAttrs:
+        if isinstance(file_obj, UploadHandle):
+            return file_attrs(file_obj.upload.size, int(time.time()))
+        assert isinstance(file_obj, DownloadHandle)
+        return file_attrs(file_obj.download.delivery.stored_size, int(time.time()))
+
+    async def setstat(self, path: bytes, attrs: SFTPAttrs) -> None:
+        def check() -> None:
+            self.view.lookup(split_path(path))
+            _only_times(attrs)
+        await self._run("setstat", self._show(path), check)
+
+    async def fsetstat(self, file_obj: object, attrs: SFTPAttrs) -> None:
+        await self._run("setstat", "<handle>", _only_times, attrs)
+
+    async def list_folder(self, path: bytes) -> list[SFTPName]:
+        """The whole listing, computed when the folder is opened so errors surface at OPENDIR."""
+        def listing() -> list[SFTPName]:
+            return [SFTPName(e.name.encode(), attrs=e.attrs) for e in self.view.listing(split_path(path))]
+        return await self._run("list", self._show(path), listing)
+
+    async def scandir(self, path: bytes) -> AsyncIterator[SFTPName]:
+        for name in await self.list_folder(path):
+            yield name
+
+    # --- files --------------------------------------------------------------------------------
+    async def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> object:
+        shown = self._show(path)
+        if pflags & (FXF_WRITE | FXF_APPEND):
+            return await self._run("open_write", shown, self._open_write, path, pflags)
+        if pflags & FXF_READ:
+            return await self._run("open_read", shown, self._open_read, path)
+        raise to_sftp_error(PermissionDenied("open needs read or write access"))
+
+    def _open_read(self, path: bytes) -> DownloadHandle:
+        parts = split_path(path)
+        if len(parts) != 1:
+            raise NotFound("no such file")
+        delivery = self.dropbox.recipient_file(self.session, parts[0])
+        coverage = self.coverage.setdefault(delivery.id, Coverage())
+        return DownloadHandle(self.dropbox.open_download(self.session, parts[0], coverage))
+
+    def _open_write(self, path: bytes, pflags: int) -> UploadHandle:
+        if pflags & (FXF_READ | FXF_APPEND):
+            raise PermissionDenied("uploads are write-only and start at the beginning (no read, no append)")
+        parts = split_path(path)
+        tenant = self.view.tenant_dir(parts)
+        name = check_name(parts[1])
+        key = (tenant.name, name)
+        previous = self.uploads.pop(key, None)
+        if previous is not None:
+            self.dropbox.abort(previous, "replaced by a new upload of the same name in this session")
+        upload = self.dropbox.start_upload(self.session, tenant.name, name)
+        self.uploads[key] = upload
+        return UploadHandle(upload, key, staged=staged_base(name) is not None)
+
+    async def read(self, file_obj: object, offset: int, size: int) -> bytes:
+        if not isinstance(file_obj, DownloadHandle):
+            raise to_sftp_error(PermissionDenied("this handle was not opened for reading"))
+        return await self._run("read", "<handle>", file_obj.download.read, offset, size)
+
+    async def write(self, file_obj: object, offset: int, data: bytes) -> int:
+        if not isinstance(file_obj, UploadHandle):
+            raise to_sftp_error(PermissionDenied("this handle was not opened for writing"))
+        await self._run("write", "<handle>", self._write, file_obj, offset, data)
+        return len(data)
+
+    def _write(self, handle: UploadHandle, offset: int, data: bytes) -> None:
+        try:
+            handle.upload.write(offset, data)
+        except UploadRejected:
+            raise  # the client may still fix this (e.g. a retry); the upload stays open
+        except Exception as exc:
+            self._drop(handle, "write failed", exc)
+            raise
+
+    async def close(self, file_obj: object) -> None:
+        if isinstance(file_obj, DownloadHandle):
+            await self._run("close", file_obj.download.delivery.stored_name,
+                            self.dropbox.close_download, self.session, file_obj.download)
+        elif isinstance(file_obj, UploadHandle):
+            await self._run("close", "/".join(file_obj.key), self._close_upload, file_obj)
+
+    def _close_upload(self, handle: UploadHandle) -> None:
+        upload = handle.upload
+        if upload.finished:
+            return
+        if self.lost:
+            self._drop(handle, "connection lost before the upload was closed")
+            return
+        try:
+            if handle.staged:
+                upload.seal()       # published when the client renames it to its final name
+            else:
+                self.dropbox.publish(upload)
+                self.uploads.pop(handle.key, None)
+        except Exception as exc:
+            self._drop(handle, "could not be completed", exc)
+            raise
+
+    def _drop(self, handle: UploadHandle, reason: str, exc: BaseException | None = None) -> None:
+        self.uploads.pop(handle.key, None)
+        self.dropbox.abort(handle.upload, reason, exc)
+
+    # --- removal and renaming ------------------------------------------------------------------
+    async def remove(self, path: bytes) -> None:
+        await self._run("remove", self._show(path), self._remove, path)
+
+    def _remove(self, path: bytes) -> None:
+        entry = self.view.lookup(split_path(path))
+        if entry.upload is not None:
+            key = (entry.tenant.name, entry.name) if entry.tenant else None
+            self.uploads.pop(key, None)
+            self.dropbox.abort(entry.upload, "deleted by the sender before publishing")
+        elif entry.delivery is not None:
+            reason = REASON_DELETED if self.session.is_recipient else REASON_WITHDRAWN
+            self.dropbox.remove(entry.delivery, reason, actor=self.session.actor, source=self.session.source)
+        else:
+            raise PermissionDenied("folders cannot be removed")
+
+    async def rename(self, oldpath: bytes, newpath: bytes) -> None:
+        await self._run("rename", f"{self._show(oldpath)} -> {self._show(newpath)}",
+                        self._rename, oldpath, newpath)
+
+    posix_rename = rename
+
+    def _rename(self, oldpath: bytes, newpath: bytes) -> None:
+        """Only a sealed temporary upload (WinSCP's NAME.filepart) may be renamed: that publishes it."""
+        old, new = split_path(oldpath), split_path(newpath)
+        tenant = self.view.tenant_dir(old)
+        if self.view.tenant_dir(new).name != tenant.name:
+            raise PermissionDenied("a file cannot move to another municipality's folder")
+        upload = self.uploads.get((tenant.name, old[1]))
+        if upload is None or upload.sealed is None:
+            raise PermissionDenied("only a completed temporary upload (such as NAME.filepart) can be renamed")
+        self.dropbox.publish(upload, check_name(new[1]))
+        self.uploads.pop((tenant.name, old[1]), None)
+
+    # --- refused outright (the request table allows these to nobody) ----------------------------
+    async def mkdir(self, path: bytes, attrs: SFTPAttrs) -> None:
+        await self._run("mkdir", self._show(path), lambda: None)
+
+    async def rmdir(self, path: bytes) -> None:
+        await self._run("rmdir", self._show(path), lambda: None)
+
+    async def symlink(self, oldpath: bytes, newpath: bytes) -> None:
+        await self._run("symlink", self._show(newpath), lambda: None)
+
+    async def readlink(self, path: bytes) -> bytes:
+        return await self._run("readlink", self._show(path), lambda: b"")
+
+    # --- end of session -------------------------------------------------------------------------
+    def connection_lost(self) -> None:
+        self.lost = True
+
+    async def exit(self) -> None:
+        """Uploads not published by now (never closed, or never renamed) are discarded."""
+        for key, upload in list(self.uploads.items()):
+            self.uploads.pop(key, None)
+            await asyncio.to_thread(self.dropbox.abort, upload, "session ended before the upload was complete")
+
+
+def _only_times(attrs: SFTPAttrs) -> None:
+    """Clients set times after an upload (rclone, WinSCP): acknowledge, ignore. Nothing else."""
+    if any(getattr(attrs, name) is not None for name in ("size", "uid", "gid", "permissions")):
+        raise PermissionDenied("only file times can be set (and sluis ignores them)")

@@ -1,0 +1,106 @@
+"""What each role sees: the virtual namespace over the drop-box core (no real paths anywhere).
+
+Recipient: '/' is its tenant's box, holding NAME.age (or .zip) at stored size.
+Sender: '/' holds one folder per active tenant; '/genk/' lists the sender's own deliveries still
+waiting there, by the name and plaintext size it wrote, plus its uploads in this session.
+"""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass
+
+from asyncssh import SFTPAttrs
+
+from ..core.clock import parse_iso
+from ..core.dropbox import DropBox
+from ..core.records import Delivery, Tenant
+from ..core.session import Session
+from ..core.uploads import Upload
+from ..errors import NotFound
+
+DIR_MODE = stat.S_IFDIR | 0o700
+FILE_MODE = stat.S_IFREG | 0o600
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A visible name: a directory, a delivery, or an upload of this session."""
+
+    name: str
+    attrs: SFTPAttrs
+    delivery: Delivery | None = None
+    upload: Upload | None = None
+    tenant: Tenant | None = None
+
+
+def dir_attrs(mtime: int = 0) -> SFTPAttrs:
+    return SFTPAttrs(size=0, uid=0, gid=0, permissions=DIR_MODE, atime=mtime, mtime=mtime)
+
+
+def file_attrs(size: int, mtime: int) -> SFTPAttrs:
+    return SFTPAttrs(size=size, uid=0, gid=0, permissions=FILE_MODE, atime=mtime, mtime=mtime)
+
+
+def _created(delivery: Delivery) -> int:
+    return int(parse_iso(delivery.created_at).timestamp())
+
+
+class View:
+    """Resolves normalised path components for one session (called off the event loop)."""
+
+    def __init__(self, dropbox: DropBox, session: Session, uploads: dict[tuple[str, str], Upload],
+                 started: int) -> None:
+        self.dropbox = dropbox
+        self.session = session
+        self.uploads = uploads      # (tenant, name) -> Upload open or staged in this session
+        self.started = started
+
+    def lookup(self, parts: tuple[str, ...]) -> Entry:
+        if not parts:
+            return Entry("/", dir_attrs(self.started))
+        if self.session.is_recipient:
+            if len(parts) == 1:
+                delivery = self.dropbox.recipient_file(self.session, parts[0])
+                return self._recipient_entry(delivery)
+        else:
+            tenant = self.dropbox.active_tenant(parts[0])
+            if len(parts) == 1:
+                return Entry(tenant.name, dir_attrs(self.started), tenant=tenant)
+            if len(parts) == 2:
+                return self._sender_file(tenant, parts[1])
+        raise NotFound("no such file or folder")
+
+    def tenant_dir(self, parts: tuple[str, ...]) -> Tenant:
+        """The tenant a sender's path lies in: exactly '/TENANT/NAME'."""
+        if self.session.is_sender and len(parts) == 2:
+            return self.dropbox.active_tenant(parts[0])
+        raise NotFound("files can only be created inside a municipality's folder, as /TENANT/NAME")
+
+    def listing(self, parts: tuple[str, ...]) -> list[Entry]:
+        entry = self.lookup(parts)
+        if entry.delivery or entry.upload:
+            return [entry]
+        if self.session.is_recipient:
+            return [self._recipient_entry(d) for d in self.dropbox.recipient_files(self.session)]
+        if entry.tenant is None:
+            return [Entry(t.name, dir_attrs(self.started), tenant=t)
+                    for t in self.dropbox.directory.tenants(active_only=True)]
+        entries = {d.name: Entry(d.name, file_attrs(d.plain_size, _created(d)), delivery=d)
+                   for d in self.dropbox.sender_pending(self.session, entry.tenant)}
+        for (tenant_name, name), upload in self.uploads.items():
+            if tenant_name == entry.tenant.name:
+                entries[name] = Entry(name, file_attrs(upload.size, self.started), upload=upload)
+        return sorted(entries.values(), key=lambda e: e.name)
+
+    def _recipient_entry(self, delivery: Delivery) -> Entry:
+        return Entry(delivery.stored_name, file_attrs(delivery.stored_size, _created(delivery)),
+                     delivery=delivery)
+
+    def _sender_file(self, tenant: Tenant, name: str) -> Entry:
+        upload = self.uploads.get((tenant.name, name))
+        if upload is not None:
+            return Entry(name, file_attrs(upload.size, self.started), upload=upload, tenant=tenant)
+        delivery = self.dropbox.sender_file(self.session, tenant, name)
+        return Entry(name, file_attrs(delivery.plain_size, _created(delivery)), delivery=delivery,
+                     tenant=tenant)
