@@ -126,6 +126,14 @@ class RetentionSettings:
 
 
 @dataclass(frozen=True)
+class MonitorSettings:
+    """[monitor]: reporting unauthorized access attempts (the protocol wants them within 24h)."""
+
+    report_interval: int = setting("6h", parse_duration,
+                                   "at most this often, failed logins and denied requests are reported")
+
+
+@dataclass(frozen=True)
 class PolicySettings:
     """[policy]: the data-sharing protocol's rules."""
 
@@ -148,6 +156,7 @@ SECTIONS: dict[str, type] = {
     "email": EmailSettings,
     "retention": RetentionSettings,
     "policy": PolicySettings,
+    "monitor": MonitorSettings,
     "log": LogSettings,
 }
 
@@ -165,6 +174,7 @@ class Settings:
     email: EmailSettings = field(default_factory=EmailSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
     @property

@@ -12,6 +12,7 @@ from ..keydelivery.outbox import Outbox
 from ..keydelivery.passphrase import new_passphrase
 from ..keydelivery.sealing import load_sealer
 from ..retention.janitor import Janitor
+from ..retention.monitor import AccessMonitor
 from ..retention.policy import YearlyPolicy
 from .core.audit import AuditLog
 from .core.clock import Clock, SystemClock
@@ -53,6 +54,7 @@ class App:
     outbox: Outbox
     dropbox: DropBox
     janitor: Janitor
+    monitor: AccessMonitor
     connections: ConnectionLimit
 
     def close(self) -> None:
@@ -75,4 +77,5 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
     janitor = Janitor(settings, dropbox, outbox, clock)
     return App(settings=settings, clock=clock, db=db, audit=audit, directory=directory, storage=storage,
                policy=policy, outbox=outbox, dropbox=dropbox, janitor=janitor,
+               monitor=AccessMonitor(settings, audit, clock),
                connections=ConnectionLimit(settings.server.max_connections))

@@ -77,8 +77,9 @@ class Service:
 
     async def _janitor_loop(self) -> None:
         while True:
-            try:
-                await asyncio.to_thread(self.app.janitor.run_once)
-            except Exception:
-                log.exception("janitor pass failed")
+            for name, task in (("janitor", self.app.janitor.run_once), ("monitor", self.app.monitor.run_once)):
+                try:
+                    await asyncio.to_thread(task)
+                except Exception:
+                    log.exception("%s pass failed", name)
             await asyncio.sleep(self.app.settings.retention.interval)

@@ -131,9 +131,13 @@ class AuditLog:
                               (before,)).fetchone()
             if last is None:
                 return 0
-            count = tx.execute("DELETE FROM audit WHERE seq <= ?", (last[0],)).rowcount
+            count = tx.execute("SELECT COUNT(*) FROM audit WHERE seq <= ?", (last[0],)).fetchone()[0]
+            # Append before deleting: the prune record must continue the chain (next seq, linked
+            # to the current head) even when every record is old; appending to an emptied table
+            # would restart at seq 1 from GENESIS and cut the log loose from its past.
             self.append(tx, "audit.prune", actor=actor, pruned_through=last[0], last_hash=last[1],
                         count=count, before=before)
+            tx.execute("DELETE FROM audit WHERE seq <= ?", (last[0],))
             return count
 
     def head(self) -> tuple[int, str]:

@@ -23,8 +23,7 @@ class Coverage:
 
     def covers(self, size: int) -> bool:
         """True when every byte of a `size`-byte file has been read."""
-        return size == 0 or self._ranges[:1] == [(0, size)] or (
-            bool(self._ranges) and self._ranges[0][0] == 0 and self._ranges[0][1] >= size)
+        return size == 0 or (bool(self._ranges) and self._ranges[0][0] == 0 and self._ranges[0][1] >= size)
 
     @property
     def total(self) -> int:

@@ -71,7 +71,9 @@ class ReorderWindow:
     def _hold(self, offset: int, data: bytes) -> None:
         previous = self._pending.get(offset)
         extra = len(data) - (len(previous) if previous else 0)
-        if self._held + extra > self._window:
+        # Bound the distance, not only what is held: a write this far ahead means the client
+        # has more than a window of data in flight, and holding it could grow without limit.
+        if offset + len(data) - self.position > self._window:
             raise UploadRejected(
                 f"write at offset {offset} is {offset - self.position} bytes ahead of the stream; "
                 f"at most {self._window} bytes may wait out of order")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
+from asyncssh.channel import SSHServerChannel
 from asyncssh.packet import SSHPacket
 from asyncssh.sftp import FXP_OPENDIR, FXP_WRITE, SFTPInvalidHandle, SFTPServerHandler
 from asyncssh.stream import SSHReader, SSHServerStreamSession, SSHWriter
@@ -59,6 +60,11 @@ class SluisSFTPHandler(SFTPServerHandler):
     async def _cleanup(self, exc: Exception | None) -> None:
         if self._server:
             self._server.connection_lost()
+        channel = self._writer.channel if self._writer is not None else None
+        if isinstance(channel, SSHServerChannel):
+            # Report an exit status before the channel closes, as OpenSSH's sftp-server does:
+            # OpenSSH scp (SFTP mode) treats a session without one as failed and exits 1.
+            channel.exit(0 if exc is None else 1)
         await super()._cleanup(exc)
 
     _packet_handlers = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, TypeVar
 
 import asyncssh
@@ -38,6 +38,7 @@ class UploadHandle:
     upload: Upload
     key: tuple[str, str]
     staged: bool
+    refused: set[tuple[int, int]] = field(default_factory=set)  # (offset, size) of refused writes
 
 
 @dataclass
@@ -118,7 +119,16 @@ class SluisSFTPServer(asyncssh.SFTPServer):
         await self._run("setstat", self._show(path), check)
 
     async def fsetstat(self, file_obj: object, attrs: SFTPAttrs) -> None:
-        await self._run("setstat", "<handle>", _only_times, attrs)
+        await self._run("setstat", "<handle>", self._fsetstat, file_obj, attrs)
+
+    @staticmethod
+    def _fsetstat(file_obj: object, attrs: SFTPAttrs) -> None:
+        # OpenSSH scp (SFTP mode) opens without TRUNC and then 'truncates' to the bytes it wrote:
+        # for an upload of exactly that size it is a no-op, so acknowledge it like the times.
+        if isinstance(file_obj, UploadHandle) and attrs.size is not None and attrs.size == file_obj.upload.size:
+            attrs = SFTPAttrs(uid=attrs.uid, gid=attrs.gid, permissions=attrs.permissions,
+                              atime=attrs.atime, mtime=attrs.mtime)
+        _only_times(attrs)
 
     async def list_folder(self, path: bytes) -> list[SFTPName]:
         """The whole listing, computed when the folder is opened so errors surface at OPENDIR."""
@@ -176,10 +186,14 @@ class SluisSFTPServer(asyncssh.SFTPServer):
         try:
             handle.upload.write(offset, data)
         except UploadRejected:
-            raise  # the client may still fix this (e.g. a retry); the upload stays open
+            # The client may still fix this (a retry of the same write); the upload stays open,
+            # but until then closing the handle must not publish what arrived so far.
+            handle.refused.add((offset, len(data)))
+            raise
         except Exception as exc:
             self._drop(handle, "write failed", exc)
             raise
+        handle.refused.discard((offset, len(data)))
 
     async def close(self, file_obj: object) -> None:
         if isinstance(file_obj, DownloadHandle):
@@ -195,6 +209,12 @@ class SluisSFTPServer(asyncssh.SFTPServer):
         if self.lost:
             self._drop(handle, "connection lost before the upload was closed")
             return
+        if handle.refused:
+            offset, size = min(handle.refused)
+            error = UploadRejected(f"nothing was published: the write of {size} bytes at offset {offset} "
+                                   "was refused; upload the file again")
+            self._drop(handle, "closed after a refused write", error)
+            raise error
         try:
             if handle.staged:
                 upload.seal()       # published when the client renames it to its final name

@@ -21,7 +21,7 @@ from sluis.server.cli.common import operator
 from sluis.server.cli.init import init_setup
 
 LISTENING = re.compile(r"sluis listening on [\d.]+:(\d+)")
-SMS_LINE = re.compile(r"\[sms console-\d+\] to (\+\d+): .*? voor (\S+) \((\S+)\): ([0-9A-Z]{4}(?:-[0-9A-Z]{4}){5})")
+SMS_LINE = re.compile(r"\[sms console-\d+\] to (\+\d+): .*? voor (.+?) \(([a-z0-9-]+)\): ([0-9A-Z]{4}(?:-[0-9A-Z]{4}){5})")
 DEFAULT_PHONE = "+32470123456"
 SECOND_PHONE = "+32471234567"
 SSH_OPTIONS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",

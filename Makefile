@@ -1,0 +1,28 @@
+# sluis — `make demo` runs a demo server, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DEMO   ?= demo-data
+
+.PHONY: install demo test bench clean
+
+$(BIN)/sluis: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+install: $(BIN)/sluis
+
+demo: install
+	$(BIN)/python -m sluis.server.cli.demo $(DEMO)
+	$(BIN)/sluis -c $(DEMO)/sluis.toml serve
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) $(DEMO) build *.egg-info .pytest_cache

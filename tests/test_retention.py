@@ -1,0 +1,269 @@
+"""Retention: collected files leave after the grace period, uncollected ones expire, recipients may
+delete earlier, key material goes with the file, and `sluis janitor run` says what it removed.
+
+Time-dependent rules run against the library with a fake clock; the end-to-end cases use real
+OpenSSH sftp clients against `sluis serve` and the `sluis` CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from sluis.config import load_settings
+from sluis.keydelivery.outbox import ALERT, CANCELLED, PENDING, SMS
+from sluis.server.app import build_app
+from sluis.server.core.coverage import Coverage
+from sluis.server.core.deliveries import COLLECTED, PUBLISHED, REMOVED, fetch
+from sluis.server.core.session import Session
+
+SLUIS = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "sluis")
+FAST = {"crypto": {"scrypt_log_n": 10}}
+
+
+class FakeClock:
+    """A clock the test moves by hand; starts at the real 'now' so records stay in order."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.t = start or datetime.now(timezone.utc)
+
+    def now(self) -> datetime:
+        return self.t
+
+    def advance(self, **delta: float) -> None:
+        self.t += timedelta(**delta)
+
+
+def sluis(config: Path, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SLUIS, "-c", str(config), *args], capture_output=True, text=True,
+                          timeout=60, input=input)
+
+
+def upload(app, name: str = "lijst.csv", data: bytes = b"naam;adres\nA;B\n", tenant: str = "genk",
+           sender: str = "agency"):
+    session = Session(user=app.directory.user(sender), source="test")
+    up = app.dropbox.start_upload(session, tenant, name)
+    up.write(0, data)
+    return app.dropbox.publish(up)
+
+
+def download(app, delivery, *, user: str = "genk-clerk", fraction: float = 1.0) -> bool:
+    """Read `fraction` of the stored file as a recipient and close; True if that collected it."""
+    session = Session(user=app.directory.user(user), source="test")
+    handle = app.dropbox.open_download(session, delivery.stored_name, Coverage())
+    handle.read(0, int(delivery.stored_size * fraction))
+    return app.dropbox.close_download(session, handle)
+
+
+def state_of(app, delivery):
+    return fetch(app.db, "id = ?", (delivery.id,))[0]
+
+
+def blob_path(srv, delivery) -> Path:
+    return srv.data_dir / "boxes" / delivery.blob_key
+
+
+def has_secret(app, delivery) -> bool:
+    return app.db.query_one("SELECT 1 FROM secrets WHERE delivery_id = ?", (delivery.id,)) is not None
+
+
+def remove_records(app, delivery) -> list[dict]:
+    return [r.detail for r in app.audit.records() if r.event == "delivery.remove" and r.delivery == delivery.id]
+
+
+@pytest.fixture
+def lib(make_server):
+    """(server setup, app with a fake clock, the clock): tenants genk/gent, sender, recipients."""
+    srv = make_server(FAST).standard()
+    clock = FakeClock()
+    app = build_app(load_settings(srv.config, {}), clock=clock)
+    yield srv, app, clock
+    app.close()
+
+
+# --- collected, then removed after the grace period ------------------------------------------------
+def test_collected_file_is_removed_after_grace(lib):
+    srv, app, clock = lib
+    delivery = upload(app)
+    assert blob_path(srv, delivery).is_file()
+    assert has_secret(app, delivery)
+    clock.advance(hours=1)
+    assert download(app, delivery) is True
+    assert state_of(app, delivery).state == COLLECTED
+
+    clock.advance(hours=23, minutes=59)          # grace (24h) not yet over
+    report = app.janitor.run_once()
+    assert report.removed_collected == []
+    assert state_of(app, delivery).state == COLLECTED
+    assert blob_path(srv, delivery).is_file()
+
+    clock.advance(minutes=2)
+    report = app.janitor.run_once()
+    assert report.removed_collected == [delivery.id]
+    after = state_of(app, delivery)
+    assert (after.state, after.removed_reason) == (REMOVED, "collected")
+    assert not blob_path(srv, delivery).exists()
+    assert not has_secret(app, delivery)
+    records = remove_records(app, delivery)
+    assert len(records) == 1 and records[0]["reason"] == "collected"
+    # a second pass does not remove (or record) it again
+    assert app.janitor.run_once().removed_collected == []
+    assert len(remove_records(app, delivery)) == 1
+    assert app.audit.verify().ok
+
+
+def test_partly_read_file_is_neither_collected_nor_removed(lib):
+    srv, app, clock = lib
+    delivery = upload(app, data=b"x" * 50_000)
+    assert download(app, delivery, fraction=0.5) is False
+    assert state_of(app, delivery).state == PUBLISHED
+    assert state_of(app, delivery).collected_at is None
+    clock.advance(days=2)                        # well past the grace period, before expiry
+    report = app.janitor.run_once()
+    assert report.removed_collected == [] and report.expired == []
+    assert state_of(app, delivery).state == PUBLISHED
+    assert blob_path(srv, delivery).is_file()
+    assert has_secret(app, delivery)
+    assert remove_records(app, delivery) == []
+
+
+def test_uncollected_file_expires_and_sender_is_alerted(lib):
+    srv, app, clock = lib
+    delivery = upload(app)
+    clock.advance(days=29, hours=23)
+    assert app.janitor.run_once().expired == []
+    assert state_of(app, delivery).state == PUBLISHED
+
+    clock.advance(hours=1, seconds=1)            # 30 days after upload
+    report = app.janitor.run_once()
+    assert report.expired == [delivery.id]
+    after = state_of(app, delivery)
+    assert (after.state, after.removed_reason) == (REMOVED, "expired")
+    assert not blob_path(srv, delivery).exists()
+    assert not has_secret(app, delivery)
+    records = remove_records(app, delivery)
+    assert len(records) == 1 and records[0]["reason"] == "expired"
+    alerts = [j for j in app.outbox.jobs(delivery.id) if j.kind == ALERT]
+    assert len(alerts) == 1
+    assert alerts[0].state == PENDING
+    assert alerts[0].payload["sender"] == "agency"
+    assert "expired" in alerts[0].payload["reason"]
+    # the SMS that had not gone out yet is cancelled: the key it carries no longer opens anything
+    sms = [j for j in app.outbox.jobs(delivery.id) if j.kind == SMS]
+    assert sms and all(j.state == CANCELLED for j in sms)
+
+
+def test_collected_file_does_not_expire_as_uncollected(lib):
+    _srv, app, clock = lib
+    delivery = upload(app)
+    clock.advance(days=29, hours=23, minutes=30)
+    assert download(app, delivery)
+    clock.advance(hours=1)                       # past expires_at, but it was collected
+    report = app.janitor.run_once()
+    assert report.expired == []
+    assert state_of(app, delivery).state == COLLECTED
+    assert not [j for j in app.outbox.jobs(delivery.id) if j.kind == ALERT]
+
+
+def test_recipient_delete_goes_through_the_remove_path(lib):
+    srv, app, _clock = lib
+    delivery = upload(app)
+    session = Session(user=app.directory.user("genk-clerk"), source="test")
+    assert app.dropbox.remove(state_of(app, delivery), "deleted", actor=session.actor, source="test")
+    after = state_of(app, delivery)
+    assert (after.state, after.removed_reason) == (REMOVED, "deleted")
+    assert not blob_path(srv, delivery).exists()
+    assert not has_secret(app, delivery)
+    assert all(j.state == CANCELLED for j in app.outbox.jobs(delivery.id) if j.kind == SMS)
+    # removing twice is a no-op, not a second record
+    assert app.dropbox.remove(after, "deleted", actor="genk-clerk") is False
+    assert [r["reason"] for r in remove_records(app, delivery)] == ["deleted"]
+    assert app.dropbox.recipient_files(session) == []
+
+
+def test_orphan_blobs_are_swept(lib):
+    srv, app, _clock = lib
+    delivery = upload(app)
+    orphan = srv.data_dir / "boxes" / delivery.blob_key.split("/")[0] / "d-orphan"
+    orphan.write_bytes(b"left behind")
+    report = app.janitor.run_once()
+    assert report.orphans == 1
+    assert not orphan.exists()
+    assert blob_path(srv, delivery).is_file()   # the live blob stays
+    assert any(r.event == "storage.orphan.remove" and r.detail["key"].endswith("d-orphan")
+               for r in app.audit.records())
+
+
+def test_key_destroyed_once_collected_and_sms_done(lib):
+    _srv, app, clock = lib
+    delivery = upload(app)
+    assert download(app, delivery)
+    assert has_secret(app, delivery)             # the SMS is still pending: keep the key for it
+    with app.db.transaction() as tx:
+        tx.execute("UPDATE outbox SET state = 'delivered' WHERE delivery_id = ?", (delivery.id,))
+    report = app.janitor.run_once()
+    assert report.keys_destroyed == 1
+    assert not has_secret(app, delivery)
+    assert state_of(app, delivery).state == COLLECTED   # the file itself waits for the grace period
+
+
+# --- end to end: real clients and the CLI ----------------------------------------------------------
+def test_janitor_cli_removes_collected_file_end_to_end(make_server, tmp_path):
+    srv = make_server({"retention": {"collected_grace": "1s"}, **FAST}).standard().start()
+    (tmp_path / "lijst.csv").write_bytes(b"a;b\n" * 1000)
+    srv.sftp("agency", f"put {tmp_path / 'lijst.csv'} /genk/lijst.csv\n")
+    srv.sftp("genk-clerk", f"get lijst.csv.age {tmp_path / 'got.age'}\n")
+    app = srv.app()
+    [delivery] = fetch(app.db, "1=1")
+    assert delivery.state == COLLECTED
+    assert blob_path(srv, delivery).is_file()
+    time.sleep(1.2)
+    result = sluis(srv.config, "janitor", "run")
+    assert result.returncode == 0, result.stderr
+    assert "removed 1 collected" in result.stdout
+    assert f"removed (collected): {delivery.id}" in result.stdout
+    assert not blob_path(srv, delivery).exists()
+    after = state_of(app, delivery)
+    assert (after.state, after.removed_reason) == (REMOVED, "collected")
+    assert "lijst.csv.age" not in srv.sftp("genk-clerk", "ls -l\n").stdout
+    # nothing left to do: a second run removes nothing
+    again = sluis(srv.config, "janitor", "run")
+    assert again.returncode == 0 and "removed 0 collected" in again.stdout
+    assert "removed (collected)" not in again.stdout
+    status = json.loads(sluis(srv.config, "status", "--all", "--json").stdout)
+    assert [(d["id"], d["state"], d["removed"]) for d in status["deliveries"]] == \
+        [(delivery.id, REMOVED, "collected")]
+
+
+def test_janitor_cli_reports_expired(make_server):
+    srv = make_server({"retention": {"expire_after": "1s"}, **FAST}).standard()
+    app = srv.app()
+    delivery = upload(app)
+    time.sleep(1.1)
+    result = sluis(srv.config, "janitor", "run")
+    assert result.returncode == 0, result.stderr
+    assert "expired 1" in result.stdout and f"expired: {delivery.id}" in result.stdout
+    after = state_of(app, delivery)
+    assert (after.state, after.removed_reason) == (REMOVED, "expired")
+
+
+def test_recipient_deletes_with_sftp_rm(make_server, tmp_path):
+    srv = make_server(FAST).standard().start()
+    (tmp_path / "lijst.csv").write_bytes(b"a;b\n")
+    srv.sftp("agency", f"put {tmp_path / 'lijst.csv'} /genk/lijst.csv\n")
+    app = srv.app()
+    [delivery] = fetch(app.db, "1=1")
+    srv.sftp("genk-clerk", "rm lijst.csv.age\n")
+    after = state_of(app, delivery)
+    assert (after.state, after.removed_reason) == (REMOVED, "deleted")
+    assert after.collected_at is None
+    assert not blob_path(srv, delivery).exists()
+    assert not has_secret(app, delivery)
+    [record] = remove_records(app, delivery)
+    assert record["reason"] == "deleted"
+    assert "lijst.csv.age" not in srv.sftp("genk-clerk", "ls -l\n").stdout
