@@ -661,6 +661,12 @@ def main(argv: list[str] | None = None) -> int:
 
     global KEX
     KEX = args.kex
+
+    def _terminate(signum, frame):   # SIGTERM/SIGHUP: unwind through the finally below
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
     nbytes = args.size_mib * MIB
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="sluis-bench-", dir=args.workdir))

@@ -30,6 +30,10 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         raise ConfigError(f"{path}: no such configuration file (run 'sluis init DIR' to create one)") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:  # a directory, no permission, ...: a configuration error, not a traceback
+        raise ConfigError(f"{path}: cannot read the configuration file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text ({exc.reason})") from None
     settings = parse_document(document, Path(path).absolute(), str(path))
     return _apply_secret_sources(settings, environ)
 

@@ -32,3 +32,16 @@ def render_config(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> s
             lines.append(f"{spec.name} = {_toml_value(raw)}")
         lines.append("")
     return "\n".join(lines)
+
+
+def render_reference() -> str:
+    """The configuration reference in Markdown, as the README carries it (a test keeps them equal)."""
+    lines: list[str] = []
+    for name, section in SECTIONS.items():
+        lines += ["", f"**[{name}]** — {section.__doc__.split(': ', 1)[1]}", "",
+                  "| key | default | meaning |", "|---|---|---|"]
+        for spec in section_fields(section):
+            raw = _toml_value(spec.metadata["raw"])
+            shown = raw if len(raw) <= 40 else raw[:37] + '…"'
+            lines.append(f"| `{spec.name}` | `{shown}` | {spec.metadata['doc']} |")
+    return "\n".join(lines).strip()

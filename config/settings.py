@@ -113,6 +113,7 @@ class EmailSettings:
     sender: str = setting("sluis@localhost", parse_str, "From: address")
     operator: str = setting("", parse_str, "operator address that receives alerts (failed SMS, access attempts)")
     public_host: str = setting("", parse_str, "host name municipalities connect to, quoted in the e-mail")
+    public_port: int = setting(0, int_range(0, 65535), "port quoted in the e-mail (0: the listen port)")
 
 
 @dataclass(frozen=True)

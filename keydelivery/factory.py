@@ -6,7 +6,6 @@ from ..config import ConfigError
 from ..config.settings import SmsSettings
 from .providers.base import SmsProvider
 from .providers.console import ConsoleProvider
-from .providers.twilio import TwilioProvider
 
 
 def make_provider(sms: SmsSettings) -> SmsProvider:
@@ -18,6 +17,8 @@ def make_provider(sms: SmsSettings) -> SmsProvider:
                           "(auth_token may come from $SLUIS_TWILIO_AUTH_TOKEN or credential sluis-twilio-token)")
     if bool(sms.from_number) == bool(sms.messaging_service_sid):
         raise ConfigError("[sms] set exactly one of from_number and messaging_service_sid")
+    from .providers.twilio import TwilioProvider  # the twilio library is slow to import; only when used
+
     try:
         return TwilioProvider(sms.account_sid, sms.auth_token, from_number=sms.from_number or None,
                               messaging_service_sid=sms.messaging_service_sid or None, api_base=sms.api_base)

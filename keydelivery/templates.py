@@ -75,15 +75,16 @@ DEFAULT_EMAIL_TEMPLATE = MailTemplate(
 )
 
 DEFAULT_ALERT_TEMPLATE = MailTemplate(
-    subject="[sluis] Sms met wachtwoord niet afgeleverd: {file} ({tenant})",
+    subject="[sluis] Tussenkomst nodig: {file} ({tenant})",
     body=(
-        "Het wachtwoord voor {file} ({tenant}) kon niet per sms worden afgeleverd aan {phone}.\n"
+        "Voor {file} ({tenant}) is een tussenkomst van de beheerder nodig.\n"
         "\n"
-        "Reden: {reason}\n"
+        "Betreft: {phone}\n"
+        "Reden:   {reason}\n"
         "\n"
-        "Er wordt niet meer automatisch opnieuw geprobeerd. Het bestand blijft beschikbaar tot "
-        "{expires}. Controleer het gsm-nummer van {tenant} in de configuratie, of neem contact "
-        "op met de gemeente, en verstuur het wachtwoord daarna opnieuw.\n"
+        "Het bestand blijft beschikbaar tot {expires}. Bekijk de toestand met 'sluis status'; "
+        "controleer zo nodig het gsm-nummer van {tenant} ('sluis tenant show {tenant}') en "
+        "verstuur het wachtwoord opnieuw met 'sluis key resend'.\n"
         "\n"
         "Dit bericht bevat het wachtwoord niet.\n"
     ),

@@ -103,7 +103,11 @@ class OutboxWorker:
             self._fail(job, tenant, delivery, f"{exc} (code {exc.code})" if exc.code else str(exc))
         else:
             with self.outbox.db.transaction() as tx:
-                self.outbox.update(tx, job, state=SENT, attempts=job.attempts + 1, provider_id=result.provider_id,
+                # If the delivery was replaced while this request was in flight the job is
+                # 'cancelled' by now: keep that state, but record what the provider accepted.
+                current = tx.execute("SELECT state FROM outbox WHERE id = ?", (job.id,)).fetchone()[0]
+                self.outbox.update(tx, job, state=SENT if current == PENDING else current,
+                                   attempts=job.attempts + 1, provider_id=result.provider_id,
                                    provider_status=result.status, last_error=None,
                                    next_attempt_at=self.outbox.poll_later(0))
                 self.outbox.destroy_if_done(tx, job.delivery_id)
@@ -131,7 +135,8 @@ class OutboxWorker:
             self.outbox.audit.append(tx, "key.failed", actor="sluis", tenant=tenant, delivery=job.delivery_id,
                                      kind=job.kind, target=job.target, reason=reason[:300])
             if job.kind != ALERT:
-                self.outbox.alert(tx, job.delivery_id, phone=job.target, reason=reason)
+                self.outbox.alert(tx, job.delivery_id, phone=job.target,
+                                  reason=f"{reason} (permanent error: not retried)")
         log.error("%s to %s failed permanently for delivery %s: %s", job.kind, job.target,
                   job.delivery_id, reason)
 
@@ -152,7 +157,7 @@ class OutboxWorker:
                                          delivery=job.delivery_id, phone=job.target, status=status)
                 if state == UNDELIVERED:
                     self.outbox.alert(tx, job.delivery_id, phone=job.target,
-                                      reason=f"the provider reports the SMS as {status}")
+                                      reason=f"the provider reports the SMS as {status} (not retried automatically)")
             else:
                 self.outbox.update(tx, job, provider_status=status, polls=job.polls + 1, last_error=error,
                                    next_attempt_at=self.outbox.poll_later(job.polls + 1))
@@ -161,7 +166,7 @@ class OutboxWorker:
     def _deliver(self, job: Job, send: Any) -> None:
         delivery, tenant = self._context(job)
         try:
-            send()
+            mailed = send()
         except TransientProviderError as exc:
             self._retry(job, tenant, exc)
         except PermanentProviderError as exc:
@@ -169,20 +174,24 @@ class OutboxWorker:
         else:
             with self.outbox.db.transaction() as tx:
                 self.outbox.update(tx, job, state=SENT, attempts=job.attempts + 1, last_error=None)
-                self.outbox.audit.append(tx, f"{job.kind}.sent", actor="sluis", tenant=tenant,
+                event = f"{job.kind}.sent" if mailed else f"{job.kind}.logged"
+                self.outbox.audit.append(tx, event, actor="sluis", tenant=tenant,
                                          delivery=job.delivery_id, target=job.target)
 
-    def _send_notice(self, job: Job) -> None:
+    def _send_notice(self, job: Job) -> bool:
         delivery, tenant = self._context(job)
         if self.mail is None:
             raise PermanentProviderError("e-mail is not enabled in [email]")
         host, port = self.settings.server.listen
         subject, body = render_email(file=delivery.stored_name, tenant=tenant,
                                      expires=parse_iso(delivery.expires_at),
-                                     host=self.settings.email.public_host or host, port=port)
+                                     host=self.settings.email.public_host or host,
+                                     port=self.settings.email.public_port or port)
         send_mail(self.mail, to=[job.target], subject=subject, body=body)
+        return True
 
-    def _send_alert(self, job: Job) -> None:
+    def _send_alert(self, job: Job) -> bool:
+        """Log the alert; mail it when an operator address is configured. Returns whether mailed."""
         delivery, tenant = self._context(job)
         subject, body = render_alert(file=delivery.stored_name, tenant=tenant,
                                      phone=job.payload.get("phone", "-"),
@@ -190,5 +199,6 @@ class OutboxWorker:
                                      expires=parse_iso(delivery.expires_at))
         log.error("ALERT for operator: %s", subject)
         if self.mail is None or not self.settings.email.operator:
-            return  # logged (and audited when raised); there is no operator address to mail
+            return False  # logged and audited; there is no operator address to mail
         send_mail(self.mail, to=[self.settings.email.operator], subject=subject, body=body)
+        return True

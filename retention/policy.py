@@ -91,7 +91,7 @@ class YearlyPolicy:
             raise PolicyRefused(
                 f"{tenant.name} received its list on {_day(parse_iso(counted[-1].created_at))}; at most "
                 f"{self.settings.yearly_limit} per 365 days, so the next is allowed from "
-                f"{_day(self._next_date(counted))}")
+                f"{_minute_after(self._next_date(counted))}")
         if delivery_id is not None:
             conn.execute("UPDATE allowances SET used_by = ? WHERE id = ?", (delivery_id, allowance["id"]))
         return []
@@ -102,6 +102,8 @@ class YearlyPolicy:
 
     def standing(self, conn: Any, tenant: Tenant) -> str:
         """One line for `tenant show` and `status`: may the tenant receive a list now?"""
+        if not tenant.active:  # its folder is gone: uploads fail whatever the protocol says
+            return f"refused: {tenant.name} is disabled"
         try:
             replaces = self.admit(conn, tenant)
         except PolicyRefused as refusal:
@@ -111,3 +113,16 @@ class YearlyPolicy:
 
 def _day(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d")
+
+
+def _minute_after(moment: datetime) -> str:
+    """The first whole minute at which a window ending at `moment` (inclusive) has passed.
+
+    Only the day would be wrong for most of that day: a delivery made at 14:00 leaves the
+    window at 14:00 a year later, and an upload that morning would be refused while being
+    told it was allowed 'from' that very day.
+    """
+    after = (moment + timedelta(microseconds=1))
+    if after.second or after.microsecond:
+        after = after.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    return after.strftime("%Y-%m-%d %H:%M UTC")

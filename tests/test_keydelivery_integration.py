@@ -267,11 +267,30 @@ def test_one_upload_sends_one_dutch_sms_per_phone_and_polls_to_delivered(make_se
     assert len(_posts(twilio)) == 2
 
 
+def test_messaging_service_and_token_from_the_config_file(make_server, twilio, tmp_path):
+    """The other sender form ([sms] messaging_service_sid), with auth_token in sluis.toml."""
+    service = "MG" + "a" * 32
+    server = make_server(overrides={"sms": _sms_settings(twilio, from_number="", messaging_service_sid=service,
+                                                         auth_token=twilio.auth_token)})
+    server.add_tenant("hasselt", phones=HASSELT)
+    server.add_user("agency", "sender")
+    server.start()
+    _upload(server, tmp_path)
+    did = _delivery(server)["id"]
+    messages = twilio.wait_for_messages(2, timeout=WAIT)
+    _note_latency(server, twilio)
+    assert all(m.messaging_service_sid == service and m.from_ is None for m in messages)
+    jobs = _wait_states(server, did, {p: "delivered" for p in HASSELT})
+    sent = {r.detail["phone"]: r for r in _audit(server, "key.sms.sent")}
+    assert {j.provider_id for j in jobs} == {r.detail["provider_id"] for r in sent.values()}
+    assert _accepted_per_phone(twilio) == {p: 1 for p in HASSELT}
+
+
 # --- 2. outage, then recovery ---------------------------------------------------------------------
 
 def test_outage_is_retried_with_backoff_and_delivered_once_after_recovery(make_server, twilio, tmp_path):
     twilio.outage(True)
-    server = _hasselt(make_server, twilio).start()
+    server = _hasselt(make_server, twilio, sms={"alert_after": 2}).start()
     _upload(server, tmp_path)
     delivery = _delivery(server)
     _until(lambda: all(j.attempts >= 3 for j in _sms_jobs(server, delivery["id"])), "three failed attempts")
@@ -296,7 +315,36 @@ def test_outage_is_retried_with_backoff_and_delivered_once_after_recovery(make_s
     time.sleep(1.5)  # more than a worker tick: nothing more goes out
     assert _accepted_per_phone(twilio) == {p: 1 for p in HASSELT}
     assert len(_posts(twilio, 201)) == 2
-    assert not [j for j in server.app().outbox.jobs(delivery["id"]) if j.kind == "alert"]
+    # alert_after = 2: the operator heard once per phone that it is still being retried.
+    alerts = [j for j in server.app().outbox.jobs(delivery["id"]) if j.kind == "alert"]
+    assert sorted(j.payload["phone"] for j in alerts) == sorted(HASSELT)
+    assert all("still retrying" in j.payload["reason"] for j in alerts)
+    assert _audit(server, "key.failed") == []
+
+
+def test_correction_during_outage_sends_only_the_new_key_once(make_server, twilio, tmp_path):
+    """A re-upload before collection replaces the waiting delivery: its SMS are cancelled."""
+    twilio.outage(True)
+    server = _hasselt(make_server, twilio).start()
+    _upload(server, tmp_path, data=_csv(rows=10))
+    [old] = server.app().db.query("SELECT id FROM deliveries")
+    _until(lambda: all(j.attempts >= 1 for j in _sms_jobs(server, old["id"])), "a failed attempt each")
+    corrected = _upload(server, tmp_path, data=_csv(rows=20))
+    db = server.app().db
+    new = db.query_one("SELECT id FROM deliveries WHERE state = 'published'")["id"]
+    assert new != old["id"]
+    assert db.query("SELECT 1 FROM secrets WHERE delivery_id = ?", (old["id"],)) == []
+    assert {j.state for j in _sms_jobs(server, old["id"])} == {"cancelled"}
+    twilio.outage(False)
+    _wait_states(server, new, {p: "delivered" for p in HASSELT})
+    time.sleep(1.2)
+    assert _accepted_per_phone(twilio) == {p: 1 for p in HASSELT}
+    passphrase = _passphrase_of(twilio)
+    server.sftp("hasselt-clerk", f"get lijst.csv.age {tmp_path / 'got.age'}\n")
+    out = io.BytesIO()
+    with open(tmp_path / "got.age", "rb") as handle:
+        decrypt(handle, out, passphrase)
+    assert out.getvalue() == corrected
 
 
 # --- 3. 429 with Retry-After ----------------------------------------------------------------------
@@ -317,7 +365,7 @@ def test_rate_limit_waits_at_least_retry_after_then_succeeds(make_server, twilio
     assert waited < 3.0 + 2.5, waited  # and not much later: Retry-After beats the 1s backoff only
     assert retry.status == 201
     other = [h for h in _posts(twilio) if h.to != limited.to]
-    assert [h.status for h in other] == [201]  # the other phone was not held up
+    assert [h.status for h in other] == [201]  # the other phone got its SMS on the first try
 
     jobs = _wait_states(server, delivery["id"], {p: "delivered" for p in HASSELT})
     assert {j.target: j.attempts for j in jobs} == {limited.to: 2, other[0].to: 1}
@@ -335,6 +383,7 @@ def test_invalid_number_fails_without_retry_alerts_and_other_phone_still_gets_it
     _upload(server, tmp_path)
     delivery = _delivery(server)
     jobs = _wait_states(server, delivery["id"], {bad: "failed", good: "delivered"})
+    _note_latency(server, twilio)
     failed = next(j for j in jobs if j.target == bad)
     assert failed.attempts == 1 and "21211" in failed.last_error
     time.sleep(2.5)  # more than retry_max: still no second attempt
@@ -371,6 +420,24 @@ def test_bad_credentials_are_permanent(make_server, twilio, tmp_path):
     assert len([j for j in server.app().outbox.jobs(delivery["id"]) if j.kind == "alert"]) == 2
     # The key is kept (the delivery is still waiting), so an operator can resend once fixed.
     assert server.app().db.query_one("SELECT 1 FROM secrets WHERE delivery_id = ?", (delivery["id"],))
+
+
+def test_undelivered_status_is_final_and_alerts_without_resending(make_server, twilio, tmp_path):
+    lost, good = HASSELT
+    twilio.undeliver(lost)
+    server = _hasselt(make_server, twilio).start()
+    _upload(server, tmp_path)
+    did = _delivery(server)["id"]
+    jobs = _wait_states(server, did, {lost: "undelivered", good: "delivered"})
+    _note_latency(server, twilio)
+    assert next(j for j in jobs if j.target == lost).provider_status == "undelivered"
+    [record] = _audit(server, "key.sms.undelivered")
+    assert record.detail["phone"] == lost
+    [alert] = [j for j in server.app().outbox.jobs(did) if j.kind == "alert"]
+    assert alert.payload["phone"] == lost and "undelivered" in alert.payload["reason"]
+    messages = {m["to"]: m for m in _status(server, did)["messages"] if m["kind"] == "sms"}
+    assert messages[lost]["state"] == "undelivered" and messages[good]["state"] == "delivered"
+    assert _accepted_per_phone(twilio) == {p: 1 for p in HASSELT}  # no automatic second SMS
 
 
 # --- 5. crashes ---------------------------------------------------------------------------------------------
@@ -478,6 +545,7 @@ def test_resend_is_audited_rate_limited_per_phone_and_impossible_once_key_destro
     delivery = _delivery(server)
     did = delivery["id"]
     twilio.wait_for_messages(2, timeout=WAIT)
+    _note_latency(server, twilio)
     passphrase = _passphrase_of(twilio)
 
     first = _cli(server, "key", "resend", did)
@@ -519,6 +587,8 @@ def test_resend_is_audited_rate_limited_per_phone_and_impossible_once_key_destro
     assert late.returncode == 1
     assert f"delivery {did} is collected: its key was destroyed and cannot be sent again" in late.stderr
     assert len(_audit(server, "key.resend")) == 2
+    verify = _cli(server, "audit", "verify")  # CLI and server appended concurrently: chain intact
+    assert verify.returncode == 0 and "audit log intact" in verify.stdout, verify.stdout + verify.stderr
 
 
 def test_collection_before_the_sms_went_out_keeps_the_key_until_it_did(make_server, twilio, tmp_path):
@@ -559,6 +629,7 @@ def test_email_notice_and_operator_alert_never_carry_the_passphrase(make_server,
         twilio.wait_for_messages(1, timeout=WAIT)
         passphrase = _passphrase_of(twilio)
         _wait_states(server, did, {bad: "failed", good: "delivered"})
+        _note_latency(server, twilio)
 
     by_rcpt = {m.rcpt_tos: m for m in mails}
     assert set(by_rcpt) == {("dienst@hasselt.example",), ("ops@integratie.example",)}
@@ -574,7 +645,7 @@ def test_email_notice_and_operator_alert_never_carry_the_passphrase(make_server,
     assert "Beste," in notice.body and "Het wachtwoord om het te openen ontvangt u apart per sms" in notice.body
     assert "sftp.integratie.example" in notice.body
     assert EMAIL_DISCLAIMER in notice.body
-    assert "niet afgeleverd" in alert.message["Subject"] and "lijst.csv.age" in alert.message["Subject"]
+    assert "Tussenkomst nodig" in alert.message["Subject"] and "lijst.csv.age" in alert.message["Subject"]
     assert bad in alert.body and "21211" in alert.body
     sent = _audit(server, "email.sent") + _audit(server, "alert.sent")
     assert sorted(r.event for r in sent) == ["alert.sent", "email.sent"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
@@ -16,7 +17,8 @@ from sluis.retention.policy import Protocol, notice_end
 from sluis.server.app import build_app
 from sluis.server.core.deliveries import COLLECTED, PUBLISHED, REMOVED, fetch
 from sluis.server.core.session import Session
-from sluis.server.errors import PolicyRefused
+from sluis.server.core.directory import Actor
+from sluis.server.errors import NotFound, PolicyRefused
 from tests.test_retention import FAST, FakeClock, blob_path, download, has_secret, sluis, state_of, upload
 
 
@@ -40,6 +42,16 @@ def set_protocol(app, tenant: str, *, signed: str, effective: str, notice: str |
     with app.db.transaction() as tx:
         tx.execute("INSERT OR REPLACE INTO protocols (tenant_id, signed, effective, reference, notice, ends)"
                    " VALUES (?, ?, ?, '', ?, ?)", (tenant_id, signed, effective, notice, ends))
+
+
+def assert_allowed_from(message: str, created_at: str) -> str:
+    """The refusal names when the next is allowed: the first whole minute after created + 365 days."""
+    match = re.search(r"next is allowed from (\d{4}-\d\d-\d\d \d\d:\d\d) UTC", message)
+    assert match, message
+    allowed = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M").replace(tzinfo=timezone.utc)
+    window_end = datetime.fromisoformat(created_at.replace("Z", "+00:00")) + timedelta(days=365)
+    assert timedelta(0) < allowed - window_end <= timedelta(minutes=1), (allowed, window_end)
+    return match.group(1)[:10]
 
 
 # --- corrections -----------------------------------------------------------------------------------
@@ -84,8 +96,7 @@ def test_correction_does_not_count_against_yearly_limit(lib):
     # one list received: the policy names the third upload's date, not the first's
     with pytest.raises(PolicyRefused) as refused:
         try_upload(app)
-    next_day = (datetime.fromisoformat(third.created_at.replace("Z", "+00:00")) + timedelta(days=365)).date()
-    assert f"next is allowed from {next_day}" in str(refused.value)
+    assert_allowed_from(str(refused.value), third.created_at)
     counted = fetch(app.db, "tenant_id = ? AND collected_at IS NOT NULL", (app.directory.tenant("genk").id,))
     assert [d.id for d in counted] == [third.id]
 
@@ -111,7 +122,7 @@ def test_second_delivery_within_365_days_refused_with_date(lib):
     first_day = datetime.fromisoformat(first.created_at.replace("Z", "+00:00"))
     message = str(refused.value)
     assert f"received its list on {first_day.date()}" in message
-    assert f"next is allowed from {(first_day + timedelta(days=365)).date()}" in message
+    assert_allowed_from(message, first.created_at)
     # nothing was started or stored for the refused attempt
     assert app.db.query_one("SELECT COUNT(*) FROM uploads")[0] == 0
     assert len(fetch(app.db, "1=1")) == 1
@@ -121,6 +132,24 @@ def test_second_delivery_within_365_days_refused_with_date(lib):
     second = upload(app, data=b"next year\n")
     assert state_of(app, second).state == PUBLISHED
     assert app.policy.standing(app.db, app.directory.tenant("genk")).startswith("a correction")
+
+
+def test_date_in_refusal_is_when_uploads_are_allowed_again(lib):
+    """Regression: the message named only the day, yet uploads stayed refused until the time of day
+    of the first delivery; it now names the first minute at which the next is really allowed."""
+    _srv, app, clock = lib
+    clock.t = datetime(2026, 3, 10, 14, 0, 30, tzinfo=timezone.utc)
+    assert download(app, upload(app))
+    clock.t = datetime(2027, 3, 10, 9, 0, tzinfo=timezone.utc)       # the day named, in the morning
+    with pytest.raises(PolicyRefused) as refused:
+        try_upload(app, "volgende.csv")
+    assert "received its list on 2026-03-10" in str(refused.value)
+    assert str(refused.value).endswith("so the next is allowed from 2027-03-10 14:01 UTC")
+    clock.t = datetime(2027, 3, 10, 14, 0, 30, tzinfo=timezone.utc)  # 365 days to the microsecond
+    with pytest.raises(PolicyRefused):
+        try_upload(app, "volgende.csv")
+    clock.t = datetime(2027, 3, 10, 14, 1, tzinfo=timezone.utc)      # exactly as promised
+    assert state_of(app, upload(app, "volgende.csv")).state == PUBLISHED
 
 
 def test_yearly_limit_setting_is_honoured(make_server):
@@ -168,6 +197,15 @@ def test_allowance_grants_exactly_one_more(lib):
     assert download(app, correction)
     with pytest.raises(PolicyRefused):
         try_upload(app, "third.csv")
+
+
+def test_disabled_tenant_is_refused_and_standing_says_so(lib):
+    _srv, app, _clock = lib
+    assert app.policy.standing(app.db, app.directory.tenant("gent")) == "may receive a list now"
+    app.directory.disable_tenant(Actor("admin:test"), "gent")
+    with pytest.raises(NotFound):
+        try_upload(app, tenant="gent")
+    assert app.policy.standing(app.db, app.directory.tenant("gent")) == "refused: gent is disabled"
 
 
 # --- the protocol ----------------------------------------------------------------------------------
@@ -218,11 +256,10 @@ def test_refusal_message_reaches_client_and_allow_grants_one(make_server, tmp_pa
     app = srv.app()
     [first] = fetch(app.db, "1=1")
     assert first.state == COLLECTED
-    next_day = (datetime.fromisoformat(first.created_at.replace("Z", "+00:00")) + timedelta(days=365)).date()
 
     with pytest.raises(PermissionError) as refused:
         put(srv, b"second\n")
-    assert f"next is allowed from {next_day}" in str(refused.value)
+    next_day = assert_allowed_from(str(refused.value), first.created_at)
     # OpenSSH sftp only says "Permission denied", but it fails too
     (tmp_path / "again.csv").write_bytes(b"second\n")
     result = srv.sftp("agency", f"put {tmp_path / 'again.csv'} /genk/again.csv\n", check=False)

@@ -162,6 +162,25 @@ def test_refused_write_then_close_publishes_nothing(make_server, refused_write):
     assert_nothing_left(server)
 
 
+def test_a_refused_write_that_is_retried_does_not_block_publishing(make_server):
+    """A write too far ahead of the stream is refused, but the upload stays open: once the client
+    has written the bytes before it and sends the refused write again, the file is complete."""
+    server = make_server({"upload": {"window": "64KiB"}}).standard().start()
+    with connect(server, "agency") as client:
+        handle = client.open("/genk/lijst.csv", "wb", bufsize=0)
+        handle.write(DATA[:10_000])
+        handle.seek(200_000)
+        with pytest.raises(IOError):
+            handle.write(DATA[200_000:])                # 190 000 bytes ahead: more than the window
+        handle.seek(10_000)
+        handle.write(DATA[10_000:200_000])
+        handle.seek(200_000)
+        handle.write(DATA[200_000:])                    # the retry
+        code, text = close_raw(client, handle)
+        assert code == SFTP_OK, text
+    assert published_content(server, "lijst.csv") == DATA
+
+
 def test_new_upload_of_the_same_name_replaces_the_unfinished_one(server):
     with connect(server, "agency") as client:
         first = client.open("/genk/lijst.csv", "wb")

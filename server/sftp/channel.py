@@ -15,7 +15,7 @@ minor version and the tests exercise every one of these paths.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, cast
 
 from asyncssh.channel import SSHServerChannel
 from asyncssh.packet import SSHPacket
@@ -60,11 +60,11 @@ class SluisSFTPHandler(SFTPServerHandler):
     async def _cleanup(self, exc: Exception | None) -> None:
         if self._server:
             self._server.connection_lost()
-        channel = self._writer.channel if self._writer is not None else None
-        if isinstance(channel, SSHServerChannel):
+        if self._writer is not None:
             # Report an exit status before the channel closes, as OpenSSH's sftp-server does:
             # OpenSSH scp (SFTP mode) treats a session without one as failed and exits 1.
-            channel.exit(0 if exc is None else 1)
+            # (The channel may be asyncssh's line-editor wrapper, which passes exit() through.)
+            cast(SSHServerChannel, self._writer.channel).exit(0 if exc is None else 1)
         await super()._cleanup(exc)
 
     _packet_handlers = {

@@ -123,9 +123,10 @@ class SluisSFTPServer(asyncssh.SFTPServer):
 
     @staticmethod
     def _fsetstat(file_obj: object, attrs: SFTPAttrs) -> None:
-        # OpenSSH scp (SFTP mode) opens without TRUNC and then 'truncates' to the bytes it wrote:
-        # for an upload of exactly that size it is a no-op, so acknowledge it like the times.
-        if isinstance(file_obj, UploadHandle) and attrs.size is not None and attrs.size == file_obj.upload.size:
+        # OpenSSH scp (SFTP mode) and lftp 'truncate' the file to the bytes they wrote: for an
+        # upload of exactly that size that is a no-op, so it is acknowledged like the times.
+        if isinstance(file_obj, UploadHandle) and attrs.size is not None \
+                and attrs.size == file_obj.upload.size:
             attrs = SFTPAttrs(uid=attrs.uid, gid=attrs.gid, permissions=attrs.permissions,
                               atime=attrs.atime, mtime=attrs.mtime)
         _only_times(attrs)

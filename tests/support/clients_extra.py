@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import paramiko
-from paramiko.sftp import CMD_HANDLE, CMD_STATUS
+from paramiko.sftp import CMD_STATUS
 
 from sluis.server.formats.age import decrypt
 from tests.support.server import SluisServer
@@ -126,12 +126,6 @@ def raw_status(client: paramiko.SFTPClient, kind: int, msg: paramiko.Message) ->
     reply_type, reply = raw_request(client, kind, msg)
     assert reply_type == CMD_STATUS, reply_type
     return reply.get_int(), reply.get_text()
-
-
-def raw_handle(client: paramiko.SFTPClient, kind: int, msg: paramiko.Message) -> bytes:
-    reply_type, reply = raw_request(client, kind, msg)
-    assert reply_type == CMD_HANDLE, (reply_type, reply.get_int() if reply_type == CMD_STATUS else None)
-    return reply.get_binary()
 
 
 def env_without_agent() -> dict[str, str]:
