@@ -102,9 +102,9 @@ class Outbox:
                          (delivery_id, kind, target, PENDING, now, json.dumps(payload), now, now))
         return cur.lastrowid
 
-    def alert(self, tx: Tx, delivery_id: str, **details: Any) -> None:
-        """Queue an operator alert (sent by e-mail when configured; always logged and audited)."""
-        self._insert(tx, delivery_id, ALERT, self.settings.email.operator or "-", **details)
+    def alert(self, tx: Tx, delivery_id: str, *, to: str | None = None, **details: Any) -> None:
+        """Queue an alert for the operator (or `to`): mailed when e-mail is on; always logged and audited."""
+        self._insert(tx, delivery_id, ALERT, to or self.settings.email.operator or "-", **details)
 
     def due(self, limit: int = 50) -> list[Job]:
         """Jobs to send now, and sent SMS whose status is due to be polled."""

@@ -191,14 +191,14 @@ class OutboxWorker:
         return True
 
     def _send_alert(self, job: Job) -> bool:
-        """Log the alert; mail it when an operator address is configured. Returns whether mailed."""
+        """Log the alert; mail it to its target (the operator, or a sender) if e-mail is on. Returns whether mailed."""
         delivery, tenant = self._context(job)
         subject, body = render_alert(file=delivery.stored_name, tenant=tenant,
                                      phone=job.payload.get("phone", "-"),
                                      reason=job.payload.get("reason", "-"),
                                      expires=parse_iso(delivery.expires_at))
-        log.error("ALERT for operator: %s", subject)
-        if self.mail is None or not self.settings.email.operator:
-            return False  # logged and audited; there is no operator address to mail
-        send_mail(self.mail, to=[self.settings.email.operator], subject=subject, body=body)
+        log.error("ALERT for %s: %s", job.target, subject)
+        if self.mail is None or "@" not in job.target:
+            return False  # logged and audited; there is no address to mail
+        send_mail(self.mail, to=[job.target], subject=subject, body=body)
         return True

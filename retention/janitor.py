@@ -65,10 +65,13 @@ class Janitor:
     def _tell_sender(self, delivery) -> None:
         """An expired delivery was never collected: the sender (and operator) should know."""
         sender = self.dropbox.db.query_one("SELECT name, email FROM users WHERE id = ?", (delivery.sender_id,))
+        reason = (f"not collected before {delivery.expires_at}; the file expired and was removed "
+                  f"(sender {sender['name']})")
         with self.dropbox.db.transaction() as tx:
-            self.outbox.alert(tx, delivery.id, phone="-", sender=sender["name"],
-                              reason=f"not collected before {delivery.expires_at}; the file expired and was "
-                                     f"removed (sender {sender['name']})")
+            self.outbox.alert(tx, delivery.id, phone="-", sender=sender["name"], reason=reason)
+            if sender["email"]:
+                self.outbox.alert(tx, delivery.id, to=sender["email"], phone="-", sender=sender["name"],
+                                  reason=reason)
         self.outbox.wake()
 
     def _destroy_keys(self) -> int:

@@ -82,4 +82,4 @@ class Service:
                     await asyncio.to_thread(task)
                 except Exception:
                     log.exception("%s pass failed", name)
-            await asyncio.sleep(self.app.settings.retention.interval)
+            await asyncio.sleep(max(self.app.settings.retention.interval, 1))

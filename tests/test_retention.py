@@ -267,3 +267,14 @@ def test_recipient_deletes_with_sftp_rm(make_server, tmp_path):
     [record] = remove_records(app, delivery)
     assert record["reason"] == "deleted"
     assert "lijst.csv.age" not in srv.sftp("genk-clerk", "ls -l\n").stdout
+
+
+def test_expiry_alert_also_goes_to_a_sender_with_an_address(lib):
+    _srv, app, clock = lib
+    with app.db.transaction() as tx:
+        tx.execute("UPDATE users SET email = 'batch@agentschap.test' WHERE name = 'agency'")
+    delivery = upload(app)
+    clock.advance(days=31)
+    assert app.janitor.run_once().expired == [delivery.id]
+    targets = sorted(j.target for j in app.outbox.jobs(delivery.id) if j.kind == ALERT)
+    assert targets == ["-", "batch@agentschap.test"]  # the operator (no address configured) and the sender

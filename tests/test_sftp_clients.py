@@ -6,8 +6,10 @@ Client settings that matter (worth telling municipalities):
 - OpenSSH scp: the default (SFTP) mode works; `scp -O` (legacy protocol) is refused.
 - PuTTY psftp: needs the key as .ppk; pin the host key with -hostkey SHA256:...
 - lftp: sftp:// through `set sftp:connect-program "ssh -a -x -i KEY"`.
-- rclone 1.60: `shell_type = none` and `disable_hashcheck = true` (it would otherwise try ssh
-  exec for md5sum, which sluis refuses); it sets times and checks the size after upload.
+- rclone 1.60: set `shell_type = none` and `disable_hashcheck = true`; without them it works too,
+  but first tries a series of ssh exec commands (echo, md5sum, sha1sum, ...) that sluis refuses.
+  It sends write requests with stray bytes after the data, sets times and checks the size after
+  upload; pin the host key with `known_hosts_file`.
 - curl (libssh2): -T to upload, --hostpubsha256 to pin the host key.
 """
 

@@ -14,7 +14,9 @@ from ..errors import NotFound, PermissionDenied, SluisError
 from .audit import AuditLog
 from .clock import Clock, iso
 from .coverage import Coverage
-from .deliveries import COLLECTED, PUBLISHED, REMOVED, VISIBLE, fetch
+from .deliveries import (
+    COLLECTED, PUBLISHED, REASON_COLLECTED, REASON_REPLACED, REMOVED, VISIBLE, fetch,
+)
 from .directory import Directory
 from .encryption import SUFFIXES, HashingOutput, open_encryptor
 from .names import check_name, staged_base
@@ -156,8 +158,15 @@ class DropBox:
         with self.db.transaction() as tx:
             replaced = self.policy.admit(tx, tenant, delivery.id)
             for old in replaced:
-                self._mark_removed(tx, old, "replaced", actor=upload.session.actor,
+                self._mark_removed(tx, old, REASON_REPLACED, actor=upload.session.actor,
                                    source=upload.session.source, by=delivery.id)
+            # A collected file still in its grace period under the same name would shadow the
+            # new one in the recipient's listing; it has been collected, so it leaves now.
+            for old in fetch(tx, "tenant_id = ? AND state = ? AND stored_name = ?",
+                             (tenant.id, COLLECTED, delivery.stored_name)):
+                self._mark_removed(tx, old, REASON_COLLECTED, actor=upload.session.actor,
+                                   source=upload.session.source, superseded_by=delivery.id)
+                replaced.append(old)
             tx.execute("INSERT INTO deliveries VALUES (:id, :tenant_id, :sender_id, :name, :stored_name,"
                        " :format, :state, :plain_size, :stored_size, :plain_sha256, :stored_sha256,"
                        " :blob_key, :created_at, :expires_at, :collected_at, :collected_by,"
