@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from .settings import SECTIONS, Settings, section_fields
+from .settings import SECTIONS, Settings, section_fields, toml_key
 
 
 class ConfigError(Exception):
@@ -35,7 +35,18 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: not UTF-8 text ({exc.reason})") from None
     settings = parse_document(document, Path(path).absolute(), str(path))
+    _check_templates(settings, str(path))
     return _apply_secret_sources(settings, environ)
+
+
+def _check_templates(settings: Settings, label: str) -> None:
+    """A bad SMS template must stop startup, not fail each message later."""
+    from ..keydelivery.templates import TemplateError, validate_sms_template
+
+    try:
+        validate_sms_template(settings.sms.template)
+    except TemplateError as exc:
+        raise ConfigError(f"{label}: [sms] template: {exc}") from None
 
 
 def parse_document(document: dict[str, Any], config_path: Path, label: str) -> Settings:
@@ -53,7 +64,7 @@ def parse_document(document: dict[str, Any], config_path: Path, label: str) -> S
 
 
 def _parse_section(name: str, section: type, table: dict[str, Any], label: str) -> Any:
-    known = {f.name: f for f in section_fields(section)}
+    known = {toml_key(f): f for f in section_fields(section)}
     values: dict[str, Any] = {}
     for key, raw in table.items():
         spec = known.get(key)
@@ -61,7 +72,7 @@ def _parse_section(name: str, section: type, table: dict[str, Any], label: str) 
             allowed = ", ".join(known)
             raise ConfigError(f"{label}: unknown setting [{name}] {key}; allowed in [{name}]: {allowed}")
         try:
-            values[key] = spec.metadata["parse"](raw)
+            values[spec.name] = spec.metadata["parse"](raw)
         except ValueError as exc:
             raise ConfigError(f"{label}: [{name}] {key}: {exc}") from None
     return section(**values)

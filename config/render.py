@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from .settings import SECTIONS, section_fields
+from .settings import SECTIONS, section_fields, toml_key
 
 
 def _toml_value(value: Any) -> str:
@@ -29,7 +29,7 @@ def render_config(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> s
         for spec in section_fields(section):
             raw = overrides.get(name, {}).get(spec.name, spec.metadata["raw"])
             lines.append(f"# {spec.metadata['doc']}")
-            lines.append(f"{spec.name} = {_toml_value(raw)}")
+            lines.append(f"{toml_key(spec)} = {_toml_value(raw)}")
         lines.append("")
     return "\n".join(lines)
 
@@ -43,5 +43,5 @@ def render_reference() -> str:
         for spec in section_fields(section):
             raw = _toml_value(spec.metadata["raw"])
             shown = raw if len(raw) <= 40 else raw[:37] + '…"'
-            lines.append(f"| `{spec.name}` | `{shown}` | {spec.metadata['doc']} |")
+            lines.append(f"| `{toml_key(spec)}` | `{shown}` | {spec.metadata['doc']} |")
     return "\n".join(lines).strip()

@@ -26,9 +26,15 @@ from .values import (
 
 
 
-def setting(raw: Any, parse: Callable[[Any], Any], doc: str) -> Any:
-    """Declare a setting whose default is `raw` as written in TOML."""
-    return field(default=parse(raw), metadata={"raw": raw, "parse": parse, "doc": doc})
+def setting(raw: Any, parse: Callable[[Any], Any], doc: str, *, key: str | None = None) -> Any:
+    """Declare a setting whose default is `raw` as written in TOML (under `key`, if the TOML
+    name cannot be a Python name, such as `from`)."""
+    return field(default=parse(raw), metadata={"raw": raw, "parse": parse, "doc": doc, "key": key})
+
+
+def toml_key(spec: Any) -> str:
+    """The name a setting has in sluis.toml."""
+    return spec.metadata.get("key") or spec.name
 
 
 @dataclass(frozen=True)
@@ -85,8 +91,9 @@ class SmsSettings:
     account_sid: str = setting("", parse_str, "Twilio account SID (AC...)")
     auth_token: str = setting("", parse_str,
                               "Twilio auth token; better: $SLUIS_TWILIO_AUTH_TOKEN or credential sluis-twilio-token")
-    from_number: str = setting("", parse_str, "Twilio sender number in E.164 (or set messaging_service_sid)")
-    messaging_service_sid: str = setting("", parse_str, "Twilio messaging service SID (MG...), instead of from_number")
+    from_number: str = setting("", parse_str, "Twilio sender number in E.164 (or set messaging_service_sid)",
+                               key="from")
+    messaging_service_sid: str = setting("", parse_str, "Twilio messaging service SID (MG...), instead of from")
     api_base: str = setting("https://api.twilio.com", parse_str,
                             "Twilio API endpoint (a regional edge, or a local stand-in for tests)")
     template: str = setting(DEFAULT_SMS_TEMPLATE, parse_str,

@@ -16,7 +16,7 @@ def make_provider(sms: SmsSettings) -> SmsProvider:
         raise ConfigError(f"[sms] provider = 'twilio' needs {' and '.join(missing)} "
                           "(auth_token may come from $SLUIS_TWILIO_AUTH_TOKEN or credential sluis-twilio-token)")
     if bool(sms.from_number) == bool(sms.messaging_service_sid):
-        raise ConfigError("[sms] set exactly one of from_number and messaging_service_sid")
+        raise ConfigError("[sms] set exactly one of from and messaging_service_sid")
     from .providers.twilio import TwilioProvider  # the twilio library is slow to import; only when used
 
     try:

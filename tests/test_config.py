@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from sluis.config.settings import toml_key
+
 from sluis.config import ConfigError, Settings, load_settings, render_config
 from sluis.config.settings import SECTIONS, section_fields
 from sluis.config.values import format_duration, format_size, parse_duration, parse_listen, parse_size
@@ -168,9 +170,9 @@ def test_init_writes_every_setting_with_comment(tmp_path):
     assert set(document) == set(SECTIONS)
     for name, section in SECTIONS.items():
         assert lines[lines.index(f"[{name}]") - 1].startswith("# "), name
-        assert set(document[name]) == {f.name for f in section_fields(section)}, name
+        assert set(document[name]) == {toml_key(f) for f in section_fields(section)}, name
         for spec in section_fields(section):
-            [index] = [i for i, line in enumerate(lines) if line.startswith(f"{spec.name} = ")
+            [index] = [i for i, line in enumerate(lines) if line.startswith(f"{toml_key(spec)} = ")
                        and _section_of(lines, i) == name]
             assert lines[index - 1] == f"# {spec.metadata['doc']}", spec.name
     # parses back to exactly the defaults
@@ -225,3 +227,25 @@ def test_init_refuses_existing_setup(tmp_path):
     assert third.returncode == 1 and "ssh_host_ed25519_key" in third.stderr
     assert (partial / "ssh_host_ed25519_key").read_text() == "keep me"
     assert not (partial / "sluis.toml").exists()
+
+
+def test_sms_from_is_written_and_read_under_its_toml_name(tmp_path):
+    from sluis.config import load_settings, render_config
+
+    text = render_config({"sms": {"from_number": "+3228001234"}})
+    assert '\nfrom = "+3228001234"\n' in text and "from_number" not in text
+    path = tmp_path / "sluis.toml"
+    path.write_text(text)
+    assert load_settings(path, {}).sms.from_number == "+3228001234"
+
+
+def test_bad_sms_template_stops_startup(tmp_path):
+    from sluis.config import ConfigError, load_settings, render_config
+
+    path = tmp_path / "sluis.toml"
+    path.write_text(render_config({"sms": {"template": "Uw bestand {file} staat klaar"}}))
+    with pytest.raises(ConfigError, match=r"\[sms\] template: .*passphrase"):
+        load_settings(path, {})
+    path.write_text(render_config({"sms": {"template": "code {passphrase} voor {gemeente}"}}))
+    with pytest.raises(ConfigError, match=r"\[sms\] template: .*gemeente"):
+        load_settings(path, {})

@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sluis: configuration error: {exc}", file=sys.stderr)
             return 2
         logging.getLogger().setLevel(args.settings.log.level.upper())
+        if args.settings.log.level != "debug":
+            logging.getLogger("asyncssh").setLevel(logging.WARNING)  # sluis logs each request itself
         if args.func is not ops.cmd_serve:
             logging.getLogger("sluis.audit").setLevel(logging.WARNING)  # the CLI prints its own result
     try:

@@ -83,14 +83,14 @@ class AuditLog:
             return self.append(tx, event, **kwargs)
 
     def records(self, since: str | None = None, tenant: str | None = None) -> Iterator[AuditRecord]:
-        sql, params = "SELECT * FROM audit WHERE 1=1", []
+        where, params = ["1 = 1"], []
         if since:
-            sql += " AND ts >= ?"
+            where.append("ts >= ?")
             params.append(since)
         if tenant:
-            sql += " AND tenant = ?"
+            where.append("tenant = ?")
             params.append(tenant)
-        for row in self.db.query(sql + " ORDER BY seq", tuple(params)):
+        for row in self.db.utils["audit"].rows_where(" AND ".join(where), params, order_by="seq"):
             yield _row_record(row)
 
     def verify(self) -> Verification:

@@ -134,3 +134,6 @@ MIGRATIONS.append(
     );
     """
 )
+
+EXPECTED_TABLES = ("tenants", "tenant_phones", "users", "user_keys", "deliveries", "uploads", "secrets",
+                   "outbox", "audit", "protocols", "allowances", "resends")

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 import sqlite_utils
 
-from .schema import MIGRATIONS
+from .schema import EXPECTED_TABLES, MIGRATIONS
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -59,7 +59,11 @@ class Database:
 
     @property
     def utils(self) -> sqlite_utils.Database:
-        """sqlite-utils over this thread's connection, for inserts and introspection."""
+        """sqlite-utils over this thread's connection, for reads and introspection.
+
+        Writes go through `transaction()` instead: sqlite-utils' write helpers commit on their
+        own (`with conn:`), which would end our BEGIN IMMEDIATE transaction half-way.
+        """
         return sqlite_utils.Database(self._connection())
 
     @contextlib.contextmanager
@@ -97,7 +101,10 @@ class Database:
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {number}")
-            return len(MIGRATIONS)
+        missing = set(EXPECTED_TABLES) - set(self.utils.table_names())
+        if missing:
+            raise RuntimeError(f"{self.path}: schema is missing tables {sorted(missing)} after migration")
+        return len(MIGRATIONS)
 
     def close(self) -> None:
         with self._lock:
