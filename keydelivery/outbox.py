@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from ..config.settings import Settings
 from ..server.core.audit import AuditLog
-from ..server.core.clock import Clock, iso, parse_iso
+from ..server.core.clock import Clock, iso
 from ..server.core.deliveries import PUBLISHED, fetch
 from ..server.core.records import Delivery, Tenant
 from ..server.core.state import Database, Tx
@@ -179,7 +179,3 @@ class Outbox:
                               source="cli", phones=phones)
         self.wake()
         return phones
-
-
-def expires_of(delivery: Delivery):
-    return parse_iso(delivery.expires_at)

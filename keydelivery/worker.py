@@ -197,7 +197,7 @@ class OutboxWorker:
                                      phone=job.payload.get("phone", "-"),
                                      reason=job.payload.get("reason", "-"),
                                      expires=parse_iso(delivery.expires_at))
-        log.error("ALERT for %s: %s", job.target, subject)
+        log.error("ALERT for %s: %s", job.target if "@" in job.target else "operator", subject)
         if self.mail is None or "@" not in job.target:
             return False  # logged and audited; there is no address to mail
         send_mail(self.mail, to=[job.target], subject=subject, body=body)

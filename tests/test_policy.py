@@ -270,7 +270,7 @@ def test_refusal_message_reaches_client_and_allow_grants_one(make_server, tmp_pa
     assert any(r.event == "sftp.deny" and "next is allowed" in r.detail["reason"] for r in app.audit.records())
 
     show = sluis(srv.config, "tenant", "show", "genk")
-    assert f"delivery:  refused: genk received its list on" in show.stdout
+    assert "delivery:  refused: genk received its list on" in show.stdout
     assert str(next_day) in show.stdout
 
     allow = sluis(srv.config, "delivery", "allow", "genk", "--reason", "correction requested by Genk")

@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         logging.getLogger().setLevel(args.settings.log.level.upper())
         if args.settings.log.level != "debug":
-            logging.getLogger("asyncssh").setLevel(logging.WARNING)  # sluis logs each request itself
+            # sluis logs each request itself; the twilio client would log every API call
+            for noisy in ("asyncssh", "twilio"):
+                logging.getLogger(noisy).setLevel(logging.WARNING)
         if args.func is not ops.cmd_serve:
             logging.getLogger("sluis.audit").setLevel(logging.WARNING)  # the CLI prints its own result
     try:

@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Callable, Protocol
 
 from ...config.settings import Settings
-from ..errors import NotFound, PermissionDenied, SluisError
+from ..errors import NotFound, PermissionDenied
 from .audit import AuditLog
 from .clock import Clock, iso
 from .coverage import Coverage
