@@ -7,6 +7,9 @@ from typing import Iterator
 
 import pytest
 
+from sluis.config import load_settings
+from sluis.server.app import build_app
+from tests.support.library import FAST, FakeClock
 from tests.support.server import SluisServer
 
 
@@ -29,3 +32,13 @@ def make_server(tmp_path: Path) -> Iterator:
 def server(make_server) -> SluisServer:
     """A running server: tenants genk and gent, sender 'agency', recipients 'genk-clerk', 'gent-clerk'."""
     return make_server().standard().start()
+
+
+@pytest.fixture
+def lib(make_server):
+    """(server setup, app on a fake clock, the clock): the standard tenants and users, no process."""
+    srv = make_server(FAST).standard()
+    clock = FakeClock()
+    app = build_app(load_settings(srv.config, {}), clock=clock)
+    yield srv, app, clock
+    app.close()

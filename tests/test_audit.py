@@ -10,10 +10,8 @@ from contextlib import closing
 
 import pytest
 
-from sluis.config import load_settings
-from sluis.server.app import build_app
 from sluis.server.core.audit import GENESIS, canonical, record_hash
-from tests.test_retention import FAST, FakeClock, download, sluis, upload
+from tests.support.library import FAST, download, sluis, upload
 
 COLUMNS = ("ts", "event", "actor", "tenant", "delivery", "source", "detail", "prev", "hash")
 
@@ -147,17 +145,8 @@ def test_invalid_json_is_named(srv):
 
 
 # --- pruning ---------------------------------------------------------------------------------------
-@pytest.fixture
-def timed(make_server):
-    server = make_server(FAST).standard()
-    clock = FakeClock()
-    app = build_app(load_settings(server.config, {}), clock=clock)
-    yield server, app, clock
-    app.close()
-
-
-def test_prune_keeps_the_chain_verifiable(timed):
-    server, app, clock = timed
+def test_prune_keeps_the_chain_verifiable(lib):
+    server, app, clock = lib
     old = [r.seq for r in app.audit.records()]
     clock.advance(days=5 * 365 + 1)            # past audit_keep = 5y
     delivery = upload(app)                      # new records that stay
@@ -182,17 +171,17 @@ def test_prune_keeps_the_chain_verifiable(timed):
     assert_broken_at(server, kept_from, "no audit.prune record accounts for them")
 
 
-def test_records_younger_than_audit_keep_are_not_pruned(timed):
-    _server, app, clock = timed
+def test_records_younger_than_audit_keep_are_not_pruned(lib):
+    _server, app, clock = lib
     before = [r.seq for r in app.audit.records()]
     clock.advance(days=5 * 365 - 1)
     assert app.janitor.run_once().audit_pruned == 0
     assert [r.seq for r in app.audit.records()] == before
 
 
-def test_prune_of_everything_continues_the_chain(timed):
+def test_prune_of_everything_continues_the_chain(lib):
     """Regression: with every record old, the prune record restarted at #1 from GENESIS."""
-    server, app, clock = timed
+    server, app, clock = lib
     head_seq, head_hash = app.audit.head()
     clock.advance(days=6 * 365)
     assert app.janitor.run_once().audit_pruned == head_seq
@@ -205,8 +194,8 @@ def test_prune_of_everything_continues_the_chain(timed):
     assert app.audit.verify().ok and app.audit.head()[0] == head_seq + 2
 
 
-def test_audit_never_holds_the_passphrase(timed):
-    _server, app, _clock = timed
+def test_audit_never_holds_the_passphrase(lib):
+    _server, app, _clock = lib
     delivery = upload(app)
     passphrase = app.outbox.passphrase(delivery.id)
     assert passphrase

@@ -12,7 +12,7 @@ import pytest
 
 from sluis.server.cli.main import build_parser, main
 from sluis.server.cli.init import init_setup
-from tests.test_retention import SLUIS, sluis
+from tests.support.library import SLUIS, sluis
 
 
 @pytest.fixture
@@ -240,7 +240,7 @@ def test_every_subcommand_has_help(capsys):
 
 def test_help_through_the_installed_command():
     for args in (["--help"], ["tenant", "protocol", "--help"], ["delivery", "allow", "--help"]):
-        result = subprocess.run([SLUIS, *args], capture_output=True, text=True, timeout=30)
+        result = subprocess.run([*SLUIS, *args], capture_output=True, text=True, timeout=30)
         assert result.returncode == 0 and result.stdout.startswith("usage: sluis"), args
-    protocol = subprocess.run([SLUIS, "tenant", "protocol", "--help"], capture_output=True, text=True, timeout=30)
+    protocol = subprocess.run([*SLUIS, "tenant", "protocol", "--help"], capture_output=True, text=True, timeout=30)
     assert "--notice" in protocol.stdout and "twelve months" in protocol.stdout

@@ -20,7 +20,7 @@ from sluis.config import ConfigError, Settings, load_settings, render_config
 from sluis.config.settings import SECTIONS, section_fields
 from sluis.config.values import format_duration, format_size, parse_duration, parse_listen, parse_size
 from sluis.server.cli.init import init_setup
-from tests.test_retention import SLUIS, sluis
+from tests.support.library import SLUIS, sluis
 
 
 @pytest.fixture
@@ -113,7 +113,7 @@ def test_unreadable_config_is_a_config_error(tmp_path):
 
 def test_bad_config_stops_serve_before_listening(setup):
     set_value(setup, "retention", "collected_grace", '"5 parsecs"')
-    result = subprocess.run([SLUIS, "-c", str(setup), "serve"], capture_output=True, text=True, timeout=30)
+    result = subprocess.run([*SLUIS, "-c", str(setup), "serve"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "[retention] collected_grace" in result.stderr
     assert "listening" not in result.stderr
@@ -128,7 +128,7 @@ def test_unknown_key_stops_serve(setup):
 
 
 def test_config_from_environment_variable(setup, tmp_path):
-    result = subprocess.run([SLUIS, "status"], capture_output=True, text=True, timeout=30, cwd=tmp_path,
+    result = subprocess.run([*SLUIS, "status"], capture_output=True, text=True, timeout=30, cwd=tmp_path,
                             env={"PATH": "/usr/bin:/bin", "SLUIS_CONFIG": str(setup)})
     assert result.returncode == 0, result.stderr
     assert "no deliveries" in result.stdout
@@ -161,7 +161,7 @@ def test_value_parsers():
 
 # --- sluis init --------------------------------------------------------------------------------------
 def test_init_writes_every_setting_with_comment(tmp_path):
-    result = subprocess.run([SLUIS, "init", str(tmp_path / "new")], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([*SLUIS, "init", str(tmp_path / "new")], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     config = tmp_path / "new" / "sluis.toml"
     assert f"created {config}" in result.stdout
@@ -211,10 +211,10 @@ def test_init_files_are_private(tmp_path):
 
 def test_init_refuses_existing_setup(tmp_path):
     target = tmp_path / "twice"
-    first = subprocess.run([SLUIS, "init", str(target)], capture_output=True, text=True, timeout=60)
+    first = subprocess.run([*SLUIS, "init", str(target)], capture_output=True, text=True, timeout=60)
     assert first.returncode == 0
     before = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
-    second = subprocess.run([SLUIS, "init", str(target)], capture_output=True, text=True, timeout=60)
+    second = subprocess.run([*SLUIS, "init", str(target)], capture_output=True, text=True, timeout=60)
     assert second.returncode == 1
     assert "already holds a setup" in second.stderr and "refusing to overwrite" in second.stderr
     after = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
@@ -223,7 +223,7 @@ def test_init_refuses_existing_setup(tmp_path):
     partial = tmp_path / "partial"
     partial.mkdir()
     (partial / "ssh_host_ed25519_key").write_text("keep me")
-    third = subprocess.run([SLUIS, "init", str(partial)], capture_output=True, text=True, timeout=60)
+    third = subprocess.run([*SLUIS, "init", str(partial)], capture_output=True, text=True, timeout=60)
     assert third.returncode == 1 and "ssh_host_ed25519_key" in third.stderr
     assert (partial / "ssh_host_ed25519_key").read_text() == "keep me"
     assert not (partial / "sluis.toml").exists()

@@ -19,16 +19,7 @@ from sluis.server.core.deliveries import COLLECTED, PUBLISHED, REMOVED, fetch
 from sluis.server.core.session import Session
 from sluis.server.core.directory import Actor
 from sluis.server.errors import NotFound, PolicyRefused
-from tests.test_retention import FAST, FakeClock, blob_path, download, has_secret, sluis, state_of, upload
-
-
-@pytest.fixture
-def lib(make_server):
-    srv = make_server(FAST).standard()
-    clock = FakeClock()
-    app = build_app(load_settings(srv.config, {}), clock=clock)
-    yield srv, app, clock
-    app.close()
+from tests.support.library import FAST, FakeClock, blob_path, download, has_secret, sluis, state_of, upload
 
 
 def try_upload(app, name: str = "lijst.csv", tenant: str = "genk"):

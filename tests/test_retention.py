@@ -8,83 +8,15 @@ OpenSSH sftp clients against `sluis serve` and the `sluis` CLI.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
-import pytest
 
-from sluis.config import load_settings
 from sluis.keydelivery.outbox import ALERT, CANCELLED, PENDING, SMS
-from sluis.server.app import build_app
-from sluis.server.core.coverage import Coverage
 from sluis.server.core.deliveries import COLLECTED, PUBLISHED, REMOVED, fetch
 from sluis.server.core.session import Session
-
-SLUIS = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "sluis")
-FAST = {"crypto": {"scrypt_log_n": 10}}
-
-
-class FakeClock:
-    """A clock the test moves by hand; starts at the real 'now' so records stay in order."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.t = start or datetime.now(timezone.utc)
-
-    def now(self) -> datetime:
-        return self.t
-
-    def advance(self, **delta: float) -> None:
-        self.t += timedelta(**delta)
-
-
-def sluis(config: Path, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([SLUIS, "-c", str(config), *args], capture_output=True, text=True,
-                          timeout=60, input=input)
-
-
-def upload(app, name: str = "lijst.csv", data: bytes = b"naam;adres\nA;B\n", tenant: str = "genk",
-           sender: str = "agency"):
-    session = Session(user=app.directory.user(sender), source="test")
-    up = app.dropbox.start_upload(session, tenant, name)
-    up.write(0, data)
-    return app.dropbox.publish(up)
-
-
-def download(app, delivery, *, user: str = "genk-clerk", fraction: float = 1.0) -> bool:
-    """Read `fraction` of the stored file as a recipient and close; True if that collected it."""
-    session = Session(user=app.directory.user(user), source="test")
-    handle = app.dropbox.open_download(session, delivery.stored_name, Coverage())
-    handle.read(0, int(delivery.stored_size * fraction))
-    return app.dropbox.close_download(session, handle)
-
-
-def state_of(app, delivery):
-    return fetch(app.db, "id = ?", (delivery.id,))[0]
-
-
-def blob_path(srv, delivery) -> Path:
-    return srv.data_dir / "boxes" / delivery.blob_key
-
-
-def has_secret(app, delivery) -> bool:
-    return app.db.query_one("SELECT 1 FROM secrets WHERE delivery_id = ?", (delivery.id,)) is not None
-
-
-def remove_records(app, delivery) -> list[dict]:
-    return [r.detail for r in app.audit.records() if r.event == "delivery.remove" and r.delivery == delivery.id]
-
-
-@pytest.fixture
-def lib(make_server):
-    """(server setup, app with a fake clock, the clock): tenants genk/gent, sender, recipients."""
-    srv = make_server(FAST).standard()
-    clock = FakeClock()
-    app = build_app(load_settings(srv.config, {}), clock=clock)
-    yield srv, app, clock
-    app.close()
-
+from tests.support.library import (
+    FAST, blob_path, download, has_secret, remove_records, sluis, state_of, upload,
+)
 
 # --- collected, then removed after the grace period ------------------------------------------------
 def test_collected_file_is_removed_after_grace(lib):
