@@ -105,6 +105,7 @@ class SmsSettings:
     alert_after: int = setting(8, int_range(1, 1000), "failed attempts after which the operator is alerted")
     poll_interval: int = setting("1m", parse_duration, "first wait before asking the provider for delivery status")
     poll_limit: int = setting(12, int_range(0, 100), "status polls per message before giving up (0: never poll)")
+    redact: bool = setting(True, parse_bool, "erase the body (the passphrase) from the provider's copy once final")
 
 
 @dataclass(frozen=True)

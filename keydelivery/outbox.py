@@ -44,6 +44,8 @@ class Job:
     provider_id: str | None
     provider_status: str | None
     polls: int
+    redacted: int            # 0 not yet, 1 erased at the provider, 2 gave up
+    redact_attempts: int
     last_error: str | None
     payload: dict[str, Any]
 
@@ -107,11 +109,14 @@ class Outbox:
         self._insert(tx, delivery_id, ALERT, to or self.settings.email.operator or "-", **details)
 
     def due(self, limit: int = 50) -> list[Job]:
-        """Jobs to send now, and sent SMS whose status is due to be polled."""
+        """Jobs to send now, sent SMS whose status is due to be polled, finished SMS to redact."""
         now = self._now()
-        rows = self.db.query("SELECT * FROM outbox WHERE next_attempt_at <= ? AND (state = ? OR"
-                             " (state = ? AND kind = ? AND polls < ?)) ORDER BY next_attempt_at LIMIT ?",
-                             (now, PENDING, SENT, SMS, self.settings.sms.poll_limit, limit))
+        rows = self.db.query("SELECT * FROM outbox WHERE next_attempt_at <= ? AND"
+                             " (state = ? OR (state = ? AND kind = ? AND polls < ?) OR"
+                             "  (state IN (?, ?) AND kind = ? AND redacted = 0 AND ?))"
+                             " ORDER BY next_attempt_at LIMIT ?",
+                             (now, PENDING, SENT, SMS, self.settings.sms.poll_limit,
+                              DELIVERED, UNDELIVERED, SMS, self.settings.sms.redact, limit))
         return [job_from_row(row) for row in rows]
 
     def jobs(self, delivery_id: str | None = None) -> list[Job]:

@@ -21,6 +21,7 @@ from .templates import render_alert, render_email, render_sms
 
 log = logging.getLogger("sluis.keydelivery")
 TICK_SECONDS = 1.0
+REDACT_DONE, REDACT_GAVE_UP, REDACT_TRIES = 1, 2, 5
 
 
 def mail_server(settings: Settings) -> MailServer | None:
@@ -71,7 +72,9 @@ class OutboxWorker:
         return handled
 
     def _handle(self, job: Job) -> None:
-        if job.state == SENT:
+        if job.state in (DELIVERED, UNDELIVERED):
+            self._redact(job)
+        elif job.state == SENT:
             self._poll(job)
         elif job.kind == SMS:
             self._send_sms(job)
@@ -152,7 +155,8 @@ class OutboxWorker:
         with self.outbox.db.transaction() as tx:
             if status in FINAL_STATUSES:
                 state = UNDELIVERED if status in FAILED_STATUSES else DELIVERED
-                self.outbox.update(tx, job, state=state, provider_status=status, polls=job.polls + 1)
+                self.outbox.update(tx, job, state=state, provider_status=status, polls=job.polls + 1,
+                                   next_attempt_at=self.outbox.backoff(0, None, 0.0))  # redact next
                 self.outbox.audit.append(tx, f"key.sms.{state}", actor="sluis", tenant=tenant,
                                          delivery=job.delivery_id, phone=job.target, status=status)
                 if state == UNDELIVERED:
@@ -161,6 +165,31 @@ class OutboxWorker:
             else:
                 self.outbox.update(tx, job, provider_status=status, polls=job.polls + 1, last_error=error,
                                    next_attempt_at=self.outbox.poll_later(job.polls + 1))
+
+    def _redact(self, job: Job) -> None:
+        """Erase the passphrase from the provider's copy of a finished SMS (a few tries at most)."""
+        assert job.provider_id is not None
+        try:
+            self.provider.redact(job.provider_id)
+        except TransientProviderError as exc:
+            attempts = job.redact_attempts + 1
+            outcome = (REDACT_GAVE_UP if attempts >= REDACT_TRIES else 0), str(exc)
+        except PermanentProviderError as exc:
+            attempts, outcome = job.redact_attempts + 1, (REDACT_GAVE_UP, str(exc))
+        else:
+            attempts, outcome = job.redact_attempts + 1, (REDACT_DONE, None)
+        _, tenant = self._context(job)
+        with self.outbox.db.transaction() as tx:
+            self.outbox.update(tx, job, redacted=outcome[0], redact_attempts=attempts,
+                               next_attempt_at=self.outbox.backoff(attempts, None, self.rng.random()))
+            if outcome[0] == REDACT_DONE:
+                self.outbox.audit.append(tx, "key.sms.redacted", actor="sluis", tenant=tenant,
+                                         delivery=job.delivery_id, phone=job.target, provider_id=job.provider_id)
+            elif outcome[0] == REDACT_GAVE_UP:
+                self.outbox.audit.append(tx, "key.sms.redact_failed", actor="sluis", tenant=tenant,
+                                         delivery=job.delivery_id, phone=job.target, error=outcome[1][:300])
+        if outcome[0] == REDACT_GAVE_UP:
+            log.warning("could not erase the SMS body of %s at the provider: %s", job.provider_id, outcome[1])
 
     # --- e-mail --------------------------------------------------------------------------------------
     def _deliver(self, job: Job, send: Any) -> None:

@@ -74,7 +74,9 @@ def _instrument(standin: TwilioStandIn) -> TwilioStandIn:
 
 
 def _posts(standin: TwilioStandIn, status: int | None = None) -> list[Hit]:
-    return [h for h in standin.hits if h.method == "POST" and (status is None or h.status == status)]  # type: ignore[attr-defined]
+    """Requests that create a message (not the later POST that erases a finished one's body)."""
+    return [h for h in standin.hits  # type: ignore[attr-defined]
+            if h.method == "POST" and h.path.endswith("/Messages.json") and (status is None or h.status == status)]
 
 
 def _accepted_per_phone(standin: TwilioStandIn) -> dict[str, int]:
@@ -648,3 +650,29 @@ def test_email_notice_and_operator_alert_never_carry_the_passphrase(make_server,
     assert bad in alert.body and "21211" in alert.body
     sent = _audit(server, "email.sent") + _audit(server, "alert.sent")
     assert sorted(r.event for r in sent) == ["alert.sent", "email.sent"]
+
+
+def test_provider_copy_of_the_passphrase_is_erased_once_final(make_server, twilio, tmp_path):
+    """Twilio keeps message bodies; once an SMS is final, sluis erases its body there."""
+    twilio.polls_to_deliver = 1
+    server = _hasselt(make_server, twilio).start()
+    _upload(server, tmp_path)
+    twilio.wait_for_messages(2, timeout=WAIT)
+    delivery = _delivery(server)
+    _wait_states(server, delivery["id"], {p: "delivered" for p in HASSELT})
+    _until(lambda: all(j.redacted == 1 for j in _sms_jobs(server, delivery["id"])), "redaction")
+    assert all(m.redacted for m in twilio.messages)
+    assert {r.detail["phone"] for r in _audit(server, "key.sms.redacted")} == set(HASSELT)
+    assert _accepted_per_phone(twilio) == {p: 1 for p in HASSELT}   # erasing sends nothing again
+
+
+def test_redaction_can_be_turned_off(make_server, twilio, tmp_path):
+    twilio.polls_to_deliver = 1
+    server = _hasselt(make_server, twilio, sms={"redact": False}).start()
+    _upload(server, tmp_path)
+    twilio.wait_for_messages(2, timeout=WAIT)
+    delivery = _delivery(server)
+    _wait_states(server, delivery["id"], {p: "delivered" for p in HASSELT})
+    time.sleep(2.5)   # longer than the redaction delay would be with retry_initial = 1s
+    assert not any(m.redacted for m in twilio.messages)
+    assert _audit(server, "key.sms.redacted") == []

@@ -274,3 +274,37 @@ def test_disabling_a_user_refuses_its_next_login(make_server):
     # the other users are unaffected
     with connect(server, "genk-clerk") as client:
         assert client.listdir("/") == []
+
+
+def test_disabling_a_tenant_refuses_its_recipients(make_server):
+    server = make_server().standard().start()
+    server.app().directory.disable_tenant(operator(), "gent")
+    with pytest.raises(AuthenticationException):
+        transport(server, "gent-clerk")
+    wait_audit(server, "auth.failure", lambda r: r["detail"]["reason"] == "tenant disabled")
+    with connect(server, "agency") as client:
+        assert client.listdir("/") == ["genk"]   # and its folder is gone for senders
+
+
+def test_password_login_and_unknown_user_cost_the_same_check(make_server):
+    """A recipient with a password logs in with it; a wrong one and an unknown user are refused."""
+    import paramiko
+
+    server = make_server().standard()
+    server.app().directory.add_user(operator(), "genk-pw", role="recipient", tenant="genk",
+                                    password="correct horse battery")
+    server.start()
+    for user, password, ok in (("genk-pw", "correct horse battery", True), ("genk-pw", "wrong", False),
+                               ("nobody", "correct horse battery", False)):
+        t = paramiko.Transport(("127.0.0.1", server.port))
+        try:
+            t.connect()
+            if ok:
+                t.auth_password(user, password)
+                assert paramiko.SFTPClient.from_transport(t).listdir("/") == []
+            else:
+                with pytest.raises(AuthenticationException):
+                    t.auth_password(user, password)
+        finally:
+            t.close()
+    wait_audit(server, "auth.failure", lambda r: r["actor"] == "nobody" and r["detail"]["reason"] == "unknown user")

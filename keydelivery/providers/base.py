@@ -58,3 +58,7 @@ class SmsProvider(Protocol):
     def fetch_status(self, provider_id: str) -> str:
         """Return the provider's current status string for a message sent earlier."""
         ...
+
+    def redact(self, provider_id: str) -> None:
+        """Erase the body (the passphrase) from the provider's copy of a finished message."""
+        ...

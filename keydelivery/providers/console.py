@@ -33,3 +33,6 @@ class ConsoleProvider:
     def fetch_status(self, provider_id: str) -> str:
         """A printed message counts as delivered."""
         return "delivered"
+
+    def redact(self, provider_id: str) -> None:
+        """Nothing is kept anywhere but the log this printed to."""

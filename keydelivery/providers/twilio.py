@@ -121,6 +121,10 @@ class TwilioProvider:
         message = self._call(lambda: self._client.messages(provider_id).fetch())
         return str(message.status)
 
+    def redact(self, provider_id: str) -> None:
+        """Twilio erases a finished message's stored body when it is updated with an empty Body."""
+        self._call(lambda: self._client.messages(provider_id).update(body=""))
+
     def _call(self, operation: Callable[[], _T]) -> _T:
         """Run one library call, translating its failures into provider errors."""
         try:

@@ -86,6 +86,8 @@ MIGRATIONS: list[str] = [
         provider_id TEXT,
         provider_status TEXT,
         polls INTEGER NOT NULL DEFAULT 0,
+        redacted INTEGER NOT NULL DEFAULT 0,
+        redact_attempts INTEGER NOT NULL DEFAULT 0,
         last_error TEXT,
         payload TEXT NOT NULL DEFAULT '{}',
         created_at TEXT NOT NULL,

@@ -4,18 +4,25 @@ offered, every attempt audited with its source address and key fingerprint."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import secrets
 from typing import Any
 
 import asyncssh
 
-from ..core.directory import Directory, verify_password
+from ..core.directory import Directory, hash_password, verify_password
 from ..core.records import User
 from ..core.session import Session
 from .channel import SluisSession
 from .handler import SluisSFTPServer
 
 log = logging.getLogger("sluis.auth")
+
+
+@functools.cache
+def _decoy_hash() -> bytes:
+    return hash_password(secrets.token_hex(16))
 
 
 class SluisSSHServer(asyncssh.SSHServer):
@@ -49,6 +56,13 @@ class SluisSSHServer(asyncssh.SSHServer):
         self._user = await asyncio.to_thread(self.directory.find_user, username)
         return True  # always require authentication, known user or not
 
+    def _usable(self) -> User | None:
+        """The user, if it may log in: active, and (for a recipient) its tenant active too."""
+        user = self._user
+        if user is None or not user.active or (user.tenant_id and not self.directory.tenant_by_id(user.tenant_id).active):
+            return None
+        return user
+
     def password_auth_supported(self) -> bool:
         return True
 
@@ -57,7 +71,7 @@ class SluisSSHServer(asyncssh.SSHServer):
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         fingerprint = key.get_fingerprint("sha256")
-        user = self._user if self._user and self._user.active else None
+        user = await asyncio.to_thread(self._usable)
         keys = await asyncio.to_thread(self.directory.keys, user) if user else []
         if any(k.fingerprint == fingerprint for k in keys):
             self._key = fingerprint
@@ -66,8 +80,11 @@ class SluisSSHServer(asyncssh.SSHServer):
         return False
 
     async def validate_password(self, username: str, password: str) -> bool:
-        user = self._user if self._user and self._user.active else None
-        if user and user.password_hash and await asyncio.to_thread(verify_password, user.password_hash, password):
+        user = await asyncio.to_thread(self._usable)
+        # Unknown users and users without a password cost an argon2id check too, so the answer's
+        # timing does not tell which user names exist.
+        stored = user.password_hash if user and user.password_hash else _decoy_hash()
+        if await asyncio.to_thread(verify_password, stored, password) and user and user.password_hash:
             self._key = None
             return True
         await self._failure(username, "password", None)
@@ -78,6 +95,8 @@ class SluisSSHServer(asyncssh.SSHServer):
             why = "unknown user"
         elif not self._user.active:
             why = "user disabled"
+        elif await asyncio.to_thread(self._usable) is None:
+            why = "tenant disabled"
         else:
             why = "key not registered" if method == "publickey" else "wrong password or no password set"
         tenant = await asyncio.to_thread(self._tenant_name, self._user)

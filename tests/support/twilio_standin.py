@@ -71,10 +71,11 @@ class ReceivedMessage:
     to: str
     from_: str | None
     messaging_service_sid: str | None
-    body: str
+    body: str                  # what the phone received
     status: str
     error_code: int | None = None
     polls: int = 0
+    redacted: bool = False     # True once the stored copy's body was erased (the API then shows "")
 
 
 @dataclass(frozen=True)
@@ -276,7 +277,19 @@ class TwilioStandIn:
                 if match["account"] != self.account_sid or match["sid"] not in self._messages:
                     return _error(404, 20404)
                 return 200, self._poll(match["sid"]), {}
+            if method == "POST" and (match := _MESSAGE_PATH.match(path)):
+                if match["account"] != self.account_sid or match["sid"] not in self._messages:
+                    return _error(404, 20404)
+                return self._redact(match["sid"], parse_qs(body.decode("utf-8"), keep_blank_values=True))
             return _error(404, 20404)
+
+    def _redact(self, sid: str, form: dict[str, list[str]]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """Twilio redacts a post-flight message's body when it is updated with an empty Body."""
+        message = self._messages[sid]
+        if form.get("Body") != [""] or message.status not in ("delivered", "undelivered", "failed"):
+            return _error(400, 30400)
+        self._messages[sid] = replace(message, redacted=True)
+        return 200, self._resource(self._messages[sid]), {}
 
     def _authorised(self, header: str | None) -> bool:
         """Check HTTP Basic credentials against account SID and auth token."""
@@ -341,7 +354,7 @@ class TwilioStandIn:
         return {
             "account_sid": self.account_sid,
             "api_version": "2010-04-01",
-            "body": message.body,
+            "body": "" if message.redacted else message.body,
             "date_created": now,
             "date_sent": now if message.status not in ("queued", "accepted") else None,
             "date_updated": now,
