@@ -54,8 +54,10 @@ def main() -> None:
     config = setup(directory)
     k = directory / "keys"
     opts = "-P 2222 -o StrictHostKeyChecking=accept-new"
+    fingerprint = asyncssh.read_public_key(str(directory / "ssh_host_ed25519_key.pub")).get_fingerprint("sha256")
     print(f"""
 sluis demo in {directory}  (config {config})
+host key fingerprint: {fingerprint}  (compare it when your client first connects)
 
 In another terminal, upload as the agency:
   echo 'naam;voornaam;rijksregisternummer;inburgeringscontract;attest' > lijst.csv
