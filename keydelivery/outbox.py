@@ -59,7 +59,9 @@ class Outbox:
     """KeyHandoff for the drop-box core, and the job store the worker drains."""
 
     def __init__(self, settings: Settings, db: Database, audit: AuditLog, clock: Clock,
-                 sealer: Sealer) -> None:
+                 sealer: Callable[[], Sealer]) -> None:
+        """`sealer` is called on first use, so that commands which never touch a passphrase
+        (tenant, user, status) run without access to the secret key."""
         self.settings = settings
         self.db = db
         self.audit = audit
@@ -76,7 +78,7 @@ class Outbox:
     # --- KeyHandoff ----------------------------------------------------------------------------
     def enqueue(self, tx: Tx, delivery: Delivery, tenant: Tenant, passphrase: str) -> int:
         tx.execute("INSERT INTO secrets (delivery_id, sealed) VALUES (?, ?)",
-                   (delivery.id, self.sealer.seal(passphrase.encode())))
+                   (delivery.id, self.sealer().seal(passphrase.encode())))
         jobs = [(SMS, phone) for phone in tenant.phones]
         if self.settings.email.enabled and tenant.email:
             jobs.append((EMAIL, tenant.email))
@@ -125,7 +127,7 @@ class Outbox:
 
     def passphrase(self, delivery_id: str) -> str | None:
         row = self.db.query_one("SELECT sealed FROM secrets WHERE delivery_id = ?", (delivery_id,))
-        return self.sealer.open(row[0]).decode() if row else None
+        return self.sealer().open(row[0]).decode() if row else None
 
     def update(self, tx: Tx, job: Job, **changes: Any) -> None:
         changes["updated_at"] = self._now()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from dataclasses import dataclass
@@ -70,7 +71,8 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
     directory = Directory(db, audit, clock)
     storage = storage or LocalStorage(settings.data_dir)
     policy = YearlyPolicy(settings.policy, clock)
-    sealer = load_sealer(settings.resolve(settings.crypto.secret_key_file), os.environ.get("CREDENTIALS_DIRECTORY"))
+    sealer = functools.cache(lambda: load_sealer(settings.resolve(settings.crypto.secret_key_file),
+                                                 os.environ.get("CREDENTIALS_DIRECTORY")))
     outbox = Outbox(settings, db, audit, clock, sealer)
     dropbox = DropBox(settings=settings, db=db, audit=audit, directory=directory, storage=storage,
                       clock=clock, keys=outbox, policy=policy, passphrases=new_passphrase)

@@ -42,6 +42,7 @@ class Service:
 
     async def run(self, on_ready: Callable[[int], None] | None = None) -> None:
         app, loop = self.app, asyncio.get_running_loop()
+        app.outbox.sealer()  # fail now, not at the first upload, if the secret key is unusable
         recovered = await asyncio.to_thread(app.dropbox.recover)
         if recovered:
             log.warning("removed %d leftovers of uploads interrupted by the last stop", recovered)

@@ -244,3 +244,15 @@ def test_help_through_the_installed_command():
         assert result.returncode == 0 and result.stdout.startswith("usage: sluis"), args
     protocol = subprocess.run([*SLUIS, "tenant", "protocol", "--help"], capture_output=True, text=True, timeout=30)
     assert "--notice" in protocol.stdout and "twelve months" in protocol.stdout
+
+
+def test_admin_commands_do_not_need_the_secret_key_but_serve_does(tmp_path):
+    """Operators administer as the service user, which cannot read the root-owned secret key."""
+    config = init_setup(tmp_path / "setup")
+    (tmp_path / "setup" / "secret.key").unlink()
+    result = sluis(config, "tenant", "add", "genk", "--phone", "+32470123456")
+    assert result.returncode == 0, result.stderr
+    assert sluis(config, "status").returncode == 0
+    served = subprocess.run([*SLUIS, "-c", str(config), "serve"], capture_output=True, text=True, timeout=30)
+    assert served.returncode == 1
+    assert "secret.key" in served.stderr and "Traceback" not in served.stderr

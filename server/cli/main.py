@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from ...config import ConfigError, default_config_path, load_settings
+from ...keydelivery.sealing import KeyFileError
 from ..errors import SluisError
 from . import admin, ops
 
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("sluis.audit").setLevel(logging.WARNING)  # the CLI prints its own result
     try:
         return args.func(args) or 0
-    except (SluisError, ConfigError, FileExistsError, FileNotFoundError) as exc:
+    except (SluisError, ConfigError, KeyFileError, FileExistsError, FileNotFoundError) as exc:
         print(f"sluis: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
