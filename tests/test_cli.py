@@ -256,3 +256,14 @@ def test_admin_commands_do_not_need_the_secret_key_but_serve_does(tmp_path):
     served = subprocess.run([*SLUIS, "-c", str(config), "serve"], capture_output=True, text=True, timeout=30)
     assert served.returncode == 1
     assert "secret.key" in served.stderr and "Traceback" not in served.stderr
+
+
+def test_refused_admin_command_is_audited(tmp_path):
+    config = init_setup(tmp_path / "setup")
+    result = sluis(config, "tenant", "add", "Genk!", "--phone", "+32470123456")
+    assert result.returncode == 1 and "lowercase slug" in result.stderr
+    export = sluis(config, "audit", "export", "--json")
+    records = [json.loads(line) for line in export.stdout.splitlines()]
+    refused = [r for r in records if r["event"] == "cli.refused"]
+    assert refused and refused[0]["detail"]["command"] == "tenant add Genk!"
+    assert "lowercase slug" in refused[0]["detail"]["error"]

@@ -15,6 +15,7 @@ from ..errors import SluisError
 from . import admin, ops
 
 log = logging.getLogger("sluis")
+SUBCOMMAND_GROUPS = ("tenant", "user", "key", "audit", "janitor", "delivery")
 
 
 def _config_parent() -> argparse.ArgumentParser:
@@ -73,9 +74,32 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except (SluisError, ConfigError, KeyFileError, FileExistsError, FileNotFoundError) as exc:
         print(f"sluis: {exc}", file=sys.stderr)
+        if isinstance(exc, SluisError):
+            _audit_refusal(args, exc)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _audit_refusal(args: argparse.Namespace, exc: Exception) -> None:
+    """A refused administrative command leaves an audit record too: the command and the name it
+    was about, never its other arguments (they may hold a phone number or a password)."""
+    from ..app import build_app
+    from .common import operator
+
+    words = [args.command] + [getattr(args, f"{group}_command") for group in SUBCOMMAND_GROUPS
+                              if getattr(args, f"{group}_command", None)]
+    if isinstance(getattr(args, "name", None), str):
+        words.append(args.name)
+    try:
+        app = build_app(args.settings)
+    except Exception:  # no usable database: the message above is all we can give
+        return
+    try:
+        app.audit.record("cli.refused", actor=operator().name, source="cli", command=" ".join(words),
+                         error=str(exc)[:300])
+    finally:
+        app.close()
 
 
 if __name__ == "__main__":
