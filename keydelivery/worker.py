@@ -156,7 +156,8 @@ class OutboxWorker:
             if status in FINAL_STATUSES:
                 state = UNDELIVERED if status in FAILED_STATUSES else DELIVERED
                 self.outbox.update(tx, job, state=state, provider_status=status, polls=job.polls + 1,
-                                   next_attempt_at=self.outbox.backoff(0, None, 0.0))  # redact next
+                                   # the body is erased one (shortest) backoff interval later
+                                   next_attempt_at=self.outbox.backoff(0, None, 0.0))
                 self.outbox.audit.append(tx, f"key.sms.{state}", actor="sluis", tenant=tenant,
                                          delivery=job.delivery_id, phone=job.target, status=status)
                 if state == UNDELIVERED:
@@ -169,27 +170,26 @@ class OutboxWorker:
     def _redact(self, job: Job) -> None:
         """Erase the passphrase from the provider's copy of a finished SMS (a few tries at most)."""
         assert job.provider_id is not None
+        attempts = job.redact_attempts + 1
         try:
             self.provider.redact(job.provider_id)
+            state, error = REDACT_DONE, ""
         except TransientProviderError as exc:
-            attempts = job.redact_attempts + 1
-            outcome = (REDACT_GAVE_UP if attempts >= REDACT_TRIES else 0), str(exc)
+            state, error = (REDACT_GAVE_UP if attempts >= REDACT_TRIES else 0), str(exc)
         except PermanentProviderError as exc:
-            attempts, outcome = job.redact_attempts + 1, (REDACT_GAVE_UP, str(exc))
-        else:
-            attempts, outcome = job.redact_attempts + 1, (REDACT_DONE, None)
+            state, error = REDACT_GAVE_UP, str(exc)
         _, tenant = self._context(job)
         with self.outbox.db.transaction() as tx:
-            self.outbox.update(tx, job, redacted=outcome[0], redact_attempts=attempts,
+            self.outbox.update(tx, job, redacted=state, redact_attempts=attempts,
                                next_attempt_at=self.outbox.backoff(attempts, None, self.rng.random()))
-            if outcome[0] == REDACT_DONE:
+            if state == REDACT_DONE:
                 self.outbox.audit.append(tx, "key.sms.redacted", actor="sluis", tenant=tenant,
                                          delivery=job.delivery_id, phone=job.target, provider_id=job.provider_id)
-            elif outcome[0] == REDACT_GAVE_UP:
+            elif state == REDACT_GAVE_UP:
                 self.outbox.audit.append(tx, "key.sms.redact_failed", actor="sluis", tenant=tenant,
-                                         delivery=job.delivery_id, phone=job.target, error=outcome[1][:300])
-        if outcome[0] == REDACT_GAVE_UP:
-            log.warning("could not erase the SMS body of %s at the provider: %s", job.provider_id, outcome[1])
+                                         delivery=job.delivery_id, phone=job.target, error=error[:300])
+        if state == REDACT_GAVE_UP:
+            log.warning("could not erase the SMS body of %s at the provider: %s", job.provider_id, error)
 
     # --- e-mail --------------------------------------------------------------------------------------
     def _deliver(self, job: Job, send: Any) -> None:

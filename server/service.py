@@ -42,14 +42,14 @@ class Service:
 
     async def run(self, on_ready: Callable[[int], None] | None = None) -> None:
         app, loop = self.app, asyncio.get_running_loop()
-        app.outbox.sealer()  # fail now, not at the first upload, if the secret key is unusable
+        await asyncio.to_thread(app.outbox.sealer)  # fail now, not at the first upload, if the key is unusable
         recovered = await asyncio.to_thread(app.dropbox.recover)
         if recovered:
             log.warning("removed %d leftovers of uploads interrupted by the last stop", recovered)
         worker = OutboxWorker(app.settings, app.outbox, make_provider(app.settings.sms))
         app.outbox.on_wake(lambda: worker.wake_threadsafe(loop))
         host, port = app.settings.server.listen
-        keys = [asyncssh.read_private_key(str(path)) for path in host_key_paths(app)]
+        keys = await asyncio.to_thread(lambda: [asyncssh.read_private_key(str(p)) for p in host_key_paths(app)])
         acceptor = await asyncssh.create_server(
             lambda: SluisSSHServer(app), host, port, server_host_keys=keys, server_version="sluis",
             allow_scp=False, agent_forwarding=False, x11_forwarding=False, allow_pty=False,

@@ -18,6 +18,7 @@ from paramiko.sftp import CMD_CLOSE
 
 from tests.support.clients import require_binary
 from tests.support.pty_age import run_age
+from tests.support.waiting import wait_until
 
 MARKER = b"RIJKSREGISTER;85.07.30-033.28;Peeters;Jan;ja;nee\n"
 
@@ -210,12 +211,9 @@ def test_disk_full_mid_upload(make_server, tmp_path):
     (tmp_path / "big.csv").write_bytes(plaintext(3 * 1024 * 1024))
     result = server.sftp("agency", f"put {tmp_path / 'big.csv'} /genk/big.csv\n", check=False)
     assert result.returncode != 0
-    deadline = time.monotonic() + 10
     app = server.app()
-    while time.monotonic() < deadline and not [r for r in app.audit.records() if r.event == "upload.abort"]:
-        time.sleep(0.1)
-    aborts = [r for r in app.audit.records() if r.event == "upload.abort"]
-    assert aborts and "no space" in aborts[-1].detail["error"]
+    aborts = wait_until(lambda: [r for r in app.audit.records() if r.event == "upload.abort"], "upload.abort")
+    assert "no space" in aborts[-1].detail["error"]
     assert app.db.query("SELECT * FROM deliveries") == []
     assert app.db.query("SELECT * FROM outbox") == []
     assert not list((server.data_dir / "tmp").iterdir())

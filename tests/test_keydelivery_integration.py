@@ -31,6 +31,7 @@ from sluis.server.formats.age import decrypt
 from tests.support.server import SSH_OPTIONS, SluisServer
 from tests.support.smtp_standin import SmtpStandIn
 from tests.support.twilio_standin import TwilioStandIn
+from tests.support.waiting import wait_until
 
 HASSELT = ("+32470123456", "+32471234567")
 FROM_NUMBER = "+3228001234"
@@ -106,15 +107,8 @@ def _report_figures() -> Iterator[None]:
 
 # --- helpers -------------------------------------------------------------------------------------------
 
-def _until(predicate: Callable[[], Any], what: str, timeout: float = WAIT, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+def _until(predicate: Callable[[], Any], what: str) -> Any:
+    return wait_until(predicate, what, WAIT)
 
 
 def _sms_settings(standin: TwilioStandIn, **extra: Any) -> dict[str, Any]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import time
 
 import asyncssh
 
 from tests.support.server import SSH_OPTIONS
 from tests.support.smtp_standin import SmtpStandIn
+from tests.support.waiting import wait_until
 
 
 def test_failed_logins_and_denials_are_reported_by_mail(make_server, tmp_path):
@@ -29,12 +29,12 @@ def test_failed_logins_and_denials_are_reported_by_mail(make_server, tmp_path):
         (tmp_path / "x.csv").write_text("x\n")
         denied = server.sftp("genk-clerk", f"put {tmp_path / 'x.csv'} /x.csv\n", check=False)
         assert denied.returncode != 0
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+        def both_reported() -> list[dict]:
             reports = [r.detail for r in server.app().audit.records() if r.event == "monitor.report"]
-            if sum(r["failed_logins"] for r in reports) >= 1 and sum(r["denied"] for r in reports) >= 1:
-                break
-            time.sleep(0.2)
+            seen = sum(r["failed_logins"] for r in reports) >= 1 and sum(r["denied"] for r in reports) >= 1
+            return reports if seen else []
+
+        reports = wait_until(both_reported, "reports of the failed login and the denial", 20, interval=0.2)
         assert sum(r["failed_logins"] for r in reports) == 1 and sum(r["denied"] for r in reports) == 1
         assert all(r["mailed"] for r in reports)
         mails = smtp.wait_for_messages(len(reports), timeout=10)

@@ -7,7 +7,6 @@ import contextlib
 import io
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -16,6 +15,7 @@ from paramiko.sftp import CMD_STATUS
 
 from sluis.server.formats.age import decrypt
 from tests.support.server import SluisServer
+from tests.support.waiting import wait_until  # noqa: F401  (used by the test_sftp_* files too)
 
 TIMEOUT = 60  # seconds, the upper bound for any external client run
 
@@ -59,20 +59,9 @@ def audit(server: SluisServer, event: str | None = None) -> list[dict[str, Any]]
     return rows
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 10, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def wait_audit(server: SluisServer, event: str, predicate: Callable[[dict[str, Any]], bool] = lambda r: True,
                timeout: float = 10) -> list[dict[str, Any]]:
-    return wait_until(lambda: [r for r in audit(server, event) if predicate(r)], timeout, f"audit {event}")
+    return wait_until(lambda: [r for r in audit(server, event) if predicate(r)], f"audit {event}", timeout)
 
 
 def data_files(server: SluisServer) -> dict[str, list[str]]:

@@ -19,6 +19,7 @@ from sluis.config import load_settings
 from sluis.server.app import App, build_app
 from sluis.server.cli.common import operator
 from sluis.server.cli.init import init_setup
+from tests.support.waiting import wait_until
 
 LISTENING = re.compile(r"sluis listening on [\d.]+:(\d+)")
 SMS_LINE = re.compile(r"\[sms console-\d+\] to (\+\d+): .*? voor (.+?) \(([a-z0-9-]+)\): ([0-9A-Z]{4}(?:-[0-9A-Z]{4}){5})")
@@ -135,24 +136,18 @@ class SluisServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def _log_tail(self) -> str:
+        return f"; the server log ends:\n{self.log[-4000:]}"
+
     def wait_for(self, pattern: str, timeout: float = 20) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = re.search(pattern, self.log)
-            if match:
-                return match
-            time.sleep(0.05)
-        raise TimeoutError(f"{pattern!r} did not appear in the server log:\n{self.log[-4000:]}")
+        return wait_until(lambda: re.search(pattern, self.log), f"{pattern!r} in the server log", timeout,
+                          context=self._log_tail)
 
     def passphrase(self, stored_name: str, timeout: float = 20) -> str:
         """The passphrase the console provider 'texted' for a file (last one wins)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = [m.group(4) for m in SMS_LINE.finditer(self.log) if m.group(2) == stored_name]
-            if found:
-                return found[-1]
-            time.sleep(0.05)
-        raise TimeoutError(f"no SMS for {stored_name} in the server log:\n{self.log[-4000:]}")
+        found = wait_until(lambda: [m.group(4) for m in SMS_LINE.finditer(self.log) if m.group(2) == stored_name],
+                           f"an SMS for {stored_name}", timeout, context=self._log_tail)
+        return found[-1]
 
     # --- clients -------------------------------------------------------------------------------------
     def sftp(self, user: str, script: str, *, check: bool = True, timeout: float = 60,
