@@ -20,7 +20,7 @@ class AgeWorkFactorError(AgeHeaderError):
 
 
 class AgeNoMatchError(AgeError):
-    """No stanza could be unwrapped: wrong passphrase, or the file has no scrypt stanza."""
+    """No stanza could be unwrapped: wrong passphrase or key, or no stanza of our identities' types."""
 
 
 class AgeHMACError(AgeError):
@@ -29,3 +29,7 @@ class AgeHMACError(AgeError):
 
 class AgePayloadError(AgeError):
     """The STREAM payload fails: bad tag, truncation, trailing data or a misplaced empty chunk."""
+
+
+class AgeArmorError(AgeError):
+    """The ASCII armor around the file does not follow the strict PEM rules of the spec."""
