@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sluis.server.formats.age import (
+    AgeArmorError,
     AgeHeaderError,
     AgeHMACError,
     AgeNoMatchError,
@@ -31,6 +32,7 @@ NO_MATCH = "no match"
 HMAC_FAILURE = "HMAC failure"
 HEADER_FAILURE = "header failure"
 PAYLOAD_FAILURE = "payload failure"
+ARMOR_FAILURE = "armor failure"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
@@ -91,14 +93,24 @@ def load_vector(name: str) -> Vector:
     )
 
 
-def run_reader(age_file: bytes, passphrase: str | None = None, file_key: bytes | None = None) -> Outcome:
+def run_reader(
+    age_file: bytes,
+    passphrase: str | None = None,
+    file_key: bytes | None = None,
+    identities: tuple[str, ...] | None = None,
+    armored: bool = False,
+) -> Outcome:
     """Decrypt with our reader, hashing every chunk it releases, and classify how it ended."""
     released = hashlib.sha256()
     try:
-        reader = AgeReader(io.BytesIO(age_file), passphrase, file_key=file_key)
+        reader = AgeReader(
+            io.BytesIO(age_file), passphrase, identities=identities, file_key=file_key, armored=armored
+        )
         for chunk in reader:
             released.update(chunk)
         assert reader.done
+    except AgeArmorError as exc:
+        return Outcome(ARMOR_FAILURE, released.hexdigest(), repr(exc))
     except AgeHeaderError as exc:
         return Outcome(HEADER_FAILURE, released.hexdigest(), repr(exc))
     except AgeNoMatchError as exc:
@@ -114,7 +126,17 @@ def run_with_passphrases(vector: Vector) -> Outcome:
     """Try each passphrase in turn, as age tries identities: only "no match" moves on."""
     outcome = Outcome(NO_MATCH, EMPTY_SHA256)
     for passphrase in vector.passphrases:
-        outcome = run_reader(vector.age_file, passphrase=passphrase)
+        outcome = run_reader(vector.age_file, passphrase=passphrase, armored=vector.armored)
         if outcome.result != NO_MATCH:
             break
     return outcome
+
+
+def run_vector(vector: Vector) -> Outcome:
+    """Run a vector as it asks: its passphrases, else its identities, else its file key."""
+    if vector.passphrases:
+        return run_with_passphrases(vector)
+    if vector.identities:
+        return run_reader(vector.age_file, identities=vector.identities, armored=vector.armored)
+    assert vector.file_key is not None, f"{vector.name}: no passphrase, identity or file key"
+    return run_reader(vector.age_file, file_key=vector.file_key, armored=vector.armored)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
 from . import scrypt
+from .armor import dearmor
 from .errors import AgeHeaderError, AgePayloadError
 from .header import FILE_KEY_SIZE, parse_header, verify_header_mac
+from .keys import Identity, parse_identity, unwrap_file_key
 from .scrypt import DEFAULT_MAX_LOG_N
 from .stream import ENCRYPTED_CHUNK_SIZE, NONCE_SIZE, StreamOpener, payload_key
 
@@ -26,10 +28,11 @@ def _read_up_to(inp: BinaryIO, size: int) -> bytes:
 
 
 class AgeReader:
-    """Streaming age decryptor for a passphrase (scrypt stanza) or a known file key.
+    """Streaming age decryptor for a passphrase, identities (X25519, mlkem768x25519) or a file key.
 
-    The header is parsed, unwrapped and MAC-checked in the constructor, so a wrong passphrase or
-    a damaged header fails before any plaintext exists. Payload errors surface from read_chunk().
+    The header is parsed, unwrapped and MAC-checked in the constructor, so a wrong key or a
+    damaged header fails before any plaintext exists. Payload errors surface from read_chunk().
+    With `armored=True` the input is ASCII armor (armor.py), checked as it is read.
     Every released chunk has passed its tag, but the file is only valid once `done` is true:
     a consumer must discard what it received if any call raises.
     """
@@ -39,20 +42,30 @@ class AgeReader:
         inp: BinaryIO,
         passphrase: str | None = None,
         *,
+        identities: Sequence[Identity | str] | None = None,
         file_key: bytes | None = None,
         max_log_n: int = DEFAULT_MAX_LOG_N,
+        armored: bool = False,
     ) -> None:
-        if (passphrase is None) == (file_key is None):
-            raise TypeError("give exactly one of passphrase or file_key")
+        if sum(x is not None for x in (passphrase, identities, file_key)) != 1:
+            raise TypeError("give exactly one of passphrase, identities or file_key")
+        if file_key is not None and len(file_key) != FILE_KEY_SIZE:
+            raise ValueError(f"file key must be {FILE_KEY_SIZE} bytes")
+        keys: list[Identity] = []
+        if identities is not None:
+            if not identities:
+                raise ValueError("give at least one identity")
+            keys = [parse_identity(i) if isinstance(i, str) else i for i in identities]
+        if armored:
+            inp = dearmor(inp)
         header = parse_header(inp)
         # Checked even with a known file key: a header mixing scrypt with other stanzas is
         # invalid whatever key we hold.
         scrypt.check_alone(header.stanzas)
-        if file_key is None:
-            assert passphrase is not None
+        if passphrase is not None:
             file_key = scrypt.unwrap(header.stanzas, passphrase.encode("utf-8"), max_log_n)
-        elif len(file_key) != FILE_KEY_SIZE:
-            raise ValueError(f"file key must be {FILE_KEY_SIZE} bytes")
+        elif file_key is None:
+            file_key = unwrap_file_key(header.stanzas, keys)
         verify_header_mac(file_key, header)
         nonce = _read_up_to(inp, NONCE_SIZE)
         if len(nonce) != NONCE_SIZE:
@@ -118,14 +131,20 @@ class AgeReader:
 
 
 def decrypt(
-    inp: BinaryIO, out: BinaryIO, passphrase: str, *, max_log_n: int = DEFAULT_MAX_LOG_N
+    inp: BinaryIO,
+    out: BinaryIO,
+    passphrase: str | None = None,
+    *,
+    identities: Sequence[Identity | str] | None = None,
+    max_log_n: int = DEFAULT_MAX_LOG_N,
+    armored: bool = False,
 ) -> int:
     """Decrypt `inp` into `out` and return the plaintext size.
 
     On error `out` holds the authenticated chunks before the failing one: the caller must
     discard it, because the file as a whole is not valid.
     """
-    reader = AgeReader(inp, passphrase, max_log_n=max_log_n)
+    reader = AgeReader(inp, passphrase, identities=identities, max_log_n=max_log_n, armored=armored)
     for chunk in reader:
         out.write(chunk)
     return reader.plaintext_bytes

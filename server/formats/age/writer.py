@@ -1,25 +1,59 @@
-"""AgeWriter: encrypt a stream to one passphrase, holding at most one chunk in memory."""
+"""AgeWriter: encrypt a stream to a passphrase or to public keys, holding at most one chunk."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from types import TracebackType
 from typing import BinaryIO
 
 from . import scrypt
-from .header import FILE_KEY_SIZE, encode_header
+from .header import FILE_KEY_SIZE, Stanza, encode_header
+from .hybrid import HybridRecipient
+from .keys import Recipient, parse_recipient
 from .scrypt import DEFAULT_LOG_N
 from .stream import CHUNK_SIZE, NONCE_SIZE, StreamSealer, payload_key
 
 
-class AgeWriter:
-    """Streaming age encryptor for the scrypt recipient; writes header and nonce on creation."""
+def _stanzas(
+    file_key: bytes, passphrase: str | None, recipients: Sequence[Recipient | str] | None, log_n: int
+) -> list[Stanza]:
+    """One scrypt stanza for a passphrase (it must be alone), else one stanza per recipient."""
+    if (passphrase is None) == (recipients is None):
+        raise TypeError("give exactly one of passphrase or recipients")
+    if passphrase is not None:
+        return [scrypt.make_stanza(file_key, passphrase.encode("utf-8"), log_n)]
+    assert recipients is not None
+    if not recipients:
+        raise ValueError("give at least one recipient")
+    keys = [parse_recipient(r) if isinstance(r, str) else r for r in recipients]
+    # Spec: "the same file SHOULD NOT be encrypted to both this [post-quantum] recipient type
+    # and to other non-quantum-resistant recipient types" — the weaker key would decide.
+    post_quantum = [isinstance(k, HybridRecipient) for k in keys]
+    if any(post_quantum) and not all(post_quantum):
+        raise ValueError("do not mix age1pq (post-quantum) recipients with other recipient types")
+    return [k.wrap(file_key) for k in keys]
 
-    def __init__(self, out: BinaryIO, passphrase: str, *, log_n: int = DEFAULT_LOG_N) -> None:
+
+class AgeWriter:
+    """Streaming age encryptor; writes header and nonce on creation.
+
+    Give a passphrase (one scrypt stanza, as for our uploads) or recipients: `age1...` /
+    `age1pq1...` strings or Recipient objects, each getting its own stanza.
+    """
+
+    def __init__(
+        self,
+        out: BinaryIO,
+        passphrase: str | None = None,
+        *,
+        recipients: Sequence[Recipient | str] | None = None,
+        log_n: int = DEFAULT_LOG_N,
+    ) -> None:
         # Spec: "The file key MUST be generated as 16 bytes of CSPRNG output." Same for the
         # nonce: a fresh one per file keeps payload keys unique.
         file_key = os.urandom(FILE_KEY_SIZE)
-        stanza = scrypt.make_stanza(file_key, passphrase.encode("utf-8"), log_n)
+        stanzas = _stanzas(file_key, passphrase, recipients, log_n)
         nonce = os.urandom(NONCE_SIZE)
         self._out = out
         self._sealer = StreamSealer(payload_key(file_key, nonce))
@@ -27,7 +61,7 @@ class AgeWriter:
         self._ciphertext_bytes = 0
         self._plaintext_bytes = 0
         self._closed = False
-        self._emit(encode_header(file_key, [stanza]) + nonce)
+        self._emit(encode_header(file_key, stanzas) + nonce)
 
     @property
     def ciphertext_bytes(self) -> int:
