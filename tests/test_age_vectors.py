@@ -1,9 +1,7 @@
 """The age format (sluis.server.formats.age) against the C2SP CCTV vectors and our own cases.
 
-Part 1 runs every CCTV vector. Scrypt vectors use their passphrase; vectors for other
-recipient types use their `file key`, which checks our header parser, header MAC and STREAM
-code without unwrapping the stanza (README of the vectors). Skipped, and said so: ASCII armor,
-and the vectors whose expected result comes from X25519 / ML-KEM hybrid stanza unwrapping.
+Part 1 runs every CCTV vector as it asks: with its passphrases, else its identities (X25519 and
+mlkem768x25519), else its file key; armored ones through the armor reader. None is skipped.
 
 Part 2 is our writer against our reader: chunk boundaries, bounded buffering, tampering.
 """
@@ -28,122 +26,98 @@ from sluis.server.formats.age import (
     decrypt,
 )
 from tests.support.agevectors import (
+    ARMOR_FAILURE,
     EMPTY_SHA256,
     HEADER_FAILURE,
     NO_MATCH,
-    Vector,
     load_vector,
     run_reader,
-    run_with_passphrases,
+    run_vector,
     vector_names,
 )
 
 # --- Part 1: the CCTV vectors -------------------------------------------------------------------
 
-ARMOR_SKIP = "ASCII armor not implemented: sluis stores and serves binary age files only"
+# Observed: 143 vectors (33 armored, 28 X25519/mlkem768x25519-specific), all checked.
+MIN_CHECKED_VECTORS = 143
 
-_X25519 = "X25519 stanza unwrapping not implemented (scrypt only): "
-_HYBRID = "mlkem768x25519 stanza unwrapping not implemented (scrypt only): "
-# Vectors whose expected result depends on unwrapping a non-scrypt stanza. With the file key we
-# skip unwrapping, so these would "succeed"; test_recipient_skips_are_needed proves that.
-RECIPIENT_SKIPS: dict[str, str] = {
-    "x25519_bad_tag": _X25519 + "the X25519 body's tag is wrong",
-    "x25519_extra_argument": _X25519 + "X25519 stanza argument count",
-    "x25519_identity": _X25519 + "identity-point share gives an all-zero secret",
-    "x25519_long_file_key": _X25519 + "X25519 body length check (and the file key is not 16 bytes)",
-    "x25519_long_share": _X25519 + "share one byte too long",
-    "x25519_low_order": _X25519 + "low-order share gives an all-zero secret",
-    "x25519_lowercase": _X25519 + "an `x25519` (lowercase) stanza must be ignored",
-    "x25519_no_match": _X25519 + "the file is for another X25519 identity",
-    "x25519_not_canonical_share": _X25519 + "base64 of the share argument",
-    "x25519_short_share": _X25519 + "share one byte too short",
-    "hybrid_bad_tag": _HYBRID + "the hybrid body's tag is wrong",
-    "hybrid_currupted_enc_mlkem": _HYBRID + "corrupted ML-KEM ciphertext",
-    "hybrid_currupted_enc_x25519": _HYBRID + "corrupted X25519 part of enc",
-    "hybrid_extra_argument": _HYBRID + "hybrid stanza argument count",
-    "hybrid_identity": _HYBRID + "identity-point X25519 part gives an all-zero secret",
-    "hybrid_long_file_key": _HYBRID + "hybrid body length check (and the file key is not 16 bytes)",
-    "hybrid_long_share": _HYBRID + "enc one byte too long",
-    "hybrid_low_order": _HYBRID + "low-order X25519 part gives an all-zero secret",
-    "hybrid_no_match": _HYBRID + "the file is for another hybrid identity",
-    "hybrid_not_canonical_enc": _HYBRID + "base64 of the enc argument",
-    "hybrid_short_share": _HYBRID + "enc one byte too short",
-    "hybrid_uppercase": _HYBRID + "an uppercase stanza type must be ignored",
-    "hybrid_x25519_arg": _HYBRID + "X25519 stanza carrying a hybrid enc",
+ALL_VECTORS = vector_names()
+
+# Header failures that come from the X25519 / mlkem768x25519 stanza rules (argument count, share
+# or enc size and encoding, all-zero shared secret, body length). A passphrase-only reader ignores
+# those stanzas, as the spec says it must, so for it these files are "no match".
+STANZA_RULE_FAILURES = {
+    "x25519_extra_argument",
+    "x25519_identity",
+    "x25519_long_file_key",
+    "x25519_long_share",
+    "x25519_low_order",
+    "x25519_not_canonical_share",
+    "x25519_short_share",
+    "hybrid_extra_argument",
+    "hybrid_identity",
+    "hybrid_long_file_key",
+    "hybrid_long_share",
+    "hybrid_low_order",
+    "hybrid_not_canonical_enc",
+    "hybrid_short_share",
+    "hybrid_x25519_arg",
 }
 # Header failures found after unwrapping (the payload nonce is missing or short): with only a
 # passphrase, a header with no scrypt stanza is "no match" before the nonce is ever read.
 NONCE_VECTORS = {"stream_no_nonce", "stream_short_nonce"}
 
-# Observed: 143 vectors, 33 armored, 23 recipient-specific, so 87 checked.
-MIN_CHECKED_VECTORS = 87
-
-ALL_VECTORS = vector_names()
-
-
-def skip_reason(vector: Vector) -> str | None:
-    """Why we cannot check this vector, or None if we can."""
-    if vector.armored:
-        return ARMOR_SKIP
-    return RECIPIENT_SKIPS.get(vector.name)
-
-
-def check_vector(vector: Vector) -> None:
-    """Decrypt as the vector says and compare the result and the released-plaintext hash."""
-    if vector.passphrases:
-        outcome = run_with_passphrases(vector)
-    else:
-        assert vector.file_key is not None, f"{vector.name}: neither passphrase nor file key"
-        outcome = run_reader(vector.age_file, file_key=vector.file_key)
-    context = f"{vector.name} ({'; '.join(vector.comments)}): {outcome.error}"
-    assert outcome.result == vector.expect, context
-    # Vectors without a payload line release nothing: every such failure is in the header.
-    assert outcome.released_sha256 == (vector.payload or EMPTY_SHA256), context
-
 
 @pytest.mark.parametrize("name", ALL_VECTORS)
 def test_vector(name: str) -> None:
+    """Decrypt as the vector says and compare the result and the released-plaintext hash."""
     vector = load_vector(name)
-    reason = skip_reason(vector)
-    if reason:
-        pytest.skip(reason)
-    check_vector(vector)
+    outcome = run_vector(vector)
+    context = f"{vector.name} ({'; '.join(vector.comments)}): {outcome.error}"
+    assert outcome.result == vector.expect, context
+    # Vectors without a payload line release nothing: every such failure is before the payload.
+    assert outcome.released_sha256 == (vector.payload or EMPTY_SHA256), context
 
 
-def test_most_vectors_are_checked() -> None:
-    checked = [n for n in ALL_VECTORS if skip_reason(load_vector(n)) is None]
-    print(f"{len(checked)} of {len(ALL_VECTORS)} age vectors checked")
-    assert len(ALL_VECTORS) >= 143
-    assert len(checked) >= MIN_CHECKED_VECTORS
-    assert set(RECIPIENT_SKIPS) <= set(ALL_VECTORS), "skip list names a vector that does not exist"
+def test_every_vector_is_checked() -> None:
+    print(f"{len(ALL_VECTORS)} of {len(ALL_VECTORS)} age vectors checked")
+    assert len(ALL_VECTORS) >= MIN_CHECKED_VECTORS
+    # Every vector runs through test_vector with no skip; these kinds are all present.
+    kinds = {n.split("_")[0] for n in ALL_VECTORS}
+    assert {"armor", "x25519", "hybrid", "scrypt", "stream", "hmac", "stanza"} <= kinds
+    assert (STANZA_RULE_FAILURES | NONCE_VECTORS) <= set(ALL_VECTORS)
 
 
-@pytest.mark.parametrize("name", sorted(RECIPIENT_SKIPS))
-def test_recipient_skips_are_needed(name: str) -> None:
-    """Each recipient-specific skip is needed: with the file key the vector cannot be checked."""
-    vector = load_vector(name)
-    assert not vector.passphrases and not vector.armored
-    assert vector.file_key is not None
-    if len(vector.file_key) != 16:
-        return  # the long-file-key cases cannot even be given to a file-key reader
-    assert run_reader(vector.age_file, file_key=vector.file_key).result != vector.expect
+def test_identities_recover_the_vector_file_key() -> None:
+    """Where a vector succeeds with identities, the file key we unwrap is the one it names."""
+    checked = 0
+    for name in ALL_VECTORS:
+        vector = load_vector(name)
+        if vector.expect != "success" or not vector.identities or vector.file_key is None:
+            continue
+        by_key = run_reader(vector.age_file, file_key=vector.file_key, armored=vector.armored)
+        by_identity = run_reader(vector.age_file, identities=vector.identities, armored=vector.armored)
+        assert by_key == by_identity, name
+        checked += 1
+    assert checked >= 15
 
 
-PASSPHRASE_ONLY_CASES = [
-    n for n in ALL_VECTORS if not load_vector(n).armored and not load_vector(n).passphrases
-]
+PASSPHRASE_ONLY_CASES = [n for n in ALL_VECTORS if not load_vector(n).passphrases]
 
 
 @pytest.mark.parametrize("name", PASSPHRASE_ONLY_CASES)
 def test_passphrase_on_other_recipients(name: str) -> None:
     """With only a passphrase, a header without an scrypt stanza is "no match" (as age says),
-    unless it is malformed in a way any parser must see: then it is a header failure."""
+    unless it is malformed in a way any parser must see (a header failure) or its armor is bad."""
     vector = load_vector(name)
-    generic_header_failure = (
-        vector.expect == HEADER_FAILURE and name not in RECIPIENT_SKIPS and name not in NONCE_VECTORS
-    )
-    outcome = run_reader(vector.age_file, passphrase="password")
-    assert outcome.result == (HEADER_FAILURE if generic_header_failure else NO_MATCH), outcome.error
+    if vector.expect == ARMOR_FAILURE:
+        expected = ARMOR_FAILURE
+    elif vector.expect == HEADER_FAILURE and name not in STANZA_RULE_FAILURES | NONCE_VECTORS:
+        expected = HEADER_FAILURE
+    else:
+        expected = NO_MATCH
+    outcome = run_reader(vector.age_file, passphrase="password", armored=vector.armored)
+    assert outcome.result == expected, outcome.error
     assert outcome.released_sha256 == EMPTY_SHA256
 
 
