@@ -2,6 +2,8 @@
 
 age only reads passphrases from a terminal, so it runs under a pty (tests/support/pty_age.py).
 `age -p` always uses work factor 2**18 (~1 s each way), so there are only three such files.
+X25519 keys come from `age-keygen`, and age 1.1.1 reads and writes X25519 files (also armored)
+without a terminal. It predates the mlkem768x25519 recipient, which only the vectors check.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import secrets
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,8 @@ from sluis.server.formats.age import (
     AgeReader,
     AgeWorkFactorError,
     AgeWriter,
+    X25519Identity,
+    parse_recipient,
 )
 from tests.support.clients import require_binary
 from tests.support.pty_age import run_age
@@ -110,3 +115,97 @@ def test_age_work_factor_against_our_limit(age_encrypted: dict[str, tuple[bytes,
     assert DEFAULT_LOG_N < 18
     with pytest.raises(AgeWorkFactorError):
         AgeReader(io.BytesIO(blob), passphrase, max_log_n=17)
+
+
+# --- X25519: keys from age-keygen ---------------------------------------------------------------
+
+
+def run(args: list[str], data: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    """Run an age tool with `data` on stdin, bounded by TIMEOUT."""
+    return subprocess.run(args, input=data, capture_output=True, timeout=TIMEOUT, check=False)
+
+
+def keygen(work: Path, name: str) -> tuple[Path, str, str]:
+    """Make a key with age-keygen: (identity file, secret key line, public key from `-y`)."""
+    key_file = work / name
+    made = run([require_binary("age-keygen"), "-o", str(key_file)])
+    assert made.returncode == 0, made.stderr
+    secret = next(line for line in key_file.read_text().splitlines() if line.startswith("AGE-SECRET-KEY-1"))
+    public = run([require_binary("age-keygen"), "-y", str(key_file)])
+    assert public.returncode == 0, public.stderr
+    return key_file, secret, public.stdout.decode().strip()
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str, str]]:
+    """Two age-keygen key pairs: "ours" (the municipality's) and "other" (someone else's)."""
+    work = tmp_path_factory.mktemp("age-keys")
+    return {name: keygen(work, name) for name in ("ours", "other")}
+
+
+def encrypt_to(data: bytes, recipients: list[str]) -> bytes:
+    """Encrypt with our writer to age1... recipients, in uneven writes."""
+    out = io.BytesIO()
+    writer = AgeWriter(out, recipients=recipients)
+    for start in range(0, len(data), 50_001):
+        writer.write(data[start : start + 50_001])
+    writer.close()
+    return out.getvalue()
+
+
+def test_our_identity_parsing_matches_age_keygen(keys: dict[str, tuple[Path, str, str]]) -> None:
+    for _, secret, public in keys.values():
+        identity = X25519Identity.parse(secret)
+        assert str(identity.recipient) == public
+        assert str(identity) == secret
+        assert str(parse_recipient(public)) == public
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK_SIZE, CHUNK_SIZE + 1, 1024 * 1024 + 123])
+def test_age_decrypts_our_x25519_files(
+    tmp_path: Path, keys: dict[str, tuple[Path, str, str]], size: int
+) -> None:
+    key_file, _, public = keys["ours"]
+    data = os.urandom(size)
+    encrypted = tmp_path / "file.age"
+    encrypted.write_bytes(encrypt_to(data, [public]))
+    assert encrypted.read_bytes().split(b"\n")[1].startswith(b"-> X25519 ")
+    decrypted = run([require_binary("age"), "-d", "-i", str(key_file), str(encrypted)])
+    assert decrypted.returncode == 0, decrypted.stderr
+    assert decrypted.stdout == data
+
+
+def test_age_decrypts_our_file_for_several_recipients(
+    tmp_path: Path, keys: dict[str, tuple[Path, str, str]]
+) -> None:
+    data = os.urandom(3 * CHUNK_SIZE + 5)
+    encrypted = tmp_path / "file.age"
+    encrypted.write_bytes(encrypt_to(data, [keys["other"][2], keys["ours"][2]]))
+    for key_file, _, _ in keys.values():
+        decrypted = run([require_binary("age"), "-d", "-i", str(key_file), str(encrypted)])
+        assert decrypted.returncode == 0, decrypted.stderr
+        assert decrypted.stdout == data
+
+
+def test_age_rejects_our_file_for_another_key(tmp_path: Path, keys: dict[str, tuple[Path, str, str]]) -> None:
+    encrypted = tmp_path / "file.age"
+    encrypted.write_bytes(encrypt_to(b"secret", [keys["ours"][2]]))
+    decrypted = run([require_binary("age"), "-d", "-i", str(keys["other"][0]), str(encrypted)])
+    assert decrypted.returncode != 0
+    assert b"no identity matched" in decrypted.stderr
+    assert decrypted.stdout == b""
+
+
+@pytest.mark.parametrize("armor", [False, True], ids=["binary", "armored"])
+@pytest.mark.parametrize("size", [0, 2 * CHUNK_SIZE, 3 * CHUNK_SIZE + 4321])
+def test_we_decrypt_age_x25519_files(keys: dict[str, tuple[Path, str, str]], size: int, armor: bool) -> None:
+    _, secret, public = keys["ours"]
+    data = os.urandom(size)
+    made = run([require_binary("age"), *(["-a"] if armor else []), "-r", keys["other"][2], "-r", public], data)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.startswith(b"-----BEGIN AGE ENCRYPTED FILE-----\n" if armor else b"age-encryption.org/v1\n")
+    reader = AgeReader(io.BytesIO(made.stdout), identities=[secret], armored=armor)
+    assert b"".join(reader) == data
+    assert reader.done
+    with pytest.raises(AgeNoMatchError):
+        AgeReader(io.BytesIO(made.stdout), identities=[X25519Identity.generate()], armored=armor)
