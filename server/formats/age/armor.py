@@ -75,7 +75,7 @@ class ArmorReader(io.RawIOBase):
         self._inp = inp
         self._started = False
         self._finished = False
-        self._pending = b""
+        self._pending = bytearray()  # decoded, not yet returned; appended in place, not copied
         self._failure: AgeArmorError | None = None
 
     def readable(self) -> bool:
@@ -95,7 +95,7 @@ class ArmorReader(io.RawIOBase):
             raise
         count = min(len(buffer), len(self._pending))
         buffer[:count] = self._pending[:count]
-        self._pending = self._pending[count:]
+        del self._pending[:count]
         return count
 
     def _read_begin(self) -> None:

@@ -2,7 +2,8 @@
 
 Parsing is generic — any stanza type is accepted as long as it is well formed — so that a
 malformed header is rejected even when it only carries recipients we cannot unwrap. What a
-stanza's arguments and body mean is left to the recipient modules (see scrypt.py).
+stanza's arguments and body mean is left to the recipient modules (scrypt.py, x25519.py,
+hybrid.py).
 
     age-encryption.org/v1
     -> TYPE ARG ARG...

@@ -53,6 +53,8 @@ class AgeReader:
             raise ValueError(f"file key must be {FILE_KEY_SIZE} bytes")
         keys: list[Identity] = []
         if identities is not None:
+            if isinstance(identities, str):
+                raise TypeError("identities must be a list of keys, not one string")
             if not identities:
                 raise ValueError("give at least one identity")
             keys = [parse_identity(i) if isinstance(i, str) else i for i in identities]

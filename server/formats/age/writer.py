@@ -24,6 +24,8 @@ def _stanzas(
     if passphrase is not None:
         return [scrypt.make_stanza(file_key, passphrase.encode("utf-8"), log_n)]
     assert recipients is not None
+    if isinstance(recipients, str):
+        raise TypeError("recipients must be a list of keys, not one string")
     if not recipients:
         raise ValueError("give at least one recipient")
     keys = [parse_recipient(r) if isinstance(r, str) else r for r in recipients]
