@@ -254,3 +254,17 @@ def test_binary_file_read_as_armor_fails() -> None:
     identity = X25519Identity.generate()
     with pytest.raises(AgeArmorError):
         read_armored(encrypt(b"x", [identity.recipient]), identity)
+
+
+@pytest.mark.parametrize("size", [20008, 20009])  # 20208 bytes in all: a full last line, or not
+def test_nothing_is_released_when_the_armor_ends_badly(size: int) -> None:
+    """The reader reads past the final chunk, so a bad END or trailing data fails it first."""
+    identity = X25519Identity.generate()
+    armored = armor(encrypt(os.urandom(size), [identity.recipient]))
+    assert (len(armored.split(b"\n")[-3]) == 64) == (size == 20008)
+    for broken in (armored + b"garbage", armored.replace(END_LINE, END_LINE.lower())):
+        released = []
+        with pytest.raises(AgeArmorError):
+            for chunk in AgeReader(io.BytesIO(broken), identities=[identity], armored=True):
+                released.append(chunk)
+        assert released == []

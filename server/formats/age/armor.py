@@ -66,8 +66,9 @@ def _decode_line(line: bytes) -> bytes:
 class ArmorReader(io.RawIOBase):
     """A raw stream of the bytes inside an armor; any deviation raises AgeArmorError.
 
-    The END line and the trailing whitespace are checked before the last bytes are returned,
-    so nothing after a broken armor end reaches the age reader.
+    END and the trailing whitespace are checked once reached (after a short line, before its
+    bytes are returned). AgeReader always reads past the final chunk, so it releases nothing
+    from a file whose armor ends badly.
     """
 
     def __init__(self, inp: BinaryIO) -> None:
