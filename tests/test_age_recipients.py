@@ -243,6 +243,7 @@ def test_armor_whitespace_outside_is_bounded() -> None:
         lambda a: b"garbage " + a,
         lambda a: a.replace(b"=\n", b"\n"),  # padding removed
     ],
+    ids=["bare CR", "data after END", "no END", "space after BEGIN", "empty line", "garbage first", "no padding"],
 )
 def test_armor_failures(mangle) -> None:  # type: ignore[no-untyped-def]
     identity, armored = armored_sample()
