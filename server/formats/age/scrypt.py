@@ -75,15 +75,12 @@ def unwrap(stanzas: tuple[Stanza, ...], passphrase: bytes, max_log_n: int = DEFA
     for stanza in stanzas:
         # Stanza types are case-sensitive: "Scrypt" is some other recipient, not ours.
         if stanza.type == STANZA_TYPE:
-            file_key = _unwrap_one(stanza, passphrase, max_log_n)
-            if file_key is None:
-                raise AgeNoMatchError("wrong passphrase: the scrypt stanza does not open")
-            return file_key
+            return _unwrap_one(stanza, passphrase, max_log_n)
     raise AgeNoMatchError("the file has no scrypt stanza, so a passphrase cannot open it")
 
 
-def _unwrap_one(stanza: Stanza, passphrase: bytes, max_log_n: int) -> bytes | None:
-    """Check the stanza's syntax strictly, then try the passphrase (None if it is wrong)."""
+def _unwrap_one(stanza: Stanza, passphrase: bytes, max_log_n: int) -> bytes:
+    """Check the stanza's syntax strictly, then try the passphrase."""
     if len(stanza.args) != 2:
         raise AgeHeaderError(f"scrypt stanza needs 2 arguments, has {len(stanza.args)}")
     salt = b64decode(stanza.args[0].encode("ascii"))
@@ -103,4 +100,4 @@ def _unwrap_one(stanza: Stanza, passphrase: bytes, max_log_n: int) -> bytes | No
     try:
         return ChaCha20Poly1305(key).decrypt(WRAP_NONCE, stanza.body, None)
     except InvalidTag:
-        return None
+        raise AgeNoMatchError("wrong passphrase: the scrypt stanza does not open") from None
