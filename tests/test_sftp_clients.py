@@ -183,8 +183,8 @@ def test_rclone(server, tmp_path):
     assert listed(out, name, len(data)), out
     check_waiting(server, name, data)
     # rclone checked its work: it set the times and stat'ed the file, and both succeeded
-    assert re.search(rf"user=agency .* op=setstat path=/genk/{re.escape(name)} result=ok", server.log)
-    assert re.search(rf"user=agency .* op=stat path=/genk/{re.escape(name)} result=ok", server.log)
+    assert re.search(rf'user="agency" .* op=setstat path="/genk/{re.escape(name)}" result="ok"', server.log)
+    assert re.search(rf'user="agency" .* op=stat path="/genk/{re.escape(name)}" result="ok"', server.log)
     got = tmp_path / "got.age"
     rclone(server, tmp_path, "copyto", f"clerk:/{name}.age", str(got))
     check_collected(server, name, data, got)
