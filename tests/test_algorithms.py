@@ -37,6 +37,10 @@ MACS = ["hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com"]
 # Spelled out here rather than read from the module, so that a change there has to change this too.
 BASE_OPTIONS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
                 "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10"]
+# server-sig-algs: the user-key signatures the server names (no ssh-rsa SHA-1, no @ssh.com)
+USER_SIGNATURES = ["ssh-ed25519", "sk-ssh-ed25519@openssh.com", "ssh-ed448", "rsa-sha2-512", "rsa-sha2-256",
+                   "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+                   "sk-ecdsa-sha2-nistp256@openssh.com"]
 PQ_NOTE = "does not provide protection against post-quantum attacks"
 
 
@@ -159,6 +163,8 @@ def test_paramiko_defaults_negotiate_a_chosen_set_and_transfer(server, tmp_path,
         transport.connect(username=user,
                           pkey=paramiko.Ed25519Key.from_private_key_file(str(server.accounts[user].key)))
         used.append((transport.host_key_type or "", transport.remote_cipher, transport.remote_mac))
+        sig_algs = transport.server_extensions["server-sig-algs"]
+        assert (sig_algs.decode() if isinstance(sig_algs, bytes) else sig_algs).split(",") == USER_SIGNATURES
         return transport, paramiko.SFTPClient.from_transport(transport)
 
     def upload(src: Path, target: str) -> None:
