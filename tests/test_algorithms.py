@@ -23,6 +23,7 @@ from pathlib import Path
 import asyncssh
 import paramiko
 import pytest
+from asyncssh.crypto import sntrup_available
 
 from sluis.server.sftp import algorithms
 from tests.support.clients import require_binary
@@ -30,7 +31,8 @@ from tests.support.clients_extra import blob, decrypt_file, env_without_agent
 from tests.support.server import SluisServer
 
 TIMEOUT = 60
-KEX = ["mlkem768x25519-sha256", "curve25519-sha256", "curve25519-sha256@libssh.org"]
+SNTRUP = ["sntrup761x25519-sha512", "sntrup761x25519-sha512@openssh.com"] if sntrup_available else []
+KEX = ["mlkem768x25519-sha256", *SNTRUP, "curve25519-sha256", "curve25519-sha256@libssh.org"]
 CIPHERS = ["chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com", "aes128-gcm@openssh.com",
            "aes256-ctr", "aes192-ctr", "aes128-ctr"]
 MACS = ["hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com"]
@@ -110,8 +112,6 @@ def test_kexinit_offers_exactly_the_chosen_algorithms(server):
 
 def test_sntrup_is_offered_exactly_when_asyncssh_can_do_it():
     """sntrup761x25519 needs liboqs; without it asyncssh does not register the algorithm."""
-    from asyncssh.crypto import sntrup_available
-
     assert ("sntrup761x25519-sha512" in algorithms.available_kex()) == bool(sntrup_available)
     assert "mlkem768x25519-sha256" in algorithms.available_kex()  # cryptography >= 44 has ML-KEM
 

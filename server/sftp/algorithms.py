@@ -2,7 +2,7 @@
 
 asyncssh's defaults add SHA-1 key exchange and MACs, NIST ECDH, @ssh.com names, umac-64,
 1024-bit group exchange and `ssh-rsa` host signatures; here each list is spelled out instead.
-Key exchange is hybrid post-quantum ML-KEM first, then curve25519 (OpenSSH 6.5+, PuTTY 0.68+,
+Key exchange is hybrid post-quantum ML-KEM first, then curve25519 (every current OpenSSH, PuTTY,
 paramiko); no finite-field Diffie-Hellman at all, so no group exchange. `sntrup761x25519` would
 need liboqs, which asyncssh loads only if it is installed (it is not packaged in Debian 12);
 `available_kex()` adds it when it is there. Strict key exchange (`kex-strict-s-v00@openssh.com`,
@@ -25,7 +25,8 @@ ENCRYPTION = ("chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com", "aes128
               "aes256-ctr", "aes192-ctr", "aes128-ctr")
 MACS = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com")
 COMPRESSION = ("none",)
-# Signatures the server names in `server-sig-algs` for user keys: SHA-2 and EdDSA only.
+# Signatures the server names in `server-sig-algs` for user keys: no ssh-rsa (SHA-1), no @ssh.com.
+# asyncssh only advertises this list; it still verifies an ssh-rsa signature a client sends anyway.
 USER_SIGNATURES = ("ssh-ed25519", "sk-ssh-ed25519@openssh.com", "ssh-ed448", "rsa-sha2-512", "rsa-sha2-256",
                    "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
                    "sk-ecdsa-sha2-nistp256@openssh.com")
