@@ -19,6 +19,7 @@ import asyncssh
 from ..keydelivery.factory import make_provider
 from ..keydelivery.worker import OutboxWorker
 from .app import App
+from .sftp import algorithms
 from .sftp.auth import SluisSSHServer
 
 log = logging.getLogger("sluis")
@@ -51,7 +52,8 @@ class Service:
         host, port = app.settings.server.listen
         keys = await asyncio.to_thread(lambda: [asyncssh.read_private_key(str(p)) for p in host_key_paths(app)])
         acceptor = await asyncssh.create_server(
-            lambda: SluisSSHServer(app), host, port, server_host_keys=keys, server_version="sluis",
+            lambda: SluisSSHServer(app), host, port, server_host_keys=algorithms.host_keypairs(keys),
+            server_version="sluis", **algorithms.server_options(),
             allow_scp=False, agent_forwarding=False, x11_forwarding=False, allow_pty=False,
             login_timeout=app.settings.server.login_timeout, keepalive_interval=60)
         self.port = acceptor.sockets[0].getsockname()[1]

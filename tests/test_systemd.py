@@ -205,6 +205,12 @@ def test_unit_contents() -> None:
     assert (UNIT_DIR / "README.md").is_file()
 
 
+def test_units_forbid_core_dumps() -> None:
+    """A core of the server would hold plaintext; neither unit may write one (issue 8, item 5)."""
+    for name in SERVICES:
+        assert _parse_unit(UNIT_DIR / name)["Service"]["LimitCORE"] == ["0"], name
+
+
 # --- the checks really fail ------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from typing import Callable
 
 from ...config import ConfigError, default_config_path, load_settings
 from ...keydelivery.sealing import KeyFileError
+from .. import logsafe
 from ..errors import SluisError
 from . import admin, ops
 
@@ -55,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # everything sluis creates is private to its user
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One escaped line per record for every logger (asyncssh's too): see server/logsafe.py.
+    logging.basicConfig(level=logging.INFO, handlers=[logsafe.stream_handler(
+        sys.stderr, "%(asctime)s %(levelname)s %(name)s: %(message)s")])
     if args.func is not ops.cmd_init:
         try:
             args.settings = load_settings(default_config_path(args.config, os.environ))

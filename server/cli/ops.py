@@ -10,6 +10,7 @@ from ...retention.policy import load_protocol
 from ..core.clock import iso
 from ..core.deliveries import REMOVED, fetch
 from ..errors import InvalidInput
+from ..hardening import forbid_core_dumps
 from ..service import Service
 from .common import open_app, operator, print_json, print_table
 from .init import init_setup
@@ -22,6 +23,7 @@ def cmd_init(args: Any) -> None:
 
 
 def cmd_serve(args: Any) -> None:
+    forbid_core_dumps()  # before any key or upload is in memory
     app = open_app(args)
     try:
         asyncio.run(Service(app).run())

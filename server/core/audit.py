@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from ..logsafe import quoted
 from .clock import Clock, iso
 from .state import Database, Tx
 
@@ -72,9 +73,10 @@ class AuditLog:
                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                    (seq, ts, event, actor, tenant, delivery, source, canonical(detail), prev, digest))
         # The log line doubles as an outside anchor of the chain head (journald keeps it apart).
+        # Client-supplied fields are quoted (server/logsafe.py) so none can pass for another field.
         tx.after_commit(lambda: log.info("audit #%d %s actor=%s tenant=%s delivery=%s source=%s %s hash=%s",
-                                         seq, event, actor, tenant or "-", delivery or "-",
-                                         source or "-", canonical(detail), digest[:16]))
+                                         seq, event, quoted(actor), quoted(tenant), quoted(delivery),
+                                         quoted(source), canonical(detail), digest[:16]))
         return seq
 
     def record(self, event: str, **kwargs: Any) -> int:

@@ -14,6 +14,7 @@ import asyncssh
 from ..core.directory import Directory, hash_password, verify_password
 from ..core.records import User
 from ..core.session import Session
+from ..logsafe import quoted
 from .channel import SluisSession
 from .handler import SluisSFTPServer
 
@@ -43,14 +44,15 @@ class SluisSSHServer(asyncssh.SSHServer):
         peer = conn.get_extra_info("peername") or ("?", 0)
         self.source = f"{peer[0]}:{peer[1]}"
         if not self.app.connections.admit(self):
-            log.warning("connection from %s refused: %d connections open", self.source,
+            log.warning("connection from %s refused: %d connections open", quoted(self.source),
                         self.app.connections.limit)
             conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections, try again later")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.app.connections.release(self)
         if self.session:
-            log.info("session %s of %s from %s ended", self.session.id, self.session.actor, self.source)
+            log.info("session %s of %s from %s ended", self.session.id, quoted(self.session.actor),
+                     quoted(self.source))
 
     async def begin_auth(self, username: str) -> bool:
         self._user = await asyncio.to_thread(self.directory.find_user, username)

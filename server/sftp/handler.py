@@ -23,6 +23,7 @@ from ..core.names import check_name, staged_base
 from ..core.session import Session
 from ..core.uploads import Upload
 from ..errors import NotFound, PermissionDenied, UploadRejected
+from ..logsafe import quoted
 from .paths import join_path, split_path
 from .requests import authorise
 from .status import to_sftp_error
@@ -75,7 +76,8 @@ class SluisSFTPServer(asyncssh.SFTPServer):
 
     def _log(self, op: str, target: str, started: float, outcome: str, level: int) -> None:
         log.log(level, "sftp user=%s session=%s from=%s op=%s path=%s result=%s ms=%.1f",
-                self.session.actor, self.session.id, self.session.source, op, target, outcome,
+                quoted(self.session.actor), self.session.id, quoted(self.session.source), op, quoted(target),
+                quoted(outcome),
                 (time.monotonic() - started) * 1000)
 
     def _audit_denial(self, op: str, target: str, reason: str) -> None:

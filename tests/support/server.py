@@ -61,6 +61,7 @@ class SluisServer:
         self.port = 0
         self._app: App | None = None
         self.accounts: dict[str, Account] = {}
+        self.popen_extra: dict[str, Any] = {}   # e.g. cwd or preexec_fn for the `sluis serve` process
 
     # --- setup through the library (what the CLI calls) --------------------------------------------
     def app(self) -> App:
@@ -109,7 +110,8 @@ class SluisServer:
         log = open(self.log_path, "ab")
         start_at = self.log_path.stat().st_size
         self.process = subprocess.Popen([sys.executable, "-m", "sluis.server.cli.main", "-c", str(self.config),
-                                         "serve"], stdout=log, stderr=subprocess.STDOUT, env=self.env)
+                                         "serve"], stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                        **self.popen_extra)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
