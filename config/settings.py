@@ -143,6 +143,20 @@ class MonitorSettings:
 
 
 @dataclass(frozen=True)
+class IncidentSettings:
+    """[incidents]: incidents derived from the audit log, alerted to the security contact (art. 6)."""
+
+    email: str = setting("", parse_str,
+                         "security contact e-mail that receives incident alerts ('': the [email] operator)")
+    phone: str = setting("", parse_str, "security contact phone (E.164) that receives incident alerts by SMS")
+    interval: int = setting("5s", parse_duration, "how often `serve` turns new audit records into incidents")
+    auth_failures: int = setting(5, int_range(1, 1000),
+                                 "failed logins from one address or for one account that open an incident")
+    auth_window: int = setting("15m", parse_duration, "the time within which those failed logins count")
+    language: str = setting("nl", one_of("nl", "en"), "language of alerts and DPO notices")
+
+
+@dataclass(frozen=True)
 class PolicySettings:
     """[policy]: the data-sharing protocol's rules."""
 
@@ -166,6 +180,7 @@ SECTIONS: dict[str, type] = {
     "retention": RetentionSettings,
     "policy": PolicySettings,
     "monitor": MonitorSettings,
+    "incidents": IncidentSettings,
     "log": LogSettings,
 }
 
@@ -184,6 +199,7 @@ class Settings:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    incidents: IncidentSettings = field(default_factory=IncidentSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
     @property
