@@ -154,6 +154,8 @@ class IncidentSettings:
                                  "failed logins from one address or for one account that open an incident")
     auth_window: int = setting("15m", parse_duration, "the time within which those failed logins count")
     language: str = setting("nl", one_of("nl", "en"), "language of alerts and DPO notices")
+    max_alerts: int = setting(20, int_range(1, 10000),
+                              "incident alerts per hour at most; beyond, incidents open without alert (logged)")
 
 
 @dataclass(frozen=True)

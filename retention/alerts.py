@@ -55,8 +55,9 @@ def describe(entry: Entry, language: str, count: int) -> str:
     return f"{base}: {' '.join(extra)}" if extra else base
 
 
-def alert(incident: Incident, language: str) -> tuple[str, str, str]:
-    """(subject, e-mail body, SMS text) of the alert sent when an incident opens."""
+def alert(incident: Incident, language: str, *, last: bool = False) -> tuple[str, str, str]:
+    """(subject, e-mail body, SMS text) of the alert sent when an incident opens; `last` says
+    that the hourly alert cap is reached, so further incidents this hour come without alert."""
     account = quote(incident.account) if incident.account else "-"
     source = quote(incident.source) if incident.source else "-"
     deadline = incident.deadline[:16].replace("T", " ") + " UTC"
@@ -98,6 +99,11 @@ def alert(incident: Incident, language: str) -> tuple[str, str, str]:
         sms = (f"sluis incident #{incident.id}: {incident.kind} from {source} account {account}"
                f"{' tenant ' + incident.tenant if incident.tenant else ''}. Report before {deadline}."
                f"{' DPO: ' + dpo if dpo else ''}")
+    if last:
+        cap = (" Meer incidenten dit uur zonder melding: zie sluis incidents." if language == "nl" else
+               " Further incidents this hour are not alerted: see sluis incidents.")
+        body += "\n" + cap.strip() + "\n"
+        sms = sms[:300 - len(cap)] + cap
     return subject, body, sms[:300]
 
 

@@ -135,8 +135,14 @@ class IncidentTracker:
         self._alert(tx, incident)
 
     def _alert(self, tx: Tx, incident) -> None:
-        subject, body, sms = alert(incident, self.settings.incidents.language)
         topic = f"incident {incident.id}"
+        cap = self.settings.incidents.max_alerts
+        sent = self.queue.topics_since(tx, "incident ", iso(self.clock.now() - timedelta(hours=1)))
+        if sent >= cap:
+            log.error("incident #%d: not alerted, %d alerts went out in the last hour ([incidents] max_alerts); "
+                      "see sluis incidents", incident.id, sent)
+            return
+        subject, body, sms = alert(incident, self.settings.incidents.language, last=sent + 1 == cap)
         mail_to = self.settings.incidents.email or self.settings.email.operator
         queued = False
         if self.settings.email.enabled and mail_to:

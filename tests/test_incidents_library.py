@@ -217,3 +217,24 @@ def test_no_incident_for_admin_records_and_the_cursor_survives_a_new_process(sec
         assert len(again.incidents.listing()) == 1
     finally:
         again.close()
+
+
+def test_alerts_are_capped_per_hour_and_the_last_one_says_so(make_server):
+    srv = make_server({**FAST, **SECURITY, "incidents": {**SECURITY["incidents"], "max_alerts": 3}}).standard()
+    clock = FakeClock()
+    app = build_app(load_settings(srv.config, {}), clock=clock)
+    try:
+        for n in range(5):
+            app.audit.record("auth.ban", actor="sluis", source=f"192.0.2.{n}:1", address=f"192.0.2.{n}", score=9)
+        app.tracker.run_once()
+        assert len(app.incidents.listing()) == 5, "every incident opens"
+        alerted = {n.topic for n in app.notifications.all() if n.topic.startswith("incident ")}
+        assert alerted == {"incident 1", "incident 2", "incident 3"}
+        last = [n for n in app.notifications.all("incident 3") if n.channel == "sms"][0]
+        assert "zonder melding" in last.body and len(last.body) <= 300
+        clock.advance(minutes=61)
+        app.audit.record("auth.ban", actor="sluis", source="192.0.2.99:1", address="192.0.2.99", score=9)
+        app.tracker.run_once()
+        assert app.notifications.all("incident 6")
+    finally:
+        app.close()

@@ -55,6 +55,11 @@ class NotificationQueue:
                          (channel, target, subject, body[:BODY_MAX], topic, PENDING, now, now))
         return int(cur.lastrowid)
 
+    def topics_since(self, tx: Tx, prefix: str, since: str) -> int:
+        """How many distinct topics starting with `prefix` were queued since `since` (for a rate cap)."""
+        return tx.execute("SELECT COUNT(DISTINCT topic) FROM notifications WHERE topic LIKE ? AND created_at >= ?",
+                          (prefix + "%", since)).fetchone()[0]
+
     def due(self, limit: int = DUE_BATCH) -> list[Notification]:
         rows = self.db.query("SELECT * FROM notifications WHERE state = ? AND next_attempt_at <= ?"
                              " ORDER BY id LIMIT ?", (PENDING, iso(self.clock.now()), limit))
