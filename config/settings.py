@@ -15,8 +15,10 @@ from ..keydelivery.templates import DEFAULT_SMS_TEMPLATE
 from .values import (
     int_range,
     one_of,
+    parse_address,
     parse_bool,
     parse_duration,
+    parse_e164,
     parse_listen,
     parse_path,
     parse_paths,
@@ -146,9 +148,9 @@ class MonitorSettings:
 class IncidentSettings:
     """[incidents]: incidents derived from the audit log, alerted to the security contact (art. 6)."""
 
-    email: str = setting("", parse_str,
+    email: str = setting("", parse_address,
                          "security contact e-mail that receives incident alerts ('': the [email] operator)")
-    phone: str = setting("", parse_str, "security contact phone (E.164) that receives incident alerts by SMS")
+    phone: str = setting("", parse_e164, "security contact phone (E.164) that receives incident alerts by SMS")
     interval: int = setting("5s", parse_duration, "how often `serve` turns new audit records into incidents")
     auth_failures: int = setting(5, int_range(1, 1000),
                                  "failed logins from one address or for one account that open an incident")

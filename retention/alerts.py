@@ -7,7 +7,6 @@ so an attacker's text cannot pass for ours.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ..server.core.incidents import Entry, Incident
@@ -15,12 +14,23 @@ from ..server.core.incidents import Entry, Incident
 QUOTE_MAX = 80
 
 
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t", '"': '\\"', "\\": "\\\\"}
+
+
 def quote(value: Any) -> str:
-    """A client-supplied string as a JSON string literal: quoted, control characters escaped."""
+    """A client-supplied string, double-quoted, cut to QUOTE_MAX; quotes, backslashes and every
+    non-printable character (controls, escape sequences, bidi overrides) escaped as in JSON."""
     text = str(value)
-    if len(text) > QUOTE_MAX:
-        text = text[:QUOTE_MAX] + "…"
-    return json.dumps(text, ensure_ascii=False).replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    cut = len(text) > QUOTE_MAX
+    out = []
+    for ch in text[:QUOTE_MAX]:
+        if ch in _SHORT:
+            out.append(_SHORT[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
+    return '"' + "".join(out) + ('…"' if cut else '"')
 
 
 KINDS: dict[str, tuple[str, str]] = {

@@ -17,7 +17,7 @@ from datetime import timedelta
 
 from ..config.settings import Settings
 from ..server.core.clock import Clock, iso, parse_iso
-from ..server.core.incidents import Entry, IncidentStore
+from ..server.core.incidents import Entry, Incident, IncidentStore
 from ..server.core.notifications import EMAIL, SMS, NotificationQueue
 from ..server.core.records import ROLE_RECIPIENT
 from ..server.core.state import Tx
@@ -134,7 +134,7 @@ class IncidentTracker:
                     incident.deadline)
         self._alert(tx, incident)
 
-    def _alert(self, tx: Tx, incident) -> None:
+    def _alert(self, tx: Tx, incident: Incident) -> None:
         topic = f"incident {incident.id}"
         cap = self.settings.incidents.max_alerts
         sent = self.queue.topics_since(tx, "incident ", iso(self.clock.now() - timedelta(hours=1)))

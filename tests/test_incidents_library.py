@@ -238,3 +238,15 @@ def test_alerts_are_capped_per_hour_and_the_last_one_says_so(make_server):
         assert app.notifications.all("incident 6")
     finally:
         app.close()
+
+
+def test_security_contact_settings_are_checked(tmp_path):
+    from sluis.config import ConfigError, render_config
+
+    path = tmp_path / "sluis.toml"
+    for key, bad in (("phone", "0470 12 34 56"), ("email", "soc")):
+        path.write_text(render_config({"incidents": {key: bad}}))
+        with pytest.raises(ConfigError, match=rf"\[incidents\] {key}: expected"):
+            load_settings(path, {})
+    path.write_text(render_config({"incidents": {"phone": "+32470000111", "email": "soc@example.be"}}))
+    assert load_settings(path, {}).incidents.phone == "+32470000111"

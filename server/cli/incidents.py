@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from ...retention.alerts import quote
 from .common import open_app, operator, print_json, print_table
 
 
@@ -22,6 +23,13 @@ def add_incident_commands(commands: Any, command: Any) -> None:
                   "Audited as incident.ack with the operating-system user who ran it.")
     ack.add_argument("id", type=int, metavar="ID")
     ack.add_argument("--note", required=True, metavar="TEXT", help="to whom and how it was reported")
+
+
+def _safe(text: str | None) -> str:
+    """A client-chosen name (a tried user name) as it may go to a terminal."""
+    if not text:
+        return "-"
+    return text if text.isprintable() and " " not in text else quote(text)
 
 
 def _left(delta: timedelta) -> str:
@@ -42,7 +50,7 @@ def cmd_incidents(args: Any) -> int:
         return 0
     print_table(["ID", "STATE", "KIND", "SOURCE", "ACCOUNT", "TENANT", "COUNT", "FIRST SEEN", "LAST SEEN",
                  "DEADLINE", "LEFT", "DPO"],
-                [(i.id, i.state, i.kind, i.source or "-", i.account or "-", i.tenant or "-", i.count,
+                [(i.id, i.state, i.kind, i.source or "-", _safe(i.account), i.tenant or "-", i.count,
                   i.first_seen[:19], i.last_seen[:19], i.deadline[:16],
                   _left(i.time_left(now)) if i.state == "open" else f"reported {i.ack_at[:16]}",
                   " ".join(p for p in (i.dpo_name, i.dpo_email, i.dpo_phone) if p) or "-")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ContextManager
 
 from ..errors import InvalidInput, NotFound
 from .audit import AuditLog
@@ -80,7 +80,8 @@ class IncidentStore:
         self.audit = audit
         self.clock = clock
 
-    def transaction(self):
+    def transaction(self) -> ContextManager[Tx]:
+        """One write transaction: a tracker batch, its incidents and its cursor commit together."""
         return self.db.transaction()
 
     # --- the cursor over the audit log ----------------------------------------------------------
