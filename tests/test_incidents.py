@@ -164,6 +164,9 @@ def test_a_real_client_denied_another_tenants_path_opens_an_incident(make_server
     assert incident["kind"] == "sftp.deny" and incident["account"] == "gent-clerk" and incident["tenant"] == "gent"
     mail = smtp.wait_for_messages(2, timeout=WAIT)[1]
     assert list(mail.rcpt_tos) == [SOC_MAIL] and "/genk" in mail.body
+    assert "no such file" in result.stderr.lower() or "not found" in result.stderr.lower()  # nothing revealed
+    denials = [r for r in server.app().audit.records() if r.event == "sftp.deny"]
+    assert denials and all(r.detail["reason"] == "another municipality's folder" for r in denials)
 
 
 def test_an_alert_queued_before_a_crash_is_sent_after_the_restart(make_server, smtp):

@@ -68,7 +68,8 @@ class SluisSFTPServer(asyncssh.SFTPServer):
             error = to_sftp_error(exc)
             self._log(op, target, started, f"{type(error).__name__}: {error.reason}", logging.INFO)
             if isinstance(exc, (PermissionDenied, OutsideView)):
-                await asyncio.to_thread(self._audit_denial, op, target, str(exc))
+                reason = "another municipality's folder" if isinstance(exc, OutsideView) else str(exc)
+                await asyncio.to_thread(self._audit_denial, op, target, reason)
             raise error from None
         self._log(op, target, started, "ok", logging.DEBUG if op in _QUIET else logging.INFO)
         return result
