@@ -15,8 +15,10 @@ from ..keydelivery.templates import DEFAULT_SMS_TEMPLATE
 from .values import (
     int_range,
     one_of,
+    parse_address,
     parse_bool,
     parse_duration,
+    parse_e164,
     parse_listen,
     parse_path,
     parse_paths,
@@ -143,6 +145,22 @@ class MonitorSettings:
 
 
 @dataclass(frozen=True)
+class IncidentSettings:
+    """[incidents]: incidents derived from the audit log, alerted to the security contact (art. 6)."""
+
+    email: str = setting("", parse_address,
+                         "security contact e-mail that receives incident alerts ('': the [email] operator)")
+    phone: str = setting("", parse_e164, "security contact phone (E.164) that receives incident alerts by SMS")
+    interval: int = setting("5s", parse_duration, "how often `serve` turns new audit records into incidents")
+    auth_failures: int = setting(5, int_range(1, 1000),
+                                 "failed logins from one address or for one account that open an incident")
+    auth_window: int = setting("15m", parse_duration, "the time within which those failed logins count")
+    language: str = setting("nl", one_of("nl", "en"), "language of alerts and DPO notices")
+    max_alerts: int = setting(20, int_range(1, 10000),
+                              "incident alerts per hour at most; beyond, incidents open without alert (logged)")
+
+
+@dataclass(frozen=True)
 class PolicySettings:
     """[policy]: the data-sharing protocol's rules."""
 
@@ -166,6 +184,7 @@ SECTIONS: dict[str, type] = {
     "retention": RetentionSettings,
     "policy": PolicySettings,
     "monitor": MonitorSettings,
+    "incidents": IncidentSettings,
     "log": LogSettings,
 }
 
@@ -184,6 +203,7 @@ class Settings:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    incidents: IncidentSettings = field(default_factory=IncidentSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
     @property

@@ -69,6 +69,22 @@ def parse_str(value: Any) -> str:
     return value
 
 
+def parse_e164(value: Any) -> str:
+    """'' (none) or a phone number in E.164: '+' and 8 to 15 digits."""
+    text = parse_str(value)
+    if text and not re.fullmatch(r"\+[1-9]\d{7,14}", text):
+        raise ValueError(f"expected a phone number in E.164 form such as '+32470123456', got {text!r}")
+    return text
+
+
+def parse_address(value: Any) -> str:
+    """'' (none) or an e-mail address."""
+    text = parse_str(value)
+    if text and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", text):
+        raise ValueError(f"expected an e-mail address such as 'soc@example.be', got {text!r}")
+    return text
+
+
 def parse_bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"expected true or false, got {value!r}")

@@ -154,7 +154,7 @@ class Outbox:
         return tx.execute("DELETE FROM secrets WHERE delivery_id = ?", (delivery_id,)).rowcount > 0
 
     # --- operator actions ---------------------------------------------------------------------------
-    def resend(self, delivery_id: str, *, actor: str, phone: str | None = None) -> list[str]:
+    def resend(self, delivery_id: str, *, actor: str, phone: str | None = None, source: str = "cli") -> list[str]:
         """Send the key again to every phone of the tenant (or one), at most once per interval."""
         with self.db.transaction() as tx:
             found = fetch(tx, "id = ?", (delivery_id,))
@@ -183,6 +183,6 @@ class Outbox:
                 self._insert(tx, delivery_id, SMS, target, resend=True)
             tenant = tx.execute("SELECT name FROM tenants WHERE id = ?", (delivery.tenant_id,)).fetchone()[0]
             self.audit.append(tx, "key.resend", actor=actor, tenant=tenant, delivery=delivery_id,
-                              source="cli", phones=phones)
+                              source=source, phones=phones)
         self.wake()
         return phones

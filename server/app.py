@@ -12,6 +12,7 @@ from ..config.settings import Settings
 from ..keydelivery.outbox import Outbox
 from ..keydelivery.passphrase import new_passphrase
 from ..keydelivery.sealing import load_sealer
+from ..retention.incidents import IncidentTracker
 from ..retention.janitor import Janitor
 from ..retention.monitor import AccessMonitor
 from ..retention.policy import YearlyPolicy
@@ -19,6 +20,9 @@ from .core.audit import AuditLog
 from .core.clock import Clock, SystemClock
 from .core.directory import Directory
 from .core.dropbox import DropBox
+from .core.incidents import IncidentStore
+from .core.notifications import NotificationQueue
+from .core.review import AccountReview
 from .core.state import Database, open_database
 from .core.storage import LocalStorage, Storage
 
@@ -57,6 +61,10 @@ class App:
     janitor: Janitor
     monitor: AccessMonitor
     connections: ConnectionLimit
+    incidents: IncidentStore
+    notifications: NotificationQueue
+    tracker: IncidentTracker
+    review: AccountReview
 
     def close(self) -> None:
         self.db.close()
@@ -77,7 +85,12 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
     dropbox = DropBox(settings=settings, db=db, audit=audit, directory=directory, storage=storage,
                       clock=clock, keys=outbox, policy=policy, passphrases=new_passphrase)
     janitor = Janitor(settings, dropbox, outbox, clock)
+    incidents = IncidentStore(db, audit, clock)
+    notifications = NotificationQueue(db, audit, clock)
     return App(settings=settings, clock=clock, db=db, audit=audit, directory=directory, storage=storage,
                policy=policy, outbox=outbox, dropbox=dropbox, janitor=janitor,
                monitor=AccessMonitor(settings, audit, clock),
-               connections=ConnectionLimit(settings.server.max_connections))
+               connections=ConnectionLimit(settings.server.max_connections),
+               incidents=incidents, notifications=notifications,
+               tracker=IncidentTracker(settings, incidents, notifications, clock),
+               review=AccountReview(db, clock))

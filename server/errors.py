@@ -13,6 +13,11 @@ class NotFound(SluisError):
     """The path, tenant, user or delivery does not exist (or is not visible to this user)."""
 
 
+class OutsideView(NotFound):
+    """A path into another tenant's folder: the client sees 'no such file' as for any unknown
+    name, the audit log records an `sftp.deny` (an incident, docs/incidents.md)."""
+
+
 class PermissionDenied(SluisError):
     """The user's role does not allow this operation here."""
 

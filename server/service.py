@@ -17,7 +17,8 @@ from typing import Callable
 import asyncssh
 
 from ..keydelivery.factory import make_provider
-from ..keydelivery.worker import OutboxWorker
+from ..keydelivery.notifier import NotificationSender
+from ..keydelivery.worker import OutboxWorker, mail_server
 from .app import App
 from .sftp import algorithms
 from .sftp.auth import SluisSSHServer
@@ -57,8 +58,11 @@ class Service:
             allow_scp=False, agent_forwarding=False, x11_forwarding=False, allow_pty=False,
             login_timeout=app.settings.server.login_timeout, keepalive_interval=60)
         self.port = acceptor.sockets[0].getsockname()[1]
+        sender = NotificationSender(app.settings, app.notifications, make_provider(app.settings.sms),
+                                    mail_server(app.settings))
         tasks = [asyncio.create_task(worker.run(), name="outbox"),
-                 asyncio.create_task(self._janitor_loop(), name="janitor")]
+                 asyncio.create_task(self._janitor_loop(), name="janitor"),
+                 asyncio.create_task(self._incidents_loop(sender), name="incidents")]
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
         log.info("sluis listening on %s:%d (sms provider: %s)", host, self.port, app.settings.sms.provider)
@@ -86,3 +90,13 @@ class Service:
                 except Exception:
                     log.exception("%s pass failed", name)
             await asyncio.sleep(max(self.app.settings.retention.interval, 1))
+
+    async def _incidents_loop(self, sender: NotificationSender) -> None:
+        """New audit records become incidents, then queued alerts and DPO notices go out (threads)."""
+        while True:
+            for name, task in (("incidents", self.app.tracker.run_once), ("notifications", sender.run_once)):
+                try:
+                    await asyncio.to_thread(task)
+                except Exception:
+                    log.exception("%s pass failed", name)
+            await asyncio.sleep(max(self.app.settings.incidents.interval, 1))

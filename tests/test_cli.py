@@ -55,7 +55,7 @@ def test_tenant_add_list_show_set_disable(config):
         ("71016", "info@genk.be", "age")
     assert listed["gent"]["format"] == "zip" and listed["gent"]["active"] is True
     table = ok(sluis(config, "tenant", "list")).stdout.splitlines()
-    assert table[0].split() == ["NAME", "NIS", "FORMAT", "ACTIVE", "PHONES", "EMAIL"]
+    assert table[0].split() == ["NAME", "NIS", "FORMAT", "ACTIVE", "PHONES", "EMAIL", "DPO"]
     assert any(line.startswith("genk") and "71016" in line and "yes" in line for line in table)
 
     show = ok(sluis(config, "tenant", "show", "genk")).stdout
@@ -69,6 +69,13 @@ def test_tenant_add_list_show_set_disable(config):
     assert (changed["phones"], changed["email"], changed["format"]) == (["+32479999999"], None, "zip")
     ok(sluis(config, "tenant", "set", "genk", "--email", "new@genk.be"))
     assert tenants(config)["genk"]["phones"] == ["+32479999999"]     # untouched when not given
+    ok(sluis(config, "tenant", "set", "genk", "--dpo-name", "An Peeters", "--dpo-email", "dpo@genk.be",
+             "--dpo-phone", "089 12 34 56"))
+    dpo = tenants(config)["genk"]
+    assert (dpo["dpo_name"], dpo["dpo_email"], dpo["dpo_phone"]) == ("An Peeters", "dpo@genk.be", "+3289123456")
+    assert "DPO:       An Peeters <dpo@genk.be> +3289123456" in ok(sluis(config, "tenant", "show", "genk")).stdout
+    bad = sluis(config, "tenant", "set", "genk", "--dpo-email", "not-an-address")
+    assert bad.returncode == 1 and "--dpo-email" in bad.stderr
 
     assert "disabled tenant gent" in ok(sluis(config, "tenant", "disable", "gent")).stdout
     assert tenants(config)["gent"]["active"] is False
@@ -77,7 +84,7 @@ def test_tenant_add_list_show_set_disable(config):
 
     events = [json.loads(line)["event"] for line in
               ok(sluis(config, "audit", "export", "--json", "--tenant", "genk")).stdout.splitlines()]
-    assert events == ["tenant.add", "tenant.change", "tenant.change"]
+    assert events == ["tenant.add", "tenant.change", "tenant.change", "tenant.change"]
 
 
 def test_tenant_errors(config):
@@ -150,7 +157,8 @@ def test_user_add_and_role_rules(config, tmp_path):
              "--email", "ops@agency.be", input="a long enough password\n"))
     listed = users(config)
     assert listed["genk-clerk"] == {"name": "genk-clerk", "role": "recipient", "tenant": "genk",
-                                    "active": True, "keys": [fingerprint], "password": False}
+                                    "active": True, "keys": [fingerprint], "password": False,
+                                    "function": "", "key_expiry": {}}
     assert listed["script"]["role"] == "sender" and listed["script"]["tenant"] is None
     assert listed["script"]["password"] is True and listed["script"]["keys"] == []
     assert "genk-clerk" in ok(sluis(config, "tenant", "show", "genk")).stdout.split("recipients:")[1]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import date
+from datetime import date, datetime, time, timezone
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,29 @@ def _date(text: str, flag: str) -> date:
         raise InvalidInput(f"{flag} {text!r}: expected a date as YYYY-MM-DD") from None
 
 
+def _moment(text: str, flag: str) -> datetime:
+    """YYYY-MM-DD (midnight UTC at the start of that day) or a full ISO-8601 time."""
+    try:
+        if len(text) == 10:
+            return datetime.combine(date.fromisoformat(text), time(), tzinfo=timezone.utc)
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(f"{flag} {text!r}: expected a date as YYYY-MM-DD") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _dpo_arguments(parser: Any) -> None:
+    parser.add_argument("--dpo-name", metavar="TEXT", help="the municipality's data protection officer ('' removes)")
+    parser.add_argument("--dpo-email", metavar="ADDR", help="the DPO's e-mail: told of phone and recipient changes")
+    parser.add_argument("--dpo-phone", metavar="E164", help="the DPO's phone, named in incident alerts")
+
+
+def _dpo_phone(args: Any, region: str) -> str | None:
+    if not args.dpo_phone:
+        return args.dpo_phone  # None: unchanged; '': remove
+    return _phones([args.dpo_phone], region)[0]
+
+
 def add_tenant_commands(commands: Any, command: Any) -> None:
     tenant = commands.add_parser("tenant", help="municipalities and their drop boxes").add_subparsers(
         dest="tenant_command", required=True, metavar="ACTION")
@@ -45,11 +68,13 @@ def add_tenant_commands(commands: Any, command: Any) -> None:
     add.add_argument("--email", metavar="ADDR", help="contact address for 'a file is waiting' e-mails")
     add.add_argument("--format", choices=("age", "zip"), default="age",
                      help="stored format: age (default) or an AES-256 zip for 7-Zip users")
-    change = command(tenant, "set", cmd_tenant_set, "change phones, e-mail or format of a municipality")
+    _dpo_arguments(add)
+    change = command(tenant, "set", cmd_tenant_set, "change phones, e-mail, format or DPO of a municipality")
     change.add_argument("name", metavar="NAME")
     change.add_argument("--phone", action="append", metavar="E164", help="replaces all phones; repeat")
     change.add_argument("--email", metavar="ADDR", help="contact address ('' removes it)")
     change.add_argument("--format", choices=("age", "zip"))
+    _dpo_arguments(change)
     listing = command(tenant, "list", cmd_tenant_list, "list municipalities")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     show = command(tenant, "show", cmd_tenant_show, "show one municipality, its protocol and standing")
@@ -71,7 +96,9 @@ def cmd_tenant_add(args: Any) -> None:
     app = open_app(args)
     phones = _phones(args.phone, app.settings.sms.default_region)
     tenant = app.directory.add_tenant(operator(), args.name, phones=phones, nis=args.nis,
-                                      email=args.email, fmt=args.format)
+                                      email=args.email, fmt=args.format, dpo_name=args.dpo_name,
+                                      dpo_email=args.dpo_email,
+                                      dpo_phone=_dpo_phone(args, app.settings.sms.default_region))
     print(f"added tenant {tenant.name} (format {tenant.format}, phones {', '.join(tenant.phones)})")
     print(f"register its protocol before uploads: sluis tenant protocol {tenant.name} --signed DATE --effective DATE")
 
@@ -79,7 +106,9 @@ def cmd_tenant_add(args: Any) -> None:
 def cmd_tenant_set(args: Any) -> None:
     app = open_app(args)
     phones = _phones(args.phone, app.settings.sms.default_region) if args.phone else None
-    tenant = app.directory.update_tenant(operator(), args.name, phones=phones, email=args.email, fmt=args.format)
+    tenant = app.directory.update_tenant(operator(), args.name, phones=phones, email=args.email, fmt=args.format,
+                                         dpo_name=args.dpo_name, dpo_email=args.dpo_email,
+                                         dpo_phone=_dpo_phone(args, app.settings.sms.default_region))
     print(f"updated tenant {tenant.name}")
 
 
@@ -89,8 +118,8 @@ def cmd_tenant_list(args: Any) -> None:
     if args.json:
         print_json([t.__dict__ for t in tenants])
         return
-    print_table(["NAME", "NIS", "FORMAT", "ACTIVE", "PHONES", "EMAIL"],
-                [(t.name, t.nis, t.format, "yes" if t.active else "no", " ".join(t.phones), t.email)
+    print_table(["NAME", "NIS", "FORMAT", "ACTIVE", "PHONES", "EMAIL", "DPO"],
+                [(t.name, t.nis, t.format, "yes" if t.active else "no", " ".join(t.phones), t.email, t.dpo)
                  for t in tenants])
 
 
@@ -104,6 +133,7 @@ def cmd_tenant_show(args: Any) -> None:
     print(f"format:    {tenant.format}")
     print(f"phones:    {', '.join(tenant.phones)}")
     print(f"e-mail:    {tenant.email or '-'}")
+    print(f"DPO:       {tenant.dpo or '-'}")
     print(f"protocol:  {protocol.describe(today) if protocol else 'none registered'}"
           + (f"  [{protocol.reference}]" if protocol and protocol.reference else ""))
     print(f"delivery:  {app.policy.standing(app.db, tenant)}")
@@ -159,8 +189,20 @@ def add_user_commands(commands: Any, command: Any) -> None:
                      help="OpenSSH public key file; repeat for more")
     add.add_argument("--password-stdin", action="store_true", help="read a password from standard input")
     add.add_argument("--email", metavar="ADDR", help="where expiry notices for a sender go")
+    add.add_argument("--function", default="", metavar="TEXT",
+                     help="the person's function, why they need access (protocol art. 4 function profiles)")
+    change = command(user, "set", cmd_user_set, "change a user's function description")
+    change.add_argument("name", metavar="NAME")
+    change.add_argument("--function", required=True, metavar="TEXT", help="the function profile (art. 4)")
     listing = command(user, "list", cmd_user_list, "list users")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
+    review = command(user, "review", cmd_user_review, "accounts to review: unused, old or expired keys, no function",
+                     "List active accounts unused for --unused-days (last login from the audit log), keys that "
+                     "expired or are older than --key-age-days, and users without a function description.")
+    review.add_argument("--unused-days", type=int, default=90, metavar="N", help="default 90")
+    review.add_argument("--key-age-days", type=int, default=365, metavar="N", help="default 365")
+    review.add_argument("--all", action="store_true", help="include disabled accounts")
+    review.add_argument("--json", action="store_true", help="machine-readable output")
     disable = command(user, "disable", cmd_user_disable, "disable a user (logins refused from now on)")
     disable.add_argument("name", metavar="NAME")
     key = user.add_parser("key", help="add or remove a user's SSH keys").add_subparsers(
@@ -169,6 +211,9 @@ def add_user_commands(commands: Any, command: Any) -> None:
         sub = command(key, action, func, f"{action} the keys in PUBFILE for user NAME")
         sub.add_argument("name", metavar="NAME")
         sub.add_argument("pubfile", type=Path, metavar="PUBFILE")
+        if action == "add":
+            sub.add_argument("--expires", metavar="DATE",
+                             help="the key no longer logs in from this date (YYYY-MM-DD, 00:00 UTC) on")
 
 
 def _read_key(path: Path) -> tuple[str, str]:
@@ -186,10 +231,11 @@ def cmd_user_add(args: Any) -> None:
         if len(password) < 12:
             raise InvalidInput("passwords must be at least 12 characters; keys are better")
     user = app.directory.add_user(operator(), args.name, role=args.role, tenant=args.tenant,
-                                  keys=[_read_key(p) for p in args.key], password=password)
-    if args.email:
-        with app.db.transaction() as tx:
-            tx.execute("UPDATE users SET email = ? WHERE id = ?", (args.email, user.id))
+                                  keys=[_read_key(p) for p in args.key], password=password,
+                                  function=args.function, email=args.email)
+    if not args.function:
+        print(f"warning: {user.name} has no function description; add one: sluis user set {user.name} --function ...",
+              file=sys.stderr)
     print(f"added {user.role} {user.name}" + (f" for {args.tenant}" if args.tenant else ""))
 
 
@@ -198,14 +244,39 @@ def cmd_user_list(args: Any) -> None:
     users = app.directory.users()
     tenants = {t.id: t.name for t in app.directory.tenants()}
     rows = [{"name": u.name, "role": u.role, "tenant": tenants.get(u.tenant_id), "active": u.active,
-             "keys": [k.fingerprint for k in app.directory.keys(u)], "password": u.password_hash is not None}
+             "function": u.function, "keys": [k.fingerprint for k in app.directory.keys(u)],
+             "key_expiry": {k.fingerprint: k.expires_at for k in app.directory.keys(u) if k.expires_at},
+             "password": u.password_hash is not None}
             for u in users]
     if args.json:
         print_json(rows)
         return
-    print_table(["NAME", "ROLE", "TENANT", "ACTIVE", "KEYS", "PASSWORD"],
+    print_table(["NAME", "ROLE", "TENANT", "ACTIVE", "KEYS", "PASSWORD", "FUNCTION"],
                 [(r["name"], r["role"], r["tenant"], "yes" if r["active"] else "no", len(r["keys"]),
-                  "yes" if r["password"] else "no") for r in rows])
+                  "yes" if r["password"] else "no", r["function"] or "-") for r in rows])
+
+
+def cmd_user_set(args: Any) -> None:
+    user = open_app(args).directory.set_user(operator(), args.name, function=args.function)
+    print(f"updated user {user.name}")
+
+
+def cmd_user_review(args: Any) -> int:
+    if args.unused_days < 1 or args.key_age_days < 1:
+        raise InvalidInput("--unused-days and --key-age-days take a number of days of at least 1")
+    rows = open_app(args).review.run(unused_days=args.unused_days, key_age_days=args.key_age_days,
+                                     include_disabled=args.all)
+    if args.json:
+        print_json([r.as_dict() for r in rows])
+        return 0
+    if not rows:
+        print("nothing to review")
+    for row in rows:
+        print(f"{row.user} ({row.role}{', ' + row.tenant if row.tenant else ''}"
+              f"{'' if row.active else ', disabled'}): last login {row.last_login or 'never'}")
+        for finding in row.findings:
+            print(f"    {finding}")
+    return 0
 
 
 def cmd_user_disable(args: Any) -> None:
@@ -214,8 +285,9 @@ def cmd_user_disable(args: Any) -> None:
 
 
 def cmd_user_key_add(args: Any) -> None:
-    added = open_app(args).directory.add_key(operator(), args.name, *_read_key(args.pubfile))
-    print(f"added {', '.join(added)} to {args.name}")
+    expires = _moment(args.expires, "--expires") if args.expires else None
+    added = open_app(args).directory.add_key(operator(), args.name, *_read_key(args.pubfile), expires=expires)
+    print(f"added {', '.join(added)} to {args.name}" + (f", valid until {args.expires}" if expires else ""))
 
 
 def cmd_user_key_remove(args: Any) -> None:

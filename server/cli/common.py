@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import sys
-from typing import Any, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
 
 from ..app import App, build_app
 from ..core.directory import Actor
@@ -15,17 +17,37 @@ def open_app(args: Any) -> App:
     return build_app(args.settings)
 
 
-def operator() -> Actor:
-    """The person running the CLI, as recorded in the audit log."""
-    name = os.environ.get("SUDO_USER") or os.environ.get("USER") or os.environ.get("LOGNAME")
-    if not name:
-        try:
-            import pwd
+LOGINUID = Path("/proc/self/loginuid")
+UNSET_LOGINUID = 4294967295  # (uid_t) -1: no login session (a daemon, or a container without audit)
 
-            name = pwd.getpwuid(os.getuid()).pw_name
-        except (ImportError, KeyError):
-            name = "unknown"
-    return Actor(name=f"admin:{name}", source="cli")
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid{uid}"
+
+
+def _login_user(loginuid: Path) -> str | None:
+    """The user who logged in to start this session: the kernel keeps it across su, sudo and runuser."""
+    try:
+        uid = int(loginuid.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return None if uid == UNSET_LOGINUID else _user_name(uid)
+
+
+def operator(environ: Mapping[str, str] | None = None, loginuid: Path = LOGINUID) -> Actor:
+    """The person running the CLI, as recorded in the audit log: `admin:<person>`, and the
+    effective user the command ran as in the source (`cli:<user>`).
+
+    The person is $SUDO_USER, else the kernel's login uid, else the login name: under
+    `runuser -u sluis` the environment says "sluis", the login uid still names who logged in.
+    """
+    env = os.environ if environ is None else environ
+    effective = _user_name(os.geteuid())
+    name = env.get("SUDO_USER") or _login_user(loginuid) or env.get("LOGNAME") or env.get("USER") or effective
+    return Actor(name=f"admin:{name}", source=f"cli:{effective}")
 
 
 def print_json(value: Any) -> None:

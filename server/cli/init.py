@@ -41,7 +41,8 @@ def init_setup(directory: Path, overrides: dict | None = None) -> Path:
     write_private(directory / (HOST_KEY_NAME + ".pub"), key.export_public_key("openssh"))
     create_key_file(directory / SECRET_KEY_NAME)
     db = open_database(directory / "state.db")
-    AuditLog(db, SystemClock()).record("sluis.init", actor=operator().name, source="cli",
+    actor = operator()
+    AuditLog(db, SystemClock()).record("sluis.init", actor=actor.name, source=actor.source,
                                        host_key=key.get_fingerprint("sha256"))
     db.close()
     return config_path

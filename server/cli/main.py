@@ -13,10 +13,10 @@ from ...config import ConfigError, default_config_path, load_settings
 from ...keydelivery.sealing import KeyFileError
 from .. import logsafe
 from ..errors import SluisError
-from . import admin, ops
+from . import admin, incidents, ops
 
 log = logging.getLogger("sluis")
-SUBCOMMAND_GROUPS = ("tenant", "user", "key", "audit", "janitor", "delivery")
+SUBCOMMAND_GROUPS = ("tenant", "user", "key", "audit", "janitor", "delivery", "incidents")
 
 
 def _config_parent() -> argparse.ArgumentParser:
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_tenant_commands(commands, command)
     admin.add_user_commands(commands, command)
     ops.add_ops_commands(commands, command)
+    incidents.add_incident_commands(commands, command)
     return parser
 
 
@@ -98,7 +99,8 @@ def _audit_refusal(args: argparse.Namespace, exc: Exception) -> None:
     except Exception:  # no usable database: the message above is all we can give
         return
     try:
-        app.audit.record("cli.refused", actor=operator().name, source="cli", command=" ".join(words),
+        actor = operator()
+        app.audit.record("cli.refused", actor=actor.name, source=actor.source, command=" ".join(words),
                          error=str(exc)[:300])
     finally:
         app.close()

@@ -140,6 +140,10 @@ def cmd_audit_export(args: Any) -> None:
 def cmd_janitor_run(args: Any) -> None:
     app = open_app(args)
     report = app.janitor.run_once()
+    actor = operator()
+    app.audit.record("janitor.run", actor=actor.name, source=actor.source, removed=len(report.removed_collected),
+                     expired=len(report.expired), orphans=report.orphans, keys_destroyed=report.keys_destroyed,
+                     audit_pruned=report.audit_pruned)
     print(report.summary())
     for delivery_id in report.removed_collected:
         print(f"removed (collected): {delivery_id}")
@@ -149,7 +153,8 @@ def cmd_janitor_run(args: Any) -> None:
 
 def cmd_key_resend(args: Any) -> None:
     app = open_app(args)
-    phones = app.outbox.resend(args.delivery, actor=operator().name, phone=args.phone)
+    actor = operator()
+    phones = app.outbox.resend(args.delivery, actor=actor.name, phone=args.phone, source=actor.source)
     print(f"queued the key of {args.delivery} for {', '.join(phones)}; the running server sends it")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sqlite3
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Iterable
 
 import asyncssh
@@ -20,6 +21,18 @@ from .state import Database, Tx
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 USER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 NIS_CODE = re.compile(r"^\d{5}$")
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+FUNCTION_MAX = 200
+
+
+def _check_email(value: str | None, flag: str) -> None:
+    if value and not EMAIL.match(value):
+        raise InvalidInput(f"{flag} {value!r}: expected an e-mail address such as dpo@genk.be")
+
+
+def _check_function(value: str | None) -> None:
+    if value is not None and (len(value) > FUNCTION_MAX or not value.isprintable()):
+        raise InvalidInput(f"--function: at most {FUNCTION_MAX} printable characters")
 
 
 @dataclass(frozen=True)
@@ -67,7 +80,8 @@ class Directory:
 
     # --- tenants -------------------------------------------------------------------------------
     def add_tenant(self, actor: Actor, name: str, *, phones: Iterable[str], nis: str | None = None,
-                   email: str | None = None, fmt: str = "age") -> Tenant:
+                   email: str | None = None, fmt: str = "age", dpo_name: str | None = None,
+                   dpo_email: str | None = None, dpo_phone: str | None = None) -> Tenant:
         if not TENANT_NAME.match(name):
             raise InvalidInput(f"tenant name {name!r}: use a short lowercase slug such as 'genk' "
                                "(letters, digits and '-', at most 40)")
@@ -75,19 +89,23 @@ class Directory:
             raise InvalidInput(f"NIS code {nis!r}: expected five digits, such as 71016 for Genk")
         if fmt not in FORMATS:
             raise InvalidInput(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
+        _check_email(dpo_email, "--dpo-email")
         phones = list(phones)
         if not phones:
             raise InvalidInput("a tenant needs at least one --phone for key delivery")
         with self.db.transaction() as tx:
             try:
-                cur = tx.execute("INSERT INTO tenants (name, nis, format, email, active, created_at)"
-                                 " VALUES (?, ?, ?, ?, 1, ?)", (name, nis, fmt, email, iso(self.clock.now())))
+                cur = tx.execute("INSERT INTO tenants (name, nis, format, email, active, created_at,"
+                                 " dpo_name, dpo_email, dpo_phone) VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?)",
+                                 (name, nis, fmt, email, iso(self.clock.now()), dpo_name or None,
+                                  dpo_email or None, dpo_phone or None))
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"tenant {name!r} exists already") from None
             tenant_id = cur.lastrowid
             self._set_phones(tx, tenant_id, phones)
             self.audit.append(tx, "tenant.add", actor=actor.name, tenant=name, source=actor.source,
-                              nis=nis, format=fmt, phones=len(phones), email=bool(email))
+                              nis=nis, format=fmt, phones=len(phones), email=bool(email),
+                              dpo=bool(dpo_name or dpo_email or dpo_phone))
         return self.tenant(name)
 
     def _set_phones(self, tx: Tx, tenant_id: int, phones: list[str]) -> None:
@@ -97,20 +115,30 @@ class Directory:
                        (tenant_id, e164, position))
 
     def update_tenant(self, actor: Actor, name: str, *, phones: list[str] | None = None,
-                      email: str | None = None, fmt: str | None = None) -> Tenant:
+                      email: str | None = None, fmt: str | None = None, dpo_name: str | None = None,
+                      dpo_email: str | None = None, dpo_phone: str | None = None) -> Tenant:
+        """Change what is given; '' clears e-mail and DPO fields. A phone change is audited with
+        how many numbers were added and removed (the incidents tracker tells the DPO)."""
         tenant = self.tenant(name)
+        _check_email(dpo_email, "--dpo-email")
         if fmt is not None and fmt not in FORMATS:
             raise InvalidInput(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
         with self.db.transaction() as tx:
             if phones:
                 self._set_phones(tx, tenant.id, phones)
+            for column, value in (("dpo_name", dpo_name), ("dpo_email", dpo_email), ("dpo_phone", dpo_phone)):
+                if value is not None:
+                    tx.execute(f"UPDATE tenants SET {column} = ? WHERE id = ?", (value or None, tenant.id))
             if email is not None:
                 tx.execute("UPDATE tenants SET email = ? WHERE id = ?", (email or None, tenant.id))
             if fmt is not None:
                 tx.execute("UPDATE tenants SET format = ? WHERE id = ?", (fmt, tenant.id))
             self.audit.append(tx, "tenant.change", actor=actor.name, tenant=name, source=actor.source,
                               phones=len(phones) if phones else None, email=email is not None,
-                              format=fmt)
+                              format=fmt,
+                              phones_added=len(set(phones) - set(tenant.phones)) if phones else None,
+                              phones_removed=len(set(tenant.phones) - set(phones)) if phones else None,
+                              dpo=any(v is not None for v in (dpo_name, dpo_email, dpo_phone)))
         return self.tenant(name)
 
     def disable_tenant(self, actor: Actor, name: str) -> None:
@@ -139,11 +167,13 @@ class Directory:
         phones = tuple(r[0] for r in self.db.query(
             "SELECT e164 FROM tenant_phones WHERE tenant_id = ? ORDER BY position", (row["id"],)))
         return Tenant(id=row["id"], name=row["name"], nis=row["nis"], format=row["format"],
-                      email=row["email"], active=bool(row["active"]), phones=phones)
+                      email=row["email"], active=bool(row["active"]), phones=phones,
+                      dpo_name=row["dpo_name"], dpo_email=row["dpo_email"], dpo_phone=row["dpo_phone"])
 
     # --- users ---------------------------------------------------------------------------------
     def add_user(self, actor: Actor, name: str, *, role: str, tenant: str | None = None,
-                 keys: Iterable[tuple[str, str]] = (), password: str | None = None) -> User:
+                 keys: Iterable[tuple[str, str]] = (), password: str | None = None,
+                 function: str = "", email: str | None = None) -> User:
         """`keys` are (text of a public key file, where it came from) pairs."""
         if not USER_NAME.match(name):
             raise InvalidInput(f"user name {name!r}: lowercase letters, digits, '.', '_' and '-', at most 64")
@@ -151,6 +181,8 @@ class Directory:
             raise InvalidInput(f"role {role!r}: expected sender or recipient")
         if (role == ROLE_RECIPIENT) != (tenant is not None):
             raise InvalidInput("a recipient belongs to exactly one --tenant; a sender to none")
+        _check_function(function)
+        _check_email(email, "--email")
         tenant_id = self.tenant(tenant).id if tenant else None
         parsed = [(key, origin) for text, origin in keys for key in parse_public_keys(text, origin)]
         if not parsed and not password:
@@ -158,36 +190,53 @@ class Directory:
         pw_hash = hash_password(password) if password else None
         with self.db.transaction() as tx:
             try:
-                cur = tx.execute("INSERT INTO users (name, role, tenant_id, active, password_hash, created_at)"
-                                 " VALUES (?, ?, ?, 1, ?, ?)",
-                                 (name, role, tenant_id, pw_hash, iso(self.clock.now())))
+                cur = tx.execute("INSERT INTO users (name, role, tenant_id, active, password_hash, created_at,"
+                                 " function, email) VALUES (?, ?, ?, 1, ?, ?, ?, ?)",
+                                 (name, role, tenant_id, pw_hash, iso(self.clock.now()), function,
+                                  email or None))
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"user {name!r} exists already") from None
             for key, _origin in parsed:
                 self._insert_key(tx, cur.lastrowid, key)
             self.audit.append(tx, "user.add", actor=actor.name, tenant=tenant, source=actor.source,
                               user=name, role=role, keys=[k.get_fingerprint("sha256") for k, _ in parsed],
-                              password=bool(password))
+                              password=bool(password), function=function, email=bool(email))
         return self.user(name)
 
-    def _insert_key(self, tx: Tx, user_id: int, key: asyncssh.SSHKey) -> str:
+    def set_user(self, actor: Actor, name: str, *, function: str | None = None) -> User:
+        """Change a user's function profile (protocol art. 4)."""
+        user = self.user(name)
+        _check_function(function)
+        with self.db.transaction() as tx:
+            if function is not None:
+                tx.execute("UPDATE users SET function = ? WHERE id = ?", (function, user.id))
+            self.audit.append(tx, "user.change", actor=actor.name, source=actor.source, user=name,
+                              tenant=self._tenant_name(user), function=function)
+        return self.user(name)
+
+    def _insert_key(self, tx: Tx, user_id: int, key: asyncssh.SSHKey, expires: str | None = None) -> str:
         fingerprint = key.get_fingerprint("sha256")
         try:
-            tx.execute("INSERT INTO user_keys (user_id, fingerprint, public_key, comment, added_at)"
-                       " VALUES (?, ?, ?, ?, ?)",
+            tx.execute("INSERT INTO user_keys (user_id, fingerprint, public_key, comment, added_at, expires_at)"
+                       " VALUES (?, ?, ?, ?, ?, ?)",
                        (user_id, fingerprint, key.export_public_key("openssh").decode().strip(),
-                        key.get_comment() or "", iso(self.clock.now())))
+                        key.get_comment() or "", iso(self.clock.now()), expires))
         except sqlite3.IntegrityError:
             raise AlreadyExists(f"key {fingerprint} is registered for this user already") from None
         return fingerprint
 
-    def add_key(self, actor: Actor, name: str, text: str, origin: str) -> list[str]:
+    def add_key(self, actor: Actor, name: str, text: str, origin: str, *,
+                expires: datetime | None = None) -> list[str]:
+        """Register the keys in `text`; from `expires` on they no longer log in."""
         user = self.user(name)
         keys = parse_public_keys(text, origin)
+        until = iso(expires) if expires else None
+        if expires is not None and expires <= self.clock.now():
+            raise InvalidInput(f"--expires {until}: that moment has passed already")
         with self.db.transaction() as tx:
-            added = [self._insert_key(tx, user.id, key) for key in keys]
+            added = [self._insert_key(tx, user.id, key, until) for key in keys]
             self.audit.append(tx, "user.key.add", actor=actor.name, source=actor.source, user=name,
-                              tenant=self._tenant_name(user), keys=added)
+                              tenant=self._tenant_name(user), keys=added, expires=until)
         return added
 
     def remove_key(self, actor: Actor, name: str, text: str, origin: str) -> list[str]:
@@ -226,11 +275,22 @@ class Directory:
         return [_user(row) for row in self.db.query("SELECT * FROM users ORDER BY name")]
 
     def keys(self, user: User) -> list[UserKey]:
-        return [UserKey(id=r["id"], user_id=r["user_id"], fingerprint=r["fingerprint"],
-                        public_key=r["public_key"], comment=r["comment"])
-                for r in self.db.query("SELECT * FROM user_keys WHERE user_id = ? ORDER BY id", (user.id,))]
+        """Every registered key of the user, expired ones included (for listing and review)."""
+        return [_key(r) for r in self.db.query("SELECT * FROM user_keys WHERE user_id = ? ORDER BY id", (user.id,))]
+
+    def usable_keys(self, user: User) -> list[UserKey]:
+        """The keys that may log in now: not expired."""
+        return [_key(r) for r in self.db.query(
+            "SELECT * FROM user_keys WHERE user_id = ? AND (expires_at IS NULL OR expires_at > ?) ORDER BY id",
+            (user.id, iso(self.clock.now())))]
+
+
+def _key(row: sqlite3.Row) -> UserKey:
+    return UserKey(id=row["id"], user_id=row["user_id"], fingerprint=row["fingerprint"],
+                   public_key=row["public_key"], comment=row["comment"], added_at=row["added_at"],
+                   expires_at=row["expires_at"])
 
 
 def _user(row: sqlite3.Row) -> User:
     return User(id=row["id"], name=row["name"], role=row["role"], tenant_id=row["tenant_id"],
-                active=bool(row["active"]), password_hash=row["password_hash"])
+                active=bool(row["active"]), password_hash=row["password_hash"], function=row["function"])

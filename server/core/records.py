@@ -21,6 +21,16 @@ class Tenant:
     email: str | None
     active: bool
     phones: tuple[str, ...]
+    dpo_name: str | None = None    # the municipality's data protection officer (protocol)
+    dpo_email: str | None = None
+    dpo_phone: str | None = None
+
+    @property
+    def dpo(self) -> str | None:
+        """The DPO as one line ('name <e-mail>, phone'), or None if none is recorded."""
+        parts = [p for p in (self.dpo_name, f"<{self.dpo_email}>" if self.dpo_email else None,
+                             self.dpo_phone) if p]
+        return " ".join(parts) if parts else None
 
     @property
     def box_key(self) -> str:
@@ -38,6 +48,7 @@ class User:
     tenant_id: int | None
     active: bool
     password_hash: bytes | None
+    function: str = ""   # the function profile (protocol art. 4): why this person has access
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,8 @@ class UserKey:
     fingerprint: str
     public_key: str
     comment: str
+    added_at: str = ""
+    expires_at: str | None = None   # ISO timestamp; the key no longer logs in from then on
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ class SluisSSHServer(asyncssh.SSHServer):
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         fingerprint = key.get_fingerprint("sha256")
         user = await asyncio.to_thread(self._usable)
-        keys = await asyncio.to_thread(self.directory.keys, user) if user else []
+        keys = await asyncio.to_thread(self.directory.usable_keys, user) if user else []
         if any(k.fingerprint == fingerprint for k in keys):
             self._key = fingerprint
             return True

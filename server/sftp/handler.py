@@ -22,7 +22,7 @@ from ..core.dropbox import Download, DropBox
 from ..core.names import check_name, staged_base
 from ..core.session import Session
 from ..core.uploads import Upload
-from ..errors import NotFound, PermissionDenied, UploadRejected
+from ..errors import NotFound, OutsideView, PermissionDenied, UploadRejected
 from ..logsafe import quoted
 from .paths import join_path, split_path
 from .requests import authorise
@@ -68,8 +68,9 @@ class SluisSFTPServer(asyncssh.SFTPServer):
         except Exception as exc:
             error = to_sftp_error(exc)
             self._log(op, target, started, f"{type(error).__name__}: {error.reason}", logging.INFO)
-            if isinstance(exc, PermissionDenied):
-                await asyncio.to_thread(self._audit_denial, op, target, str(exc))
+            if isinstance(exc, (PermissionDenied, OutsideView)):
+                reason = "another municipality's folder" if isinstance(exc, OutsideView) else str(exc)
+                await asyncio.to_thread(self._audit_denial, op, target, reason)
             raise error from None
         self._log(op, target, started, "ok", logging.DEBUG if op in _QUIET else logging.INFO)
         return result

@@ -17,7 +17,7 @@ from ..core.dropbox import DropBox
 from ..core.records import Delivery, Tenant
 from ..core.session import Session
 from ..core.uploads import Upload
-from ..errors import NotFound
+from ..errors import NotFound, OutsideView
 
 DIR_MODE = stat.S_IFDIR | 0o700
 FILE_MODE = stat.S_IFREG | 0o600
@@ -61,8 +61,13 @@ class View:
             return Entry("/", dir_attrs(self.started))
         if self.session.is_recipient:
             if len(parts) == 1:
-                delivery = self.dropbox.recipient_file(self.session, parts[0])
+                try:
+                    delivery = self.dropbox.recipient_file(self.session, parts[0])
+                except NotFound:
+                    self._not_elsewhere(parts[0])
+                    raise
                 return self._recipient_entry(delivery)
+            self._not_elsewhere(parts[0])
         else:
             tenant = self.dropbox.active_tenant(parts[0])
             if len(parts) == 1:
@@ -70,6 +75,15 @@ class View:
             if len(parts) == 2:
                 return self._sender_file(tenant, parts[1])
         raise NotFound("no such file or folder")
+
+    def _not_elsewhere(self, name: str) -> None:
+        """A recipient naming another tenant's folder is an attempt outside its view."""
+        try:
+            tenant = self.dropbox.directory.tenant(name)
+        except NotFound:
+            return
+        if tenant.id != self.session.user.tenant_id:
+            raise OutsideView("no such file or folder")
 
     def tenant_dir(self, parts: tuple[str, ...]) -> Tenant:
         """The tenant a sender's path lies in: exactly '/TENANT/NAME'."""
