@@ -15,7 +15,10 @@ from ..keydelivery.sealing import load_sealer
 from ..retention.janitor import Janitor
 from ..retention.monitor import AccessMonitor
 from ..retention.policy import YearlyPolicy
-from .core.audit import AuditLog
+from ..keydelivery.mail import send_mail
+from ..keydelivery.worker import mail_server
+from .core.audit import AuditLog, open_audit_log
+from .core.checkpoints import CheckpointFile, Checkpointer, Mailer
 from .core.clock import Clock, SystemClock
 from .core.directory import Directory
 from .core.dropbox import DropBox
@@ -56,6 +59,7 @@ class App:
     dropbox: DropBox
     janitor: Janitor
     monitor: AccessMonitor
+    checkpoints: Checkpointer
     connections: ConnectionLimit
 
     def close(self) -> None:
@@ -67,7 +71,11 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
     if not settings.data_dir.is_dir():
         raise FileNotFoundError(f"data directory {settings.data_dir} does not exist (run 'sluis init')")
     db = open_database(settings.database_path)
-    audit = AuditLog(db, clock)
+    audit, audit_key = open_audit_log(db, clock, settings.resolve(settings.crypto.audit_key_file),
+                                      os.environ.get("CREDENTIALS_DIRECTORY"))
+    checkpoints = Checkpointer(audit, audit_key, clock,
+                               CheckpointFile(settings.resolve(settings.audit.checkpoint_file)),
+                               _checkpoint_mailer(settings))
     directory = Directory(db, audit, clock)
     storage = storage or LocalStorage(settings.data_dir)
     policy = YearlyPolicy(settings.policy, clock)
@@ -79,5 +87,13 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
     janitor = Janitor(settings, dropbox, outbox, clock)
     return App(settings=settings, clock=clock, db=db, audit=audit, directory=directory, storage=storage,
                policy=policy, outbox=outbox, dropbox=dropbox, janitor=janitor,
-               monitor=AccessMonitor(settings, audit, clock),
+               monitor=AccessMonitor(settings, audit, clock), checkpoints=checkpoints,
                connections=ConnectionLimit(settings.server.max_connections))
+
+
+def _checkpoint_mailer(settings: Settings) -> Mailer | None:
+    """Mails checkpoints to [email] operator when mail, an operator and [audit] mail are on."""
+    server = mail_server(settings)
+    if server is None or not settings.email.operator or not settings.audit.mail:
+        return None
+    return lambda subject, body: send_mail(server, to=[settings.email.operator], subject=subject, body=body)

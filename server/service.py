@@ -1,7 +1,8 @@
 """`sluis serve`: the SFTP listener, the outbox worker and the janitor in one process.
 
 SIGTERM/SIGINT stop it cleanly: the listener closes, open connections are closed (uploads in
-flight are discarded through the normal abort path), workers stop, the database is closed.
+flight are discarded through the normal abort path), workers stop, a last signed checkpoint of
+the audit chain is written, the database is closed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import asyncssh
 from ..keydelivery.factory import make_provider
 from ..keydelivery.worker import OutboxWorker
 from .app import App
+from .core.checkpoints import INTERVAL, SHUTDOWN, START
 from .sftp.auth import SluisSSHServer
 
 log = logging.getLogger("sluis")
@@ -56,7 +58,8 @@ class Service:
             login_timeout=app.settings.server.login_timeout, keepalive_interval=60)
         self.port = acceptor.sockets[0].getsockname()[1]
         tasks = [asyncio.create_task(worker.run(), name="outbox"),
-                 asyncio.create_task(self._janitor_loop(), name="janitor")]
+                 asyncio.create_task(self._janitor_loop(), name="janitor"),
+                 asyncio.create_task(self._checkpoint_loop(), name="checkpoints")]
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
         log.info("sluis listening on %s:%d (sms provider: %s)", host, self.port, app.settings.sms.provider)
@@ -74,6 +77,7 @@ class Service:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.to_thread(self._checkpoint, SHUTDOWN)  # after the last records of this run
         log.info("stopped")
 
     async def _janitor_loop(self) -> None:
@@ -84,3 +88,20 @@ class Service:
                 except Exception:
                     log.exception("%s pass failed", name)
             await asyncio.sleep(max(self.app.settings.retention.interval, 1))
+
+    async def _checkpoint_loop(self) -> None:
+        """A signed checkpoint at start and every [audit] checkpoint_interval; the daily mail."""
+        reason = START
+        while True:
+            await asyncio.to_thread(self._checkpoint, reason, True)
+            reason = INTERVAL
+            await asyncio.sleep(max(self.app.settings.audit.checkpoint_interval, 1))
+
+    def _checkpoint(self, reason: str, mail: bool = False) -> None:
+        """One checkpoint (in a thread: it reads the chain, fsyncs and may send mail)."""
+        try:
+            checkpoint = self.app.checkpoints.checkpoint(reason)
+            if checkpoint is not None and mail:
+                self.app.checkpoints.mail_if_due(checkpoint)
+        except Exception:
+            log.exception("audit checkpoint failed")
