@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -255,39 +256,44 @@ class AuditLog:
                 continue
         return found
 
-    def ensure_keyed(self, *, created: bool) -> int | None:
-        """On upgrade: if the chain so far is plain SHA-256, append `audit.rekey` (keyed, linked
-        to the last unkeyed hash) so every later record is keyed. Returns its seq, or None."""
-        with self.db.transaction() as tx:
-            row = tx.execute("SELECT * FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-            if row is None or not _unkeyed_head(tx, row):
-                return None
-            count = tx.execute("SELECT COUNT(*) FROM audit").fetchone()[0]
-            seq = self.append(tx, REKEY, actor="sluis", unkeyed_through=row["seq"], unkeyed_head=row["hash"],
-                              unkeyed_records=count, key=self.key.public.key_id,
-                              key_file="created" if created else "existing")
-        log.warning("audit chain keyed from #%d on (records #..%d keep their plain SHA-256)", seq, seq - 1)
-        return seq
-
 
 def open_audit_log(db: Database, clock: Clock, key_file: Path,
                    credentials_dir: str | None) -> tuple[AuditLog, AuditKey]:
-    """The audit log with its key; an old setup without a key gets one (and an audit.rekey record).
+    """The audit log with its key; an old setup without a key gets one (and an audit.rekey record)."""
+    key = load_audit_key(key_file, credentials_dir) or _upgrade(db, clock, key_file)
+    return AuditLog(db, clock, key), key
 
-    A missing key on a chain that is already keyed is an error, never silently replaced: the
-    records made with the lost key could no longer be verified.
+
+def _upgrade(db: Database, clock: Clock, key_file: Path) -> AuditKey:
+    """Create the audit key for a chain that has none, and append `audit.rekey` (keyed, linked to
+    the last plain-SHA-256 hash) so every later record is keyed.
+
+    Only here, when the key does not exist yet: with a key present, an unkeyed head is a chain
+    rebuilt without the key and must fail verification, not be adopted. A missing key on a chain
+    that is already keyed is an error too: a new key could not verify the old records. The key
+    file is created under the write lock, so no other process appends with it before the rekey.
     """
-    key = load_audit_key(key_file, credentials_dir)
     created = False
-    if key is None:
-        row = db.query_one("SELECT * FROM audit ORDER BY seq DESC LIMIT 1")
-        if row is not None and not _unkeyed_head(db, row):
-            raise KeyFileError(f"audit key {key_file} is missing but the audit chain is keyed: restore the "
-                               "key file (or the credential sluis-audit-key); a new key cannot verify it")
-        key, created = create_audit_key(key_file), True
-    audit = AuditLog(db, clock, key)
-    audit.ensure_keyed(created=created)
-    return audit, key
+    try:
+        with db.transaction() as tx:
+            if os.path.lexists(key_file):          # another process upgraded while we waited
+                return create_audit_key(key_file)
+            row = tx.execute("SELECT * FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            if row is not None and not _unkeyed_head(tx, row):
+                raise KeyFileError(f"audit key {key_file} is missing but the audit chain is keyed: restore "
+                                   "the key file (or the credential sluis-audit-key); a new key cannot verify it")
+            key, created = create_audit_key(key_file), True
+            if row is not None:
+                count = tx.execute("SELECT COUNT(*) FROM audit").fetchone()[0]
+                seq = AuditLog(db, clock, key).append(
+                    tx, REKEY, actor="sluis", unkeyed_through=row["seq"], unkeyed_head=row["hash"],
+                    unkeyed_records=count, key=key.public.key_id)
+                log.warning("audit key %s created; the chain is keyed from #%d on", key_file, seq)
+    except BaseException:
+        if created:
+            os.unlink(key_file)                    # no key without its audit.rekey record
+        raise
+    return key
 
 
 def _unkeyed_head(db: Database | Tx, row: Any) -> bool:

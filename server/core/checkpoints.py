@@ -204,7 +204,6 @@ class Checkpointer:
     def _broken(self, result: Verification) -> None:
         log.error("audit chain BROKEN at #%s: %s; no checkpoint signed", result.bad_seq, result.reason)
         previous = self.audit.latest(BROKEN)
-        if previous is not None and previous.detail.get("seq") == result.bad_seq \
-                and previous.detail.get("reason") == result.reason:
-            return  # recorded already; one record per finding, not one per interval
+        if previous is not None and previous.detail.get("seq") == result.bad_seq:
+            return  # recorded already: one record per broken record, not one per interval
         self.audit.record(BROKEN, actor="sluis", seq=result.bad_seq, reason=result.reason)
