@@ -96,6 +96,9 @@ def create_audit_key(key_file: Path) -> AuditKey:
         create_key_file(Path(key_file))
     except FileExistsError:
         pass
+    except OSError as exc:
+        raise KeyFileError(f"cannot create audit key {key_file}: {exc.strerror}; run the command once as "
+                           "a user who may write there, or set [crypto] audit_key_file") from exc
     return AuditKey(_read(Path(key_file), strict_mode=True))
 
 
