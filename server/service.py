@@ -90,12 +90,12 @@ class Service:
             await asyncio.sleep(max(self.app.settings.retention.interval, 1))
 
     async def _checkpoint_loop(self) -> None:
-        """A signed checkpoint at start and every [audit] checkpoint_interval; the daily mail."""
-        reason = START
+        """A signed checkpoint at start and every [audit] checkpoint_interval; the daily mail goes
+        with an interval checkpoint (a service that keeps restarting does not mail each time)."""
+        await asyncio.to_thread(self._checkpoint, START)
         while True:
-            await asyncio.to_thread(self._checkpoint, reason, True)
-            reason = INTERVAL
             await asyncio.sleep(max(self.app.settings.audit.checkpoint_interval, 1))
+            await asyncio.to_thread(self._checkpoint, INTERVAL, True)
 
     def _checkpoint(self, reason: str, mail: bool = False) -> None:
         """One checkpoint (in a thread: it reads the chain, fsyncs and may send mail)."""

@@ -270,7 +270,10 @@ def test_serve_writes_checkpoints_hourly_and_on_sigterm_and_mails_one(make_serve
         server.sftp("agency", "ls\n")
         assert server.stop() == 0
     lines = checkpoint_lines(server)
-    assert parse_checkpoint(lines[0]).reason == "start" and lines[0] in mail.body
+    assert parse_checkpoint(lines[0]).reason == "start"
+    [mailed] = [line for line in lines if line in mail.body]
+    assert parse_checkpoint(mailed).reason == "interval"
+    assert len(smtp.messages) == 1, "one mail a day, not one per checkpoint"
     last = parse_checkpoint(lines[-1])
     assert last.reason == "shutdown"
     assert (last.seq, last.hash) == head(server)     # the very last record of the run is covered
