@@ -15,7 +15,7 @@ from contextlib import closing
 import pytest
 
 from sluis.server.core.audit import GENESIS, record_hash
-from tests.support.library import FAST, sluis
+from tests.support.library import FAST, download, has_secret, sluis, state_of, upload
 
 
 def db(server) -> sqlite3.Connection:
@@ -159,3 +159,19 @@ def test_systemd_credential_wins_over_the_key_file(make_server, tmp_path):
                              "verify"], capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert not (server.data_dir / "audit.key").exists()
+
+
+def test_key_destruction_is_recorded_or_does_not_happen(lib):
+    server, app, _clock = lib
+    delivery = upload(app)
+    with app.db.transaction() as tx:   # the SMS went out: nothing needs the key once collected
+        tx.execute("UPDATE outbox SET state = 'delivered' WHERE delivery_id = ?", (delivery.id,))
+    fail_audit(server, "key.destroy")
+    with pytest.raises(sqlite3.IntegrityError, match="disk is full"):
+        download(app, delivery)
+    assert has_secret(app, delivery) and state_of(app, delivery).state == "published"
+    heal(server)
+    assert download(app, delivery)
+    assert not has_secret(app, delivery)
+    [record] = [r for r in app.audit.records() if r.event == "key.destroy"]
+    assert record.delivery == delivery.id and record.detail == {"state": "collected"}
