@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config.settings import Settings
+from ..keydelivery.mail import send_mail
 from ..keydelivery.outbox import Outbox
 from ..keydelivery.passphrase import new_passphrase
 from ..keydelivery.sealing import load_sealer
+from ..keydelivery.worker import mail_server
 from ..retention.janitor import Janitor
 from ..retention.monitor import AccessMonitor
 from ..retention.policy import YearlyPolicy
-from ..keydelivery.mail import send_mail
-from ..keydelivery.worker import mail_server
 from .core.audit import AuditLog, open_audit_log
 from .core.checkpoints import CheckpointFile, Checkpointer, Mailer
 from .core.clock import Clock, SystemClock
