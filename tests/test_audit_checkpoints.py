@@ -91,11 +91,11 @@ def test_checkpoint_and_verify_name_the_basis(srv):
 @pytest.mark.parametrize("key", [None, AuditKey(os.urandom(32))], ids=["plain-sha256", "wrong-key"])
 def test_chain_rebuilt_without_the_key_fails(srv, key):
     rebuild(srv, key)
+    seq, _ = head(srv)
     result = verify(srv)
     assert result.returncode == 1
     assert "audit log BROKEN at record #1: content does not match its hash" in result.stdout
     # and the rebuilt head no longer matches the signed checkpoint
-    seq, _ = head(srv)
     assert f"record #{seq} differs from the checkpoint of it (rewritten)" in result.stdout
 
 
@@ -134,6 +134,13 @@ def test_deleting_the_last_50_records_is_reported(srv):
     assert "audit log intact" in result.stdout          # what is left links up fine ...
     assert (f"checkpoint FAILED: records #{seq - 49}..#{seq} are missing (the newest records were deleted);"
             f" checkpoint #{seq} of {checkpoint.time}") in result.stdout   # ... but the checkpoint saw more
+    # the finding is recorded for the incidents part, once however often verify runs
+    assert verify(srv).returncode == 1
+    with closing(db(srv)) as conn:
+        broken = conn.execute("SELECT * FROM audit WHERE event = 'audit.broken'").fetchall()
+    assert len(broken) == 1 and broken[0]["actor"].startswith("admin:")
+    assert json.loads(broken[0]["detail"]) == {
+        "seq": seq, "reason": f"records #{seq - 49}..#{seq} are missing (the newest records were deleted)"}
 
 
 def test_deleting_every_record_is_reported(srv):

@@ -149,6 +149,12 @@ def cmd_audit_verify(args: Any) -> int:
               f"checkpoints signed by {public.key_id}")
     else:
         print("no checkpoint to verify against: the loss of the newest records could not be detected")
+    # A broken or truncated chain is an incident whoever finds it (signature problems of lines
+    # given by hand are not: a mistyped --checkpoint proves nothing about the chain).
+    findings = ([] if result.ok else [(result.bad_seq or 0, result.reason)]) + check.losses
+    actor = operator()
+    for bad_seq, reason in findings:
+        app.checkpoints.report_broken(bad_seq, reason, actor=actor.name, source=actor.source)
     return 0 if result.ok and not check.problems else 1
 
 

@@ -114,11 +114,13 @@ class CheckpointCheck:
     problems: list[str]
     basis: tuple[str, Checkpoint] | None
     count: int
+    losses: list[tuple[int, str]]   # (checkpoint seq, what the chain lost): for audit.broken
 
 
 def check_checkpoints(audit: AuditLog, lines: list[tuple[str, str]], public: PublicKey) -> CheckpointCheck:
     """Every line must parse and carry a good signature; the chain must still hold each one."""
     problems: list[str] = []
+    losses: list[tuple[int, str]] = []
     good: list[tuple[str, Checkpoint]] = []
     for where, text in lines:
         try:
@@ -134,8 +136,9 @@ def check_checkpoints(audit: AuditLog, lines: list[tuple[str, str]], public: Pub
         lost = audit.check_point(checkpoint.seq, checkpoint.hash)
         if lost:
             problems.append(f"{lost}; checkpoint #{checkpoint.seq} of {checkpoint.time} ({where})")
+            losses.append((checkpoint.seq, lost))
     basis = max(good, key=lambda item: item[1].seq) if good else None
-    return CheckpointCheck(problems, basis, len(good))
+    return CheckpointCheck(problems, basis, len(good), losses)
 
 
 class Checkpointer:
@@ -203,7 +206,12 @@ class Checkpointer:
 
     def _broken(self, result: Verification) -> None:
         log.error("audit chain BROKEN at #%s: %s; no checkpoint signed", result.bad_seq, result.reason)
+        self.report_broken(result.bad_seq or 0, result.reason, actor="sluis")
+
+    def report_broken(self, seq: int, reason: str, *, actor: str, source: str | None = None) -> bool:
+        """Record `audit.broken` for a finding, once: not again while the newest one names `seq`."""
         previous = self.audit.latest(BROKEN)
-        if previous is not None and previous.detail.get("seq") == result.bad_seq:
-            return  # recorded already: one record per broken record, not one per interval
-        self.audit.record(BROKEN, actor="sluis", seq=result.bad_seq, reason=result.reason)
+        if previous is not None and previous.detail.get("seq") == seq:
+            return False
+        self.audit.record(BROKEN, actor=actor, source=source, seq=seq, reason=reason)
+        return True
