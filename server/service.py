@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -40,6 +41,8 @@ class Service:
     def __init__(self, app: App) -> None:
         self.app = app
         self.stopping = asyncio.Event()
+        # A cancelled task's thread runs on: the shutdown checkpoint waits for it, and comes last.
+        self._checkpointing = threading.Lock()
         self.port = 0
 
     async def run(self, on_ready: Callable[[int], None] | None = None) -> None:
@@ -99,9 +102,10 @@ class Service:
 
     def _checkpoint(self, reason: str, mail: bool = False) -> None:
         """One checkpoint (in a thread: it reads the chain, fsyncs and may send mail)."""
-        try:
-            checkpoint = self.app.checkpoints.checkpoint(reason)
-            if checkpoint is not None and mail:
-                self.app.checkpoints.mail_if_due(checkpoint)
-        except Exception:
-            log.exception("audit checkpoint failed")
+        with self._checkpointing:
+            try:
+                checkpoint = self.app.checkpoints.checkpoint(reason)
+                if checkpoint is not None and mail:
+                    self.app.checkpoints.mail_if_due(checkpoint)
+            except Exception:
+                log.exception("audit checkpoint failed")
