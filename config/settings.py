@@ -82,6 +82,8 @@ class CryptoSettings:
                                 "age scrypt work factor (log2 N); passphrases are random, see docs/age.md")
     secret_key_file: Path = setting("secret.key", parse_path,
                                     "32-byte key that seals passphrases at rest (mode 0600), relative to this file")
+    audit_key_file: Path = setting("audit.key", parse_path,
+                                   "32-byte key that keys the audit chain and signs its checkpoints (mode 0600)")
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,17 @@ class RetentionSettings:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    """[audit]: signed checkpoints of the audit chain's head, kept outside the database."""
+
+    checkpoint_interval: int = setting("1h", parse_duration,
+                                       "how often `serve` verifies the new records and signs a checkpoint")
+    checkpoint_file: Path = setting("audit.checkpoints", parse_path,
+                                    "append-only file of signed checkpoints, relative to this file")
+    mail: bool = setting(True, parse_bool, "mail the newest checkpoint to [email] operator once a day")
+
+
+@dataclass(frozen=True)
 class MonitorSettings:
     """[monitor]: reporting unauthorized access attempts (the protocol wants them within 24h)."""
 
@@ -182,6 +195,7 @@ SECTIONS: dict[str, type] = {
     "sms": SmsSettings,
     "email": EmailSettings,
     "retention": RetentionSettings,
+    "audit": AuditSettings,
     "policy": PolicySettings,
     "monitor": MonitorSettings,
     "incidents": IncidentSettings,
@@ -201,6 +215,7 @@ class Settings:
     sms: SmsSettings = field(default_factory=SmsSettings)
     email: EmailSettings = field(default_factory=EmailSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
     incidents: IncidentSettings = field(default_factory=IncidentSettings)

@@ -151,7 +151,12 @@ class Outbox:
         delivery = fetch(tx, "id = ?", (delivery_id,))
         if pending or (delivery and delivery[0].state == PUBLISHED):
             return False
-        return tx.execute("DELETE FROM secrets WHERE delivery_id = ?", (delivery_id,)).rowcount > 0
+        if not tx.execute("DELETE FROM secrets WHERE delivery_id = ?", (delivery_id,)).rowcount:
+            return False
+        # Recorded in the same transaction: the key is gone only if its record is written.
+        self.audit.append(tx, "key.destroy", actor="sluis", delivery=delivery_id,
+                          state=delivery[0].state if delivery else "unknown")
+        return True
 
     # --- operator actions ---------------------------------------------------------------------------
     def resend(self, delivery_id: str, *, actor: str, phone: str | None = None, source: str = "cli") -> list[str]:

@@ -9,14 +9,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config.settings import Settings
+from ..keydelivery.mail import send_mail
 from ..keydelivery.outbox import Outbox
 from ..keydelivery.passphrase import new_passphrase
 from ..keydelivery.sealing import load_sealer
+from ..keydelivery.worker import mail_server
 from ..retention.incidents import IncidentTracker
 from ..retention.janitor import Janitor
 from ..retention.monitor import AccessMonitor
 from ..retention.policy import YearlyPolicy
-from .core.audit import AuditLog
+from .core.audit import AuditLog, open_audit_log
+from .core.checkpoints import CheckpointFile, Checkpointer, Mailer
 from .core.clock import Clock, SystemClock
 from .core.directory import Directory
 from .core.dropbox import DropBox
@@ -60,6 +63,7 @@ class App:
     dropbox: DropBox
     janitor: Janitor
     monitor: AccessMonitor
+    checkpoints: Checkpointer
     connections: ConnectionLimit
     incidents: IncidentStore
     notifications: NotificationQueue
@@ -75,7 +79,11 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
     if not settings.data_dir.is_dir():
         raise FileNotFoundError(f"data directory {settings.data_dir} does not exist (run 'sluis init')")
     db = open_database(settings.database_path)
-    audit = AuditLog(db, clock)
+    audit, audit_key = open_audit_log(db, clock, settings.resolve(settings.crypto.audit_key_file),
+                                      os.environ.get("CREDENTIALS_DIRECTORY"))
+    checkpoints = Checkpointer(audit, audit_key, clock,
+                               CheckpointFile(settings.resolve(settings.audit.checkpoint_file)),
+                               _checkpoint_mailer(settings))
     directory = Directory(db, audit, clock)
     storage = storage or LocalStorage(settings.data_dir)
     policy = YearlyPolicy(settings.policy, clock)
@@ -89,8 +97,16 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
     notifications = NotificationQueue(db, audit, clock)
     return App(settings=settings, clock=clock, db=db, audit=audit, directory=directory, storage=storage,
                policy=policy, outbox=outbox, dropbox=dropbox, janitor=janitor,
-               monitor=AccessMonitor(settings, audit, clock),
+               monitor=AccessMonitor(settings, audit, clock), checkpoints=checkpoints,
                connections=ConnectionLimit(settings.server.max_connections),
                incidents=incidents, notifications=notifications,
                tracker=IncidentTracker(settings, incidents, notifications, clock),
                review=AccountReview(db, clock))
+
+
+def _checkpoint_mailer(settings: Settings) -> Mailer | None:
+    """Mails checkpoints to [email] operator when mail, an operator and [audit] mail are on."""
+    server = mail_server(settings)
+    if server is None or not settings.email.operator or not settings.audit.mail:
+        return None
+    return lambda subject, body: send_mail(server, to=[settings.email.operator], subject=subject, body=body)

@@ -1,7 +1,8 @@
 """`sluis serve`: the SFTP listener, the outbox worker and the janitor in one process.
 
 SIGTERM/SIGINT stop it cleanly: the listener closes, open connections are closed (uploads in
-flight are discarded through the normal abort path), workers stop, the database is closed.
+flight are discarded through the normal abort path), workers stop, a last signed checkpoint of
+the audit chain is written, the database is closed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +23,7 @@ from ..keydelivery.notifier import NotificationSender
 from ..keydelivery.worker import OutboxWorker, mail_server
 from .app import App
 from .sftp import algorithms
+from .core.checkpoints import INTERVAL, SHUTDOWN, START
 from .sftp.auth import SluisSSHServer
 
 log = logging.getLogger("sluis")
@@ -40,6 +43,8 @@ class Service:
     def __init__(self, app: App) -> None:
         self.app = app
         self.stopping = asyncio.Event()
+        # A cancelled task's thread runs on: the shutdown checkpoint waits for it, and comes last.
+        self._checkpointing = threading.Lock()
         self.port = 0
 
     async def run(self, on_ready: Callable[[int], None] | None = None) -> None:
@@ -62,7 +67,8 @@ class Service:
                                     mail_server(app.settings))
         tasks = [asyncio.create_task(worker.run(), name="outbox"),
                  asyncio.create_task(self._janitor_loop(), name="janitor"),
-                 asyncio.create_task(self._incidents_loop(sender), name="incidents")]
+                 asyncio.create_task(self._incidents_loop(sender), name="incidents"),
+                 asyncio.create_task(self._checkpoint_loop(), name="checkpoints")]
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
         log.info("sluis listening on %s:%d (sms provider: %s)", host, self.port, app.settings.sms.provider)
@@ -80,6 +86,7 @@ class Service:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.to_thread(self._checkpoint, SHUTDOWN)  # after the last records of this run
         log.info("stopped")
 
     async def _janitor_loop(self) -> None:
@@ -100,3 +107,20 @@ class Service:
                 except Exception:
                     log.exception("%s pass failed", name)
             await asyncio.sleep(max(self.app.settings.incidents.interval, 1))
+    async def _checkpoint_loop(self) -> None:
+        """A signed checkpoint at start and every [audit] checkpoint_interval; the daily mail goes
+        with an interval checkpoint (a service that keeps restarting does not mail each time)."""
+        await asyncio.to_thread(self._checkpoint, START)
+        while True:
+            await asyncio.sleep(max(self.app.settings.audit.checkpoint_interval, 1))
+            await asyncio.to_thread(self._checkpoint, INTERVAL, True)
+
+    def _checkpoint(self, reason: str, mail: bool = False) -> None:
+        """One checkpoint (in a thread: it reads the chain, fsyncs and may send mail)."""
+        with self._checkpointing:
+            try:
+                checkpoint = self.app.checkpoints.checkpoint(reason)
+                if checkpoint is not None and mail:
+                    self.app.checkpoints.mail_if_due(checkpoint)
+            except Exception:
+                log.exception("audit checkpoint failed")

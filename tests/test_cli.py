@@ -233,7 +233,8 @@ def test_every_subcommand_has_help(capsys):
     expected = {("init",), ("serve",), ("status",), ("tenant", "add"), ("tenant", "set"), ("tenant", "list"),
                 ("tenant", "show"), ("tenant", "disable"), ("tenant", "protocol"), ("user", "add"),
                 ("user", "list"), ("user", "disable"), ("user", "key", "add"), ("user", "key", "remove"),
-                ("audit", "verify"), ("audit", "export"), ("janitor", "run"), ("key", "resend"),
+                ("audit", "verify"), ("audit", "export"), ("audit", "checkpoint"), ("audit", "public-key"),
+                ("janitor", "run"), ("key", "resend"),
                 ("delivery", "allow")}
     assert expected <= set(paths)
     for path in paths:

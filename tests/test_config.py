@@ -202,11 +202,12 @@ def test_render_with_overrides_parses_back():
 def test_init_files_are_private(tmp_path):
     config = init_setup(tmp_path / "priv")
     base = config.parent
-    for name in ("ssh_host_ed25519_key", "secret.key", "sluis.toml", "state.db"):
+    for name in ("ssh_host_ed25519_key", "secret.key", "audit.key", "sluis.toml", "state.db"):
         mode = stat.S_IMODE((base / name).stat().st_mode)
         assert mode == 0o600, f"{name}: {oct(mode)}"
     assert stat.S_IMODE(base.stat().st_mode) == 0o700
     assert len((base / "secret.key").read_bytes()) >= 32
+    assert len((base / "audit.key").read_bytes()) == 32
 
 
 def test_init_refuses_existing_setup(tmp_path):

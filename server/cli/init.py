@@ -1,4 +1,4 @@
-"""`sluis init DIR`: a new setup — config with every default, host key, secret key, database."""
+"""`sluis init DIR`: a new setup — config with every default, host key, secret and audit keys, database."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import asyncssh
 from ...config import render_config
 from ...keydelivery.sealing import create_key_file
 from ..core.audit import AuditLog
+from ..core.auditkey import create_audit_key
 from ..core.clock import SystemClock
 from ..core.state import open_database
 from .common import operator
@@ -17,6 +18,7 @@ from .common import operator
 CONFIG_NAME = "sluis.toml"
 HOST_KEY_NAME = "ssh_host_ed25519_key"
 SECRET_KEY_NAME = "secret.key"
+AUDIT_KEY_NAME = "audit.key"
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -29,7 +31,7 @@ def write_private(path: Path, data: bytes) -> None:
 def init_setup(directory: Path, overrides: dict | None = None) -> Path:
     """Create a complete setup in `directory`; refuses to touch an existing one."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    existing = [name for name in (CONFIG_NAME, HOST_KEY_NAME, SECRET_KEY_NAME, "state.db")
+    existing = [name for name in (CONFIG_NAME, HOST_KEY_NAME, SECRET_KEY_NAME, AUDIT_KEY_NAME, "state.db")
                 if (directory / name).exists()]
     if existing:
         raise FileExistsError(f"{directory} already holds a setup ({', '.join(existing)}); "
@@ -40,9 +42,10 @@ def init_setup(directory: Path, overrides: dict | None = None) -> Path:
     write_private(directory / HOST_KEY_NAME, key.export_private_key("openssh"))
     write_private(directory / (HOST_KEY_NAME + ".pub"), key.export_public_key("openssh"))
     create_key_file(directory / SECRET_KEY_NAME)
+    audit_key = create_audit_key(directory / AUDIT_KEY_NAME)
     db = open_database(directory / "state.db")
     actor = operator()
-    AuditLog(db, SystemClock()).record("sluis.init", actor=actor.name, source=actor.source,
+    AuditLog(db, SystemClock(), audit_key).record("sluis.init", actor=actor.name, source=actor.source,
                                        host_key=key.get_fingerprint("sha256"))
     db.close()
     return config_path

@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = command(commands, "init", ops.cmd_init, "create a new setup in DIR",
                    "Write DIR/sluis.toml (every setting with its default), an ed25519 host key (0600), the "
-                   "secret key that seals passphrases (0600) and the state database. Refuses to overwrite.")
+                   "secret key that seals passphrases, the audit key (both 0600) and the state database. "
+                   "Refuses to overwrite.")
     init.add_argument("dir", type=Path, metavar="DIR")
     command(commands, "serve", ops.cmd_serve, "run the SFTP server with its workers",
             "Run the SFTP server, the key-delivery worker and the janitor in one process. Logs go to "

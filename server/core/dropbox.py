@@ -195,9 +195,11 @@ class DropBox:
             return
         upload.finished = True
         upload.release()
-        self.storage.discard(upload.temp.key)
+        # Record first: if the record cannot be written (disk full) the temporary and its row
+        # stay, and the next start's recovery removes them with a record.
         self._forget_upload(upload.id, upload.tenant, upload.session, reason,
                             str(error) if error else "", name=upload.name, received=upload.size)
+        self.storage.discard(upload.temp.key)
 
     def _forget_upload(self, upload_id: str, tenant: Tenant, session: Session, reason: str,
                        error: str, **detail: object) -> None:
@@ -213,8 +215,12 @@ class DropBox:
             raise PermissionDenied("senders cannot read stored files")
         delivery = self.recipient_file(session, stored_name)
         reader = self.storage.open_read(delivery.blob_key)
-        self.audit.record("download.open", actor=session.actor, tenant=self._tenant_name(delivery),
-                          delivery=delivery.id, source=session.source, name=stored_name)
+        try:  # no byte leaves unrecorded: a failed record fails the OPEN
+            self.audit.record("download.open", actor=session.actor, tenant=self._tenant_name(delivery),
+                              delivery=delivery.id, source=session.source, name=stored_name)
+        except BaseException:
+            reader.close()
+            raise
         return Download(delivery, reader, coverage)
 
     def close_download(self, session: Session, download: Download) -> bool:
@@ -267,13 +273,13 @@ class DropBox:
         """At startup: uploads cut off by a crash are removed and recorded; returns how many."""
         count = 0
         for row in self.db.query("SELECT * FROM uploads ORDER BY started_at"):
-            self.storage.discard(row["temp_key"])
             tenant = self.directory.tenant_by_id(row["tenant_id"])
             with self.db.transaction() as tx:
                 tx.execute("DELETE FROM uploads WHERE id = ?", (row["id"],))
                 self.audit.append(tx, "upload.abort", actor="sluis", tenant=tenant.name,
                                   source=row["source"], upload=row["id"], name=row["name"],
                                   reason="interrupted (server stopped or crashed mid-upload)", error="")
+                self.storage.discard(row["temp_key"])  # only once its record is written
             count += 1
         return count + self.sweep_orphans()
 
@@ -289,11 +295,23 @@ class DropBox:
             live_blobs = {r[0] for r in tx.execute("SELECT blob_key FROM deliveries WHERE state != ?",
                                                     (REMOVED,))}
             for key in self.storage.temp_keys():
-                if key not in live_uploads and self.storage.discard(key):
-                    removed += 1
-                    self.audit.append(tx, "storage.orphan.remove", actor="sluis", kind="temporary", key=key)
+                if key not in live_uploads:
+                    removed += self._remove_orphan(tx, "temporary", key, self.storage.discard)
             for key in self.storage.keys():
-                if key not in live_blobs and self.storage.delete(key):
-                    removed += 1
-                    self.audit.append(tx, "storage.orphan.remove", actor="sluis", kind="blob", key=key)
+                if key not in live_blobs:
+                    removed += self._remove_orphan(tx, "blob", key, self.storage.delete)
         return removed
+
+    def _remove_orphan(self, tx: Tx, kind: str, key: str, remove: Callable[[str], bool]) -> int:
+        """Record, then remove; a record that cannot be written stops the removal, and a file
+        someone else removed meanwhile takes its record back (savepoint)."""
+        tx.execute("SAVEPOINT orphan")
+        hooks = len(tx.hooks)
+        self.audit.append(tx, "storage.orphan.remove", actor="sluis", kind=kind, key=key)
+        if remove(key):
+            tx.execute("RELEASE orphan")
+            return 1
+        tx.execute("ROLLBACK TO orphan")
+        tx.execute("RELEASE orphan")
+        del tx.hooks[hooks:]  # nor log the record that was taken back
+        return 0
