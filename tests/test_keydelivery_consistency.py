@@ -20,7 +20,10 @@ from typing import Any, Iterator
 import pytest
 
 from sluis.keydelivery.outbox import CANCELLED, DELIVERED, MAYBE_SENT, PENDING, SENDING, SENT
+from sluis.server.core.deliveries import fetch
+from sluis.server.core.directory import Actor
 from tests.support.clients import require_binary
+from tests.support.library import upload
 from tests.support.server import SluisServer
 from tests.support.twilio_standin import TwilioStandIn
 from tests.support.waiting import wait_until
@@ -194,3 +197,57 @@ def test_phone_removed_after_publishing_never_gets_the_key_and_added_one_is_told
     assert resent.returncode == 0, resent.stderr
     twilio.wait_for_messages(2, timeout=WAIT)
     assert _per_phone(twilio) == {SECOND: 1, ADDED: 1}
+
+
+# --- the same rules in process (the drop-box core and the outbox, no provider call) ----------------------
+
+def _claim(app: Any, job: Any) -> Any:
+    delivery = fetch(app.db, "id = ?", (job.delivery_id,))[0]
+    return app.outbox.claim(job, delivery.tenant_id, "genk")
+
+
+def test_claim_records_the_attempt_and_revocation_leaves_it_in_flight(lib):
+    _srv, app, _clock = lib
+    delivery = upload(app)
+    [job] = [j for j in app.outbox.jobs(delivery.id) if j.kind == "sms"]
+    claim = _claim(app, job)
+    assert claim is not None and claim.attempt == 1 and claim.passphrase
+    [sending] = [j for j in app.outbox.jobs(delivery.id) if j.kind == "sms"]
+    assert (sending.state, sending.attempts) == (SENDING, 1) and sending.last_attempt_at
+    assert _claim(app, sending) is None                     # claimed once only
+    assert app.dropbox.remove(delivery, "withdrawn", actor="agency")
+    [still] = [j for j in app.outbox.jobs(delivery.id) if j.kind == "sms"]
+    assert still.state == SENDING                           # not "cancelled, attempts 0"
+    [(settled, state)] = app.outbox.reconcile()
+    assert state == MAYBE_SENT and settled.id == job.id
+    [after] = [j for j in app.outbox.jobs(delivery.id) if j.kind == "sms"]
+    assert (after.state, after.attempts) == (MAYBE_SENT, 1)
+    [record] = [r for r in app.audit.records() if r.event == "key.sms.interrupted"]
+    assert record.detail["outcome"] == MAYBE_SENT and record.detail["attempt"] == 1
+    assert any(a.kind == "alert" and "may have been sent" in a.payload["reason"] for a in app.outbox.jobs(delivery.id))
+
+
+def test_reconcile_retries_an_interrupted_attempt_while_the_delivery_waits(lib):
+    _srv, app, _clock = lib
+    delivery = upload(app)
+    [job] = [j for j in app.outbox.jobs(delivery.id) if j.kind == "sms"]
+    assert _claim(app, job) is not None
+    [(_, state)] = app.outbox.reconcile()
+    assert state == PENDING
+    [after] = [j for j in app.outbox.jobs(delivery.id) if j.kind == "sms"]
+    assert (after.state, after.attempts) == (PENDING, 1) and "cut short" in after.last_error
+    assert app.outbox.reconcile() == []                     # nothing left in flight
+    second = _claim(app, after)
+    assert second is not None and second.attempt == 2
+
+
+def test_claim_refuses_a_phone_removed_since_publishing(lib):
+    _srv, app, _clock = lib
+    delivery = upload(app)
+    [job] = [j for j in app.outbox.jobs(delivery.id) if j.kind == "sms"]
+    app.directory.update_tenant(Actor("admin:test"), "genk", phones=[ADDED], email=None, fmt=None)
+    assert _claim(app, job) is None
+    [after] = [j for j in app.outbox.jobs(delivery.id) if j.kind == "sms"]
+    assert (after.state, after.attempts) == (CANCELLED, 0) and "no longer a registered phone" in after.last_error
+    alerts = [a.payload for a in app.outbox.jobs(delivery.id) if a.kind == "alert"]
+    assert {a["phone"] for a in alerts} == {job.target, ADDED}
