@@ -109,6 +109,9 @@ class OutboxWorker:
             self._retry(job, tenant, exc, claim.attempt)
         except PermanentProviderError as exc:
             self._fail(job, tenant, delivery, f"{exc} (code {exc.code})" if exc.code else str(exc), claim.attempt)
+        except Exception as exc:  # a fault outside the provider's error map must not leave it `sending`
+            log.exception("SMS to %s: unexpected error from the provider", job.target)
+            self._retry(job, tenant, TransientProviderError(f"unexpected error: {exc!r}"[:300]), claim.attempt)
         else:
             with self.outbox.db.transaction() as tx:
                 # Revocation leaves a `sending` job alone, so even for a delivery replaced or
