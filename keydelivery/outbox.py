@@ -24,12 +24,19 @@ from .sealing import Sealer
 
 SMS, EMAIL, ALERT = "sms", "email", "alert"
 PENDING = "pending"          # due at next_attempt_at (first try or a retry)
+SENDING = "sending"          # an SMS attempt is recorded (attempts+1, last_attempt_at) and the
+                             # provider call is in flight; revocation leaves it alone
 SENT = "sent"                # accepted by the provider; an SMS is then polled for its status
 DELIVERED = "delivered"      # the provider confirmed delivery to the phone
 UNDELIVERED = "undelivered"  # the provider gave up (final status undelivered/failed)
 FAILED = "failed"            # permanent error on sending: not retried, operator alerted
-CANCELLED = "cancelled"      # the delivery was removed before the message went out
+CANCELLED = "cancelled"      # never handed to the provider: the delivery was removed first, or
+                             # the phone was no longer the tenant's at send time
+MAYBE_SENT = "maybe_sent"    # a crash cut an attempt short and the delivery no longer waits, so
+                             # it is not retried: the provider may or may not have accepted it
 WAITING = (PENDING,)
+IN_FLIGHT = (PENDING, SENDING)   # an SMS that may still need the sealed passphrase
+STATES = (PENDING, SENDING, SENT, DELIVERED, UNDELIVERED, FAILED, CANCELLED, MAYBE_SENT)
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,16 @@ class Job:
     redact_attempts: int
     last_error: str | None
     payload: dict[str, Any]
+    last_attempt_at: str | None = None   # when the last provider call began (SMS)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An SMS attempt recorded as `sending` before the provider call: what to send, and its number."""
+
+    job: Job
+    passphrase: str
+    attempt: int
 
 
 def job_from_row(row: Any) -> Job:
@@ -87,6 +104,8 @@ class Outbox:
         return len(jobs)
 
     def revoke(self, tx: Tx, delivery_id: str, reason: str) -> None:
+        """Destroy the key and cancel what has not gone out; an attempt in flight (`sending`) is
+        left to the worker, which records what the provider answers."""
         tx.execute("DELETE FROM secrets WHERE delivery_id = ?", (delivery_id,))
         tx.execute("UPDATE outbox SET state = ?, last_error = ?, updated_at = ? WHERE delivery_id = ?"
                    " AND state = ? AND kind != ?", (CANCELLED, f"delivery {reason}", self._now(),
@@ -94,6 +113,104 @@ class Outbox:
 
     def collected(self, tx: Tx, delivery_id: str) -> None:
         self.destroy_if_done(tx, delivery_id)
+
+    # --- SMS attempts: bound to the tenant's phones, recorded before the provider call ----------
+    def phones(self, conn: Tx | Database, tenant_id: int) -> list[str]:
+        """The tenant's registered phones now, in order."""
+        return [r[0] for r in conn.execute("SELECT e164 FROM tenant_phones WHERE tenant_id = ?"
+                                           " ORDER BY position", (tenant_id,))]
+
+    def claim(self, job: Job, tenant_id: int, tenant: str) -> Claim | None:
+        """Record an SMS attempt (`sending`, attempts+1, the time) in one transaction, or settle the job.
+
+        Returns None, with the job settled and audited, when it must not be sent: it is no longer
+        `pending` (revoked meanwhile), the key is gone, or its phone is no longer one of the
+        tenant's (cancelled; operator alerted). Phones added to the tenant since publishing do not
+        get the key automatically: the operator is alerted once per phone and may resend.
+        """
+        with self.db.transaction() as tx:
+            row = tx.execute("SELECT * FROM outbox WHERE id = ?", (job.id,)).fetchone()
+            if row is None or row["state"] != PENDING:
+                return None
+            job = job_from_row(row)
+            phones = self.phones(tx, tenant_id)
+            self._alert_added_phones(tx, job, tenant, phones)
+            if job.target not in phones:
+                self._cancel(tx, job, tenant, "phone_removed",
+                             f"{job.target} is no longer a registered phone of {tenant} (removed or "
+                             "changed after the file was published): the key was not sent to it",
+                             alert=True)
+                return None
+            sealed = tx.execute("SELECT sealed FROM secrets WHERE delivery_id = ?", (job.delivery_id,)).fetchone()
+            if sealed is None:  # revoked or destroyed while the job waited
+                self._cancel(tx, job, tenant, "key_gone", "key no longer available")
+                return None
+            attempt = job.attempts + 1
+            self.update(tx, job, state=SENDING, attempts=attempt, last_attempt_at=self._now())
+            passphrase = self.sealer().open(sealed[0]).decode()
+        return Claim(job=job, passphrase=passphrase, attempt=attempt)
+
+    def _cancel(self, tx: Tx, job: Job, tenant: str, why: str, message: str, *, alert: bool = False) -> None:
+        self.update(tx, job, state=CANCELLED, last_error=message)
+        self.audit.append(tx, "key.sms.cancelled", actor="sluis", tenant=tenant, delivery=job.delivery_id,
+                          phone=job.target, attempts=job.attempts, why=why, reason=message)
+        if alert:
+            self.alert(tx, job.delivery_id, phone=job.target, reason=message)
+        self.destroy_if_done(tx, job.delivery_id)
+
+    def _alert_added_phones(self, tx: Tx, job: Job, tenant: str, phones: list[str]) -> None:
+        """Tell the operator (once per delivery and phone) about phones registered since publishing."""
+        jobs = [job_from_row(r) for r in tx.execute("SELECT * FROM outbox WHERE delivery_id = ?", (job.delivery_id,))]
+        known = {j.target for j in jobs if j.kind == SMS} | {j.payload.get("added_phone") for j in jobs}
+        for phone in phones:
+            if phone in known:
+                continue
+            reason = (f"{phone} was registered for {tenant} after the file was published; the key is "
+                      "bound to the phones at publishing and was not sent to it. If it should have the key: "
+                      f"sluis key resend {job.delivery_id} --phone {phone}")
+            self.alert(tx, job.delivery_id, phone=phone, added_phone=phone, reason=reason)
+            self.audit.append(tx, "key.phone.added", actor="sluis", tenant=tenant,
+                              delivery=job.delivery_id, phone=phone, sent=False)
+
+    def settle_sent(self, tx: Tx, job: Job) -> str:
+        """The state a job takes once the provider accepted it: `sent`, unless something settled it."""
+        current = tx.execute("SELECT state FROM outbox WHERE id = ?", (job.id,)).fetchone()[0]
+        return SENT if current in (SENDING, PENDING) else current
+
+    def reconcile(self) -> list[tuple[Job, str]]:
+        """At startup: SMS attempts a crash cut short (`sending`) are retried if their delivery still
+        waits (a duplicate SMS is acceptable, a lost one is not), else marked `maybe_sent` and the
+        operator alerted. Audited as `key.sms.interrupted` either way. Returns (job, new state)."""
+        settled: list[tuple[Job, str]] = []
+        for row in self.db.query("SELECT id FROM outbox WHERE state = ? ORDER BY id", (SENDING,)):
+            with self.db.transaction() as tx:
+                current = tx.execute("SELECT * FROM outbox WHERE id = ?", (row[0],)).fetchone()
+                if current is None or current["state"] != SENDING:
+                    continue
+                job = job_from_row(current)
+                delivery = fetch(tx, "id = ?", (job.delivery_id,))
+                has_secret = tx.execute("SELECT 1 FROM secrets WHERE delivery_id = ?",
+                                        (job.delivery_id,)).fetchone() is not None
+                waits = bool(delivery) and delivery[0].state == PUBLISHED and has_secret
+                tenant = tx.execute("SELECT name FROM tenants WHERE id = ?",
+                                    (delivery[0].tenant_id,)).fetchone()[0] if delivery else None
+                cut = (f"attempt {job.attempts} (begun {job.last_attempt_at}) was cut short by a stop or crash; "
+                       "the provider may have accepted it")
+                if waits:
+                    state, message = PENDING, f"{cut}: sending again (a second SMS is possible)"
+                    self.update(tx, job, state=PENDING, next_attempt_at=self._now(), last_error=message)
+                else:
+                    why = delivery[0].state if delivery else "gone"
+                    state, message = MAYBE_SENT, f"{cut}: not retried, the delivery is {why}"
+                    self.update(tx, job, state=MAYBE_SENT, last_error=message)
+                    self.alert(tx, job.delivery_id, phone=job.target, reason=f"the SMS to {job.target} may have "
+                               f"been sent: {message}")
+                    self.destroy_if_done(tx, job.delivery_id)
+                self.audit.append(tx, "key.sms.interrupted", actor="sluis", tenant=tenant, delivery=job.delivery_id,
+                                  phone=job.target, attempt=job.attempts, attempted_at=job.last_attempt_at,
+                                  outcome=state, reason=message)
+            settled.append((job, state))
+        return settled
 
     # --- jobs ------------------------------------------------------------------------------------
     def _now(self) -> str:
@@ -146,8 +263,8 @@ class Outbox:
 
     def destroy_if_done(self, tx: Tx, delivery_id: str) -> bool:
         """Destroy the sealed passphrase once no SMS needs it and the delivery is no longer pending."""
-        pending = tx.execute("SELECT COUNT(*) FROM outbox WHERE delivery_id = ? AND kind = ? AND state = ?",
-                             (delivery_id, SMS, PENDING)).fetchone()[0]
+        pending = tx.execute("SELECT COUNT(*) FROM outbox WHERE delivery_id = ? AND kind = ? AND state IN (?, ?)",
+                             (delivery_id, SMS, *IN_FLIGHT)).fetchone()[0]
         delivery = fetch(tx, "id = ?", (delivery_id,))
         if pending or (delivery and delivery[0].state == PUBLISHED):
             return False
@@ -170,8 +287,7 @@ class Outbox:
             if delivery.state != PUBLISHED or not has_secret:
                 raise InvalidInput(f"delivery {delivery_id} is {delivery.state}: its key was destroyed "
                                    "and cannot be sent again (upload the file again instead)")
-            phones = [r[0] for r in tx.execute("SELECT e164 FROM tenant_phones WHERE tenant_id = ?"
-                                               " ORDER BY position", (delivery.tenant_id,))]
+            phones = self.phones(tx, delivery.tenant_id)
             if phone is not None:
                 if phone not in phones:
                     raise InvalidInput(f"{phone} is not a registered phone of this delivery's tenant "

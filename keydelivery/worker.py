@@ -13,7 +13,7 @@ from ..config.settings import Settings
 from ..server.core.clock import parse_iso
 from ..server.core.deliveries import fetch
 from .mail import MailServer, send_mail
-from .outbox import ALERT, CANCELLED, DELIVERED, EMAIL, FAILED, PENDING, SENT, SMS, UNDELIVERED, Job, Outbox
+from .outbox import ALERT, DELIVERED, EMAIL, FAILED, PENDING, SENT, SMS, UNDELIVERED, Job, Outbox
 from .providers.base import (
     FAILED_STATUSES, FINAL_STATUSES, PermanentProviderError, SmsProvider, TransientProviderError,
 )
@@ -49,6 +49,10 @@ class OutboxWorker:
         loop.call_soon_threadsafe(self._event.set)
 
     async def run(self) -> None:
+        try:
+            await asyncio.to_thread(self.reconcile)
+        except Exception:
+            log.exception("could not settle SMS attempts interrupted by the last stop; they stay 'sending'")
         while True:
             try:
                 await asyncio.to_thread(self.run_once)
@@ -90,37 +94,48 @@ class OutboxWorker:
         return delivery, tenant
 
     def _send_sms(self, job: Job) -> None:
+        """Check the phone is still the tenant's, record the attempt (`sending`), then call the
+        provider: a crash during the call leaves a `sending` row that `reconcile` settles."""
         delivery, tenant = self._context(job)
-        passphrase = self.outbox.passphrase(job.delivery_id)
-        if passphrase is None:  # revoked or destroyed while the job waited
-            with self.outbox.db.transaction() as tx:
-                self.outbox.update(tx, job, state=CANCELLED, last_error="key no longer available")
+        claim = self.outbox.claim(job, delivery.tenant_id, tenant)
+        if claim is None:
             return
-        body = render_sms(self.settings.sms.template, passphrase=passphrase, file=delivery.stored_name,
+        job = claim.job
+        body = render_sms(self.settings.sms.template, passphrase=claim.passphrase, file=delivery.stored_name,
                           tenant=tenant, expires=parse_iso(delivery.expires_at))
         try:
             result = self.provider.send(job.target, body)
         except TransientProviderError as exc:
-            self._retry(job, tenant, exc)
+            self._retry(job, tenant, exc, claim.attempt)
         except PermanentProviderError as exc:
-            self._fail(job, tenant, delivery, f"{exc} (code {exc.code})" if exc.code else str(exc))
+            self._fail(job, tenant, delivery, f"{exc} (code {exc.code})" if exc.code else str(exc), claim.attempt)
+        except Exception as exc:  # a fault outside the provider's error map must not leave it `sending`
+            log.exception("SMS to %s: unexpected error from the provider", job.target)
+            self._retry(job, tenant, TransientProviderError(f"unexpected error: {exc!r}"[:300]), claim.attempt)
         else:
             with self.outbox.db.transaction() as tx:
-                # If the delivery was replaced while this request was in flight the job is
-                # 'cancelled' by now: keep that state, but record what the provider accepted.
-                current = tx.execute("SELECT state FROM outbox WHERE id = ?", (job.id,)).fetchone()[0]
-                self.outbox.update(tx, job, state=SENT if current == PENDING else current,
-                                   attempts=job.attempts + 1, provider_id=result.provider_id,
-                                   provider_status=result.status, last_error=None,
-                                   next_attempt_at=self.outbox.poll_later(0))
+                # Revocation leaves a `sending` job alone, so even for a delivery replaced or
+                # withdrawn meanwhile the job records what the provider accepted.
+                self.outbox.update(tx, job, state=self.outbox.settle_sent(tx, job), attempts=claim.attempt,
+                                   provider_id=result.provider_id, provider_status=result.status,
+                                   last_error=None, next_attempt_at=self.outbox.poll_later(0))
                 self.outbox.destroy_if_done(tx, job.delivery_id)
                 self.outbox.audit.append(tx, "key.sms.sent", actor="sluis", tenant=tenant,
                                          delivery=job.delivery_id, phone=job.target,
                                          provider=self.provider.name, provider_id=result.provider_id,
-                                         attempt=job.attempts + 1)
+                                         attempt=claim.attempt)
 
-    def _retry(self, job: Job, tenant: str, exc: TransientProviderError) -> None:
-        attempts = job.attempts + 1
+    def reconcile(self) -> int:
+        """At startup, settle SMS attempts a crash cut short (see Outbox.reconcile); returns how many."""
+        settled = self.outbox.reconcile()
+        for job, state in settled:
+            log.warning("SMS to %s for delivery %s was in flight when the server stopped: %s", job.target,
+                        job.delivery_id, "sending again" if state == PENDING else "may have been sent, not retried")
+        return len(settled)
+
+    def _retry(self, job: Job, tenant: str, exc: TransientProviderError, attempts: int | None = None) -> None:
+        """`attempts`: the attempt already recorded (an SMS claim), else this one counts now."""
+        attempts = attempts if attempts is not None else job.attempts + 1
         with self.outbox.db.transaction() as tx:
             self.outbox.update(tx, job, state=PENDING, attempts=attempts, last_error=str(exc)[:500],
                                next_attempt_at=self.outbox.backoff(attempts, exc.retry_after, self.rng.random()))
@@ -131,9 +146,10 @@ class OutboxWorker:
                                   reason=f"{attempts} attempts failed so far, still retrying: {exc}")
         log.warning("%s to %s failed (attempt %d), retrying: %s", job.kind, job.target, attempts, exc)
 
-    def _fail(self, job: Job, tenant: str, delivery: Any, reason: str) -> None:
+    def _fail(self, job: Job, tenant: str, delivery: Any, reason: str, attempts: int | None = None) -> None:
         with self.outbox.db.transaction() as tx:
-            self.outbox.update(tx, job, state=FAILED, attempts=job.attempts + 1, last_error=reason[:500])
+            self.outbox.update(tx, job, state=FAILED, last_error=reason[:500],
+                               attempts=attempts if attempts is not None else job.attempts + 1)
             self.outbox.destroy_if_done(tx, job.delivery_id)
             self.outbox.audit.append(tx, "key.failed", actor="sluis", tenant=tenant, delivery=job.delivery_id,
                                      kind=job.kind, target=job.target, reason=reason[:300])

@@ -1,6 +1,8 @@
 """The protocol's delivery rules: a tenant receives a list only while its data-sharing protocol
-is in force, and at most `yearly_limit` lists per 365 days; a re-upload before collection is a
-correction that replaces the pending delivery and does not count again (docs/policy.md).
+is in force, at most `yearly_limit` lists per 365 days, and one list waits at a time: a re-upload
+under the waiting file's name before collection is a correction that replaces it and does not
+count again; a file of another name is refused until the waiting one is collected or withdrawn
+(docs/policy.md).
 """
 
 from __future__ import annotations
@@ -56,6 +58,22 @@ def load_protocol(conn: Any, tenant_id: int) -> Protocol | None:
                     reference=row["reference"], notice=as_date(row["notice"]), ends=as_date(row["ends"]))
 
 
+class ListWaiting(PolicyRefused):
+    """Another file still waits for the tenant: one list waits at a time (no silent replacement)."""
+
+    def __init__(self, tenant: Tenant, waiting: Delivery, name: str | None) -> None:
+        self.tenant = tenant
+        self.waiting = waiting
+        self.name = name
+        published = parse_iso(waiting.created_at).strftime("%Y-%m-%d %H:%M UTC")
+        super().__init__(
+            f"{tenant.name} still has a list waiting: {waiting.name!r}, published {published}, not yet "
+            f"collected; one list waits per municipality, so {name!r} was not accepted. To replace the "
+            f"waiting list, upload the new one under the same name {waiting.name!r} (a correction: the "
+            f"old file is removed and its key revoked), or let its sender withdraw it first "
+            f"(rm /{tenant.name}/{waiting.name})")
+
+
 class YearlyPolicy:
     """`DeliveryPolicy` for the drop-box core."""
 
@@ -63,11 +81,14 @@ class YearlyPolicy:
         self.settings = settings
         self.clock = clock
 
-    def admit(self, conn: Any, tenant: Tenant, delivery_id: str | None = None) -> list[Delivery]:
-        """Raise PolicyRefused, or return the pending deliveries this upload replaces.
+    def admit(self, conn: Any, tenant: Tenant, delivery_id: str | None = None,
+              name: str | None = None) -> list[Delivery]:
+        """Raise PolicyRefused, or return the pending deliveries an upload named `name` replaces.
 
-        With `delivery_id` (inside the publishing transaction) an exception granted by an
-        operator is used up by that delivery.
+        A pending delivery of another name refuses the upload (ListWaiting); `name` None asks
+        only whether the tenant may receive something now (`standing`). With `delivery_id`
+        (inside the publishing transaction) an exception granted by an operator is used up by
+        that delivery.
         """
         now = self.clock.now()
         protocol = load_protocol(conn, tenant.id)
@@ -79,7 +100,10 @@ class YearlyPolicy:
                                 f"{protocol.describe(now.date())}")
         pending = fetch(conn, "tenant_id = ? AND state = ?", (tenant.id, PUBLISHED))
         if pending:
-            return pending  # a correction: replaces what is waiting, counts once
+            other = [d for d in pending if name is not None and d.name != name]
+            if other:
+                raise ListWaiting(tenant, other[0], name)
+            return pending  # a correction under the same name: replaces what waits, counts once
         counted = fetch(conn, "tenant_id = ? AND created_at >= ? AND collected_at IS NOT NULL",
                         (tenant.id, iso(now - YEAR)))
         if len(counted) < self.settings.yearly_limit:

@@ -1,6 +1,7 @@
 """The data-sharing protocol's delivery rules: uploads only while the protocol is in force, at
-most [policy] yearly_limit per 365 days, a correction before collection replaces the pending
-delivery (and does not count again), and `sluis delivery allow` grants exactly one more."""
+most [policy] yearly_limit per 365 days, one list waiting per tenant: a correction (same name)
+before collection replaces the pending delivery (and does not count again), a file of another
+name is refused while one waits, and `sluis delivery allow` grants exactly one more."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from sluis.config import load_settings
 from sluis.keydelivery.outbox import CANCELLED, PENDING, SMS
-from sluis.retention.policy import Protocol, notice_end
+from sluis.retention.policy import ListWaiting, Protocol, notice_end
 from sluis.server.app import build_app
 from sluis.server.core.deliveries import COLLECTED, PUBLISHED, REMOVED, fetch
 from sluis.server.core.session import Session
@@ -52,7 +53,7 @@ def test_correction_replaces_pending_delivery_and_revokes_its_key(lib):
     first_sms = [j for j in app.outbox.jobs(first.id) if j.kind == SMS]
     assert first_sms and all(j.state == PENDING for j in first_sms)
     clock.advance(hours=2)
-    second = upload(app, "lijst-v2.csv", b"corrected\n")   # a correction, despite yearly_limit = 1
+    second = upload(app, "lijst.csv", b"corrected\n")   # a correction, despite yearly_limit = 1
 
     old = state_of(app, first)
     assert (old.state, old.removed_reason) == (REMOVED, "replaced")
@@ -73,7 +74,7 @@ def test_correction_replaces_pending_delivery_and_revokes_its_key(lib):
     assert publish[0].detail["replaces"] == [first.id]
     # the recipient sees only the correction
     clerk = Session(user=app.directory.user("genk-clerk"), source="test")
-    assert [d.stored_name for d in app.dropbox.recipient_files(clerk)] == ["lijst-v2.csv.age"]
+    assert [d.stored_name for d in app.dropbox.recipient_files(clerk)] == ["lijst.csv.age"]
 
 
 def test_correction_does_not_count_against_yearly_limit(lib):
@@ -82,7 +83,7 @@ def test_correction_does_not_count_against_yearly_limit(lib):
     clock.advance(days=1)
     upload(app, data=b"fix 1\n")
     clock.advance(days=1)
-    third = upload(app, "lijst-v3.csv", b"fix 2\n")
+    third = upload(app, "lijst.csv", b"fix 2\n")
     assert download(app, third)
     # one list received: the policy names the third upload's date, not the first's
     with pytest.raises(PolicyRefused) as refused:
@@ -99,6 +100,62 @@ def test_other_tenant_is_not_affected(lib):
         try_upload(app, tenant="genk")
     gent = upload(app, tenant="gent")
     assert state_of(app, gent).state == PUBLISHED
+
+
+# --- one list waiting per tenant -------------------------------------------------------------------
+def test_other_name_refused_while_a_list_waits_with_how_to_replace(lib):
+    _srv, app, clock = lib
+    first = upload(app, "lijst.csv", b"waiting\n")
+    clock.advance(minutes=5)
+    for name in ("ander.csv", "ander.csv.filepart"):       # the staged form is checked by its final name
+        with pytest.raises(ListWaiting) as refused:
+            try_upload(app, name)
+        message = str(refused.value)
+        published = datetime.fromisoformat(first.created_at.replace("Z", "+00:00"))
+        assert "genk still has a list waiting: 'lijst.csv'" in message
+        assert f"published {published:%Y-%m-%d %H:%M} UTC" in message
+        assert "upload the new one under the same name 'lijst.csv'" in message
+        assert "rm /genk/lijst.csv" in message
+    # nothing was started, the waiting file is untouched, and each refusal is audited
+    assert app.db.query_one("SELECT COUNT(*) FROM uploads")[0] == 0
+    assert state_of(app, first).state == PUBLISHED and has_secret(app, first)
+    refusals = [r for r in app.audit.records() if r.event == "upload.refused"]
+    assert [r.detail["name"] for r in refusals] == ["ander.csv", "ander.csv.filepart"]
+    assert all(r.tenant == "genk" and "still has a list waiting" in r.detail["reason"] for r in refusals)
+    # another tenant is not affected
+    assert state_of(app, upload(app, "ander.csv", tenant="gent")).state == PUBLISHED
+
+
+def test_correction_under_the_same_name_from_another_sender(lib):
+    srv, app, clock = lib
+    srv.add_user("agency-2", "sender")
+    first = upload(app, "lijst.csv", b"from agency\n")
+    clock.advance(minutes=1)
+    second = upload(app, "lijst.csv", b"corrected by a colleague\n", sender="agency-2")
+    assert (state_of(app, first).state, state_of(app, first).removed_reason) == (REMOVED, "replaced")
+    assert state_of(app, second).state == PUBLISHED and not has_secret(app, first)
+
+
+def test_withdrawn_list_lets_another_name_through(lib):
+    _srv, app, _clock = lib
+    first = upload(app, "lijst.csv")
+    assert app.dropbox.remove(first, "withdrawn", actor="agency")
+    assert state_of(app, upload(app, "ander.csv")).state == PUBLISHED
+
+
+def test_two_open_uploads_of_different_names_only_the_first_publishes(lib):
+    """Both pass the check at open; the check inside the publishing transaction refuses the second."""
+    _srv, app, _clock = lib
+    one, two = try_upload(app, "een.csv"), try_upload(app, "twee.csv")
+    one.write(0, b"one\n")
+    two.write(0, b"two\n")
+    published = app.dropbox.publish(one)
+    with pytest.raises(ListWaiting, match="'een.csv'"):
+        app.dropbox.publish(two)
+    app.dropbox.abort(two, "could not be completed")
+    assert [(d.name, d.state) for d in fetch(app.db, "1=1")] == [("een.csv", PUBLISHED)]
+    assert {j.delivery_id for j in app.outbox.jobs()} == {published.id}
+    assert app.db.query_one("SELECT COUNT(*) FROM uploads")[0] == 0
 
 
 # --- the yearly limit ----------------------------------------------------------------------------------
@@ -185,7 +242,7 @@ def test_allowance_grants_exactly_one_more(lib):
     app.dropbox.abort(opened, "test")
     extra = upload(app, "extra.csv", b"extra\n")
     assert app.db.query_one("SELECT used_by FROM allowances")[0] == extra.id
-    correction = upload(app, "extra-v2.csv", b"extra, corrected\n")   # a correction of the extra one is fine
+    correction = upload(app, "extra.csv", b"extra, corrected\n")   # a correction of the extra one is fine
     assert state_of(app, extra).removed_reason == "replaced"
     assert download(app, correction)
     with pytest.raises(PolicyRefused):

@@ -198,15 +198,16 @@ def test_sender_cannot_see_disabled_tenants_or_other_senders(shared, agency, unc
 
 
 def test_sender_cannot_move_a_file_to_another_tenant(shared, agency, unchanged):
-    with agency.open("/genk/verplaats.csv.filepart", "wb") as handle:
+    # staged under the waiting file's name (a correction): one list waits per tenant
+    with agency.open("/genk/genk-lijst.csv.filepart", "wb") as handle:
         handle.write(b"data for genk only")
     with pytest.raises(PermissionError):
-        agency.rename("/genk/verplaats.csv.filepart", "/gent/verplaats.csv")
+        agency.rename("/genk/genk-lijst.csv.filepart", "/gent/genk-lijst.csv")
     with pytest.raises(PermissionError):
-        agency.posix_rename("/genk/verplaats.csv.filepart", "/gent/verplaats.csv")
+        agency.posix_rename("/genk/genk-lijst.csv.filepart", "/gent/genk-lijst.csv")
     with pytest.raises(PermissionError):
         agency.rename("/genk/genk-lijst.csv", "/gent/genk-lijst.csv")
-    agency.remove("/genk/verplaats.csv.filepart")       # drop the staged upload again
+    agency.remove("/genk/genk-lijst.csv.filepart")       # drop the staged upload again
 
 
 def test_encoded_separators_are_plain_characters(make_server, tmp_path):

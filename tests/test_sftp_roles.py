@@ -161,11 +161,11 @@ def test_sender_can_never_read_a_stored_file(server):
                            ("/genk/lijst.csv.age", "rb"), ("/genk/lijst.csv", "ab")):
             with pytest.raises(PermissionError):
                 client.open(path, mode)
-        # not even its own upload while it is being written
-        with client.open("/genk/tweede.csv", "wb") as handle:
+        # not even its own upload while it is being written (a correction: one list waits per tenant)
+        with client.open("/genk/lijst.csv", "wb") as handle:
             handle.write(b"x" * 1000)
             with pytest.raises(PermissionError):
-                client.open("/genk/tweede.csv", "rb")
+                client.open("/genk/lijst.csv", "rb")
             with pytest.raises(IOError):
                 handle.read(10)        # a write handle cannot be read from either
     assert [a["detail"]["op"] for a in audit(server, "download.open")] == []

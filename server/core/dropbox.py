@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Callable, Protocol
 
 from ...config.settings import Settings
-from ..errors import NotFound, PermissionDenied
+from ..errors import NotFound, PermissionDenied, PolicyRefused
 from .audit import AuditLog
 from .clock import Clock, iso
 from .coverage import Coverage
@@ -40,9 +40,11 @@ class KeyHandoff(Protocol):
 
 
 class DeliveryPolicy(Protocol):
-    """The protocol's rules: may this tenant receive a delivery now, and what does it replace?"""
+    """The protocol's rules: may this tenant receive a file of this name now, and what does it
+    replace? Raises PolicyRefused (with the message the sender sees) when it may not."""
 
-    def admit(self, conn: Tx | Database, tenant: Tenant, delivery_id: str | None = None) -> list[Delivery]: ...
+    def admit(self, conn: Tx | Database, tenant: Tenant, delivery_id: str | None = None,
+              name: str | None = None) -> list[Delivery]: ...
 
 
 class Download:
@@ -112,7 +114,12 @@ class DropBox:
             raise PermissionDenied("only senders upload")
         name = check_name(name)
         tenant = self.active_tenant(tenant_name)
-        self.policy.admit(self.db, tenant)  # refuse early, with the policy's message
+        try:  # refuse early, with the policy's message; publish asks again, race-free
+            self.policy.admit(self.db, tenant, name=staged_base(name) or name)
+        except PolicyRefused as refusal:
+            self.audit.record("upload.refused", actor=session.actor, tenant=tenant.name,
+                              source=session.source, name=name, reason=str(refusal))
+            raise
         upload_id = "u-" + secrets.token_hex(8)
         with self.db.transaction() as tx:
             tx.execute("INSERT INTO uploads (id, tenant_id, sender_id, name, temp_key, source, started_at)"
@@ -156,7 +163,9 @@ class DropBox:
         delivery = delivery.__class__(**{**delivery.__dict__, "blob_key": f"{tenant.box_key}/{delivery.id}"})
         replaced: list[Delivery] = []
         with self.db.transaction() as tx:
-            replaced = self.policy.admit(tx, tenant, delivery.id)
+            # Again under the write lock: of two uploads that passed the check at open, only the
+            # first to publish may leave a list waiting; the other's CLOSE fails (PolicyRefused).
+            replaced = self.policy.admit(tx, tenant, delivery.id, name)
             for old in replaced:
                 self._mark_removed(tx, old, REASON_REPLACED, actor=upload.session.actor,
                                    source=upload.session.source, by=delivery.id)

@@ -137,6 +137,12 @@ MIGRATIONS.append(
     """
 )
 
+# 3: fixes: when an SMS attempt began (the job is `sending` from then until the provider answers)
+MIGRATIONS.append("""
+    ALTER TABLE outbox ADD COLUMN last_attempt_at TEXT DEFAULT NULL;
+    """
+)
+
 EXPECTED_TABLES = ("tenants", "tenant_phones", "users", "user_keys", "deliveries", "uploads", "secrets",
                    "outbox", "audit", "protocols", "allowances", "resends")
 

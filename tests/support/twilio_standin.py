@@ -96,6 +96,7 @@ class _Behaviour:
     fail_statuses: deque[int] = field(default_factory=deque)
     rate_limits: deque[float | str] = field(default_factory=deque)
     stalls: deque[float] = field(default_factory=deque)
+    holds: deque[float] = field(default_factory=deque)
     rejected: dict[str, int] = field(default_factory=dict)
     undelivered: set[str] = field(default_factory=set)
 
@@ -118,6 +119,8 @@ class TwilioStandIn:
         self._messages: dict[str, ReceivedMessage] = {}
         self._manual_status: set[str] = set()
         self._requests: list[RequestRecord] = []
+        self._held = 0                       # accepted messages whose answer is being held back
+        self._release = threading.Event()
         self._behaviour = _Behaviour()
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
@@ -145,6 +148,7 @@ class TwilioStandIn:
         if self._server is None:
             return
         self._stopping.set()  # wakes stalled handlers
+        self._release.set()   # and held ones
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
@@ -211,6 +215,23 @@ class TwilioStandIn:
         with self._lock:
             self._behaviour.stalls.extend([seconds] * n)
 
+    def hold_next(self, n: int = 1, seconds: float = 30.0) -> None:
+        """Accept the next `n` new messages (the phone gets them) but hold each answer back for up
+        to `seconds`, or until `release()`: a sender killed meanwhile never learns it was accepted."""
+        with self._lock:
+            self._behaviour.holds.extend([seconds] * n)
+            self._release.clear()
+
+    @property
+    def held(self) -> int:
+        """How many accepted messages are waiting for their answer right now."""
+        with self._lock:
+            return self._held
+
+    def release(self) -> None:
+        """Answer every held request now."""
+        self._release.set()
+
     def reject_number(self, e164: str, code: int = 21211) -> None:
         """Refuse sends to `e164` with HTTP 400 and Twilio error `code` (21211, 21610, 21614...)."""
         with self._lock:
@@ -272,7 +293,21 @@ class TwilioStandIn:
             if method == "POST" and (match := _MESSAGES_PATH.match(path)):
                 if match["account"] != self.account_sid:
                     return _error(404, 20404)
-                return self._create(parse_qs(body.decode("utf-8"), keep_blank_values=True))
+                created = self._create(parse_qs(body.decode("utf-8"), keep_blank_values=True))
+                hold = behaviour.holds.popleft() if created[0] == 201 and behaviour.holds else 0.0
+                if not hold:
+                    return created
+                self._held += 1
+            else:
+                created = None
+        if created is not None:  # accepted (the phone has it); the answer waits, outside the lock
+            try:
+                self._release.wait(hold)
+            finally:
+                with self._lock:
+                    self._held -= 1
+            return created
+        with self._lock:
             if method == "GET" and (match := _MESSAGE_PATH.match(path)):
                 if match["account"] != self.account_sid or match["sid"] not in self._messages:
                     return _error(404, 20404)
