@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 from dataclasses import dataclass
-from typing import Any
 
 from ..config.settings import Settings
 from ..keydelivery.outbox import Outbox
@@ -16,31 +14,16 @@ from ..retention.janitor import Janitor
 from ..retention.monitor import AccessMonitor
 from ..retention.policy import YearlyPolicy
 from .core.audit import AuditLog
+from .core.bans import BanStore
 from .core.clock import Clock, SystemClock
+from .core.defender import Defender
 from .core.directory import Directory
 from .core.dropbox import DropBox
 from .core.state import Database, open_database
 from .core.storage import LocalStorage, Storage
-
-
-class ConnectionLimit:
-    """The open connections, held to [server] max_connections; shutdown closes them all."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.live: set[Any] = set()
-        self._lock = threading.Lock()
-
-    def admit(self, connection: Any) -> bool:
-        with self._lock:
-            if len(self.live) >= self.limit:
-                return False
-            self.live.add(connection)
-            return True
-
-    def release(self, connection: Any) -> None:
-        with self._lock:
-            self.live.discard(connection)
+from .core.workpool import BoundedPool
+from .sftp.connections import ConnectionRegistry
+from .sftp.gate import Gatekeeper
 
 
 @dataclass
@@ -56,9 +39,13 @@ class App:
     dropbox: DropBox
     janitor: Janitor
     monitor: AccessMonitor
-    connections: ConnectionLimit
+    connections: ConnectionRegistry
+    defender: Defender
+    gate: Gatekeeper
+    passwords: BoundedPool    # argon2id checks, apart from the default pool key logins use
 
     def close(self) -> None:
+        self.passwords.shutdown()
         self.db.close()
 
 
@@ -77,7 +64,11 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
     dropbox = DropBox(settings=settings, db=db, audit=audit, directory=directory, storage=storage,
                       clock=clock, keys=outbox, policy=policy, passphrases=new_passphrase)
     janitor = Janitor(settings, dropbox, outbox, clock)
+    connections = ConnectionRegistry(settings.server)
+    defender = Defender(settings.defender, BanStore(db, audit), clock)
     return App(settings=settings, clock=clock, db=db, audit=audit, directory=directory, storage=storage,
                policy=policy, outbox=outbox, dropbox=dropbox, janitor=janitor,
                monitor=AccessMonitor(settings, audit, clock),
-               connections=ConnectionLimit(settings.server.max_connections))
+               connections=connections, defender=defender,
+               gate=Gatekeeper(defender, connections, audit, clock),
+               passwords=BoundedPool("password", settings.server.password_threads, settings.server.password_queue))

@@ -230,6 +230,19 @@ class Directory:
                         public_key=r["public_key"], comment=r["comment"])
                 for r in self.db.query("SELECT * FROM user_keys WHERE user_id = ? ORDER BY id", (user.id,))]
 
+    def barred_among(self, names: Iterable[str]) -> set[str]:
+        """Of these user names, those that may no longer log in (user or tenant disabled, or
+        gone): one query, for the watcher that ends such users' live sessions."""
+        wanted, allowed = sorted(set(names)), set()
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.query(f"SELECT u.name FROM users u LEFT JOIN tenants t ON t.id = u.tenant_id WHERE"
+                                 f" u.name IN ({marks}) AND u.active = 1 AND (u.tenant_id IS NULL OR t.active = 1)",
+                                 tuple(chunk))
+            allowed |= {row[0] for row in rows}
+        return set(wanted) - allowed
+
 
 def _user(row: sqlite3.Row) -> User:
     return User(id=row["id"], name=row["name"], role=row["role"], tenant_id=row["tenant_id"],
