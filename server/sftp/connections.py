@@ -2,7 +2,9 @@
 whom, held to the caps of [server] (docs/defender.md, "Connection caps"):
 
 - `max_connections`: all connections, logged in or not;
-- `max_startups`: connections not yet logged in, from all sources together;
+- `max_startups`: connections not yet logged in, from all sources together; when it is full, a
+  newcomer displaces the oldest pending connection of the source holding the most (if that
+  source holds at least two more than the newcomer's);
 - `per_source_max_startups`: connections not yet logged in from one source (IPv6: one /64);
 - `max_sessions_per_user`: logged-in connections of one user.
 
@@ -49,13 +51,26 @@ class ConnectionRegistry:
 
     def refusal(self, address: str) -> Refusal | None:
         """Whether a new connection from `address` would break a cap (checked before admitting)."""
-        if len(self._entries) >= self.settings.max_connections:
-            return Refusal.MAX_CONNECTIONS
-        if self._unauthenticated_total >= self.settings.max_startups:
-            return Refusal.MAX_STARTUPS
         if self._unauthenticated.get(source_key(address), 0) >= self.settings.per_source_max_startups:
             return Refusal.PER_SOURCE_MAX_STARTUPS
+        if self._unauthenticated_total >= self.settings.max_startups:
+            return Refusal.MAX_STARTUPS
+        if len(self._entries) >= self.settings.max_connections:
+            return Refusal.MAX_CONNECTIONS
         return None
+
+    def make_room(self, address: str) -> Any | None:
+        """With `max_startups` full: the oldest pending connection of the source holding the most,
+        if that source holds at least two more than `address`'s; it is dropped from the registry
+        (the caller closes it). So a few sources cannot lock everyone else out."""
+        own = self._unauthenticated.get(source_key(address), 0)
+        heaviest = max(self._unauthenticated.items(), key=lambda item: item[1], default=None)
+        if heaviest is None or heaviest[1] < own + 2:
+            return None
+        victim = next(conn for conn, entry in self._entries.items()
+                      if entry.source == heaviest[0] and entry.user is None)
+        self.release(victim)
+        return victim
 
     def admit(self, connection: Any, address: str) -> Refusal | None:
         """Register a new (unauthenticated) connection, or say which cap refuses it."""

@@ -37,6 +37,13 @@ class Gatekeeper:
     def screen(self, host: str, port: int) -> bool:
         """Admit a just-accepted socket? A refusal is recorded (rate-limited) here."""
         why = Refusal.BANNED if self.defender.banned(host) else self.registry.refusal(host)
+        if why is Refusal.MAX_STARTUPS:
+            victim = self.registry.make_room(host)
+            if victim is not None:
+                log.info("max_startups full: dropping a pending connection from %s for one from %s",
+                         victim.source, host)
+                victim.terminate("too many unauthenticated connections from your address")
+                why = self.registry.refusal(host)
         if why is None:
             return True
         count = self._refusals.hit(f"{source_key(host)} {why.value}")
@@ -65,6 +72,7 @@ class Gatekeeper:
 
     def protocol_error(self, host: str, source: str, actor: str, what: str) -> None:
         """A connection misbehaved or left before trying to log in: penalty and (rate-limited) audit."""
+        log.info("protocol error from %s before authentication: %s", source, what)
         self.penalise(host, source, Penalty.PROTOCOL_ERROR)
         count = self._protocol_errors.hit(source_key(host))
         if count is not None:
