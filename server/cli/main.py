@@ -12,10 +12,10 @@ from typing import Callable
 from ...config import ConfigError, default_config_path, load_settings
 from ...keydelivery.sealing import KeyFileError
 from ..errors import SluisError
-from . import admin, ops
+from . import admin, bans, ops
 
 log = logging.getLogger("sluis")
-SUBCOMMAND_GROUPS = ("tenant", "user", "key", "audit", "janitor", "delivery")
+SUBCOMMAND_GROUPS = ("tenant", "user", "key", "audit", "janitor", "delivery", "bans")
 
 
 def _config_parent() -> argparse.ArgumentParser:
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_tenant_commands(commands, command)
     admin.add_user_commands(commands, command)
     ops.add_ops_commands(commands, command)
+    bans.add_bans_commands(commands, command)
     return parser
 
 

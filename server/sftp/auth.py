@@ -27,9 +27,12 @@ log = logging.getLogger("sluis.auth")
 # Disconnects that mean the client broke the protocol (not merely that it went away).
 PROTOCOL_DISCONNECTS = frozenset({
     asyncssh.DISC_PROTOCOL_ERROR, asyncssh.DISC_KEY_EXCHANGE_FAILED, asyncssh.DISC_MAC_ERROR,
-    asyncssh.DISC_COMPRESSION_ERROR, asyncssh.DISC_SERVICE_NOT_AVAILABLE,
-    asyncssh.DISC_PROTOCOL_VERSION_NOT_SUPPORTED, asyncssh.DISC_ILLEGAL_USER_NAME,
+    asyncssh.DISC_COMPRESSION_ERROR, asyncssh.DISC_PROTOCOL_VERSION_NOT_SUPPORTED,
+    asyncssh.DISC_ILLEGAL_USER_NAME,
 })
+# (Not DISC_SERVICE_NOT_AVAILABLE: paramiko sends a new SERVICE_REQUEST before every attempt after
+# the first, which asyncssh refuses; that ends the connection but is no attack. Before any
+# attempt it still counts, as leaving before a login attempt.)
 
 
 @functools.cache
@@ -121,6 +124,11 @@ class SluisSSHServer(asyncssh.SSHServer):
     def public_key_auth_supported(self) -> bool:
         return True
 
+    def kbdint_auth_supported(self) -> bool:
+        # asyncssh would otherwise offer keyboard-interactive as a password prompt; a prompt that is
+        # never answered is neither success nor failure, so it would escape max_auth_tries.
+        return False
+
     def attempt_failed(self) -> bool:
         """Every USERAUTH_FAILURE lands here (listener.py); False once max_auth_tries is reached."""
         if self._requests == 0 and not self._free_probe_used and self._failures == 0:
@@ -136,6 +144,9 @@ class SluisSSHServer(asyncssh.SSHServer):
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         self._requests += 1
+        if self._requests > 3 * self.max_auth_tries:   # key queries that succeed are no failures
+            self.terminate("too many authentication requests")
+            return False
         fingerprint = key.get_fingerprint("sha256")
         user = await asyncio.to_thread(self._usable)
         keys = await asyncio.to_thread(self.directory.keys, user) if user else []
