@@ -154,7 +154,8 @@ def test_password_guessing_bans_the_source_while_another_logs_in_and_the_ban_sur
     else:
         pytest.fail(f"{GUESSER} was never shut out after {guesses} guesses{srv.log[-3000:]}")
     took = time.monotonic() - started
-    print(f"\nFIGURE time to ban a password guesser: {took:.2f}s, {guesses} guesses (threshold 15)")
+    guesses = len([r for r in audit(srv, "auth.failure") if r["source"].startswith(GUESSER + ":")])
+    print(f"\nFIGURE time to ban a password guesser: {took:.2f}s, {guesses} wrong passwords (threshold 15)")
     [ban] = bans_of(srv, GUESSER)
     assert ban["detail"]["score"] >= 15 and set(ban["detail"]["reasons"]) == {"failure"}
     assert ban["source"].startswith(GUESSER + ":")
@@ -241,11 +242,12 @@ def test_key_guessing_bans_once_per_connection_not_per_key(make_server):
 def test_an_allowlisted_source_is_never_banned(make_server):
     source = "127.0.0.5"
     srv = make_server({"defender": {"threshold": 3, "allowlist": [f"{source}/32"]}}).standard().start()
-    for _ in range(3):
-        assert guess_passwords(srv, source, "agency", 6) is not None
-        assert guess_passwords(srv, source, "nobody", 3) is not None
-    assert not audit(srv, "auth.ban")
-    assert len(audit(srv, "auth.failure")) >= 20
+    made = []
+    for _ in range(6):                                   # scores at least 6 x 1 + 6 x 3, threshold 3
+        made += [guess_passwords(srv, source, "agency", 6), guess_passwords(srv, source, "nobody", 6)]
+    assert None not in made
+    assert len(audit(srv, "auth.failure")) >= 12
+    assert not audit(srv, "auth.ban") and not refused_before_ssh(srv, "127.0.0.5")
     assert key_login(srv, "agency", source) < 5
 
 
@@ -276,7 +278,7 @@ def test_500_silent_connections_do_not_delay_a_key_login(make_server):
     assert fds < idle_fds + 100 + 20        # at most max_startups silent sockets are held
     assert held < 100
     refused = [r for r in audit(srv, "auth.refused")]
-    assert {r["detail"]["why"] for r in refused} >= {"per_source_max_startups"}
+    assert {r["detail"]["why"] for r in refused} == {"max_startups"}     # 20 sources x 5 fill 100
 
 
 def test_silent_connections_are_cut_at_the_login_timeout_and_penalised(make_server):
