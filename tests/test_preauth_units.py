@@ -194,3 +194,16 @@ def test_asyncssh_internals():
     assert inspect.iscoroutinefunction(asyncssh.SSHServerConnectionOptions.construct)
     for name in ("send_userauth_failure", "send_userauth_success", "_login_timer_callback"):
         assert name in SluisServerConnection.__dict__
+
+
+def test_a_source_is_forgotten_max_ban_after_its_ban_ends(defender):
+    d, app, clock = defender
+    for _ in range(10):
+        ban = d.penalise("192.0.2.20", Penalty.FAILURE)
+    d.save(ban, source=None)
+    clock.advance(seconds=100 + 500 + 1)               # ban_time, then max_ban
+    d.load()
+    assert not app.db.query("SELECT * FROM bans")
+    for _ in range(10):
+        again = d.penalise("192.0.2.20", Penalty.FAILURE)
+    assert again is not None and again.offences == 1

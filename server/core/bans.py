@@ -54,8 +54,9 @@ class BanStore:
 
     def known(self, now: datetime, limit: int) -> list[Ban]:
         """Rows not yet forgotten, the latest-ending first (at most `limit`); forgotten rows are dropped."""
-        with self._db.transaction() as tx:
-            tx.execute("DELETE FROM bans WHERE forget_at < ?", (iso(now),))
+        if self._db.query_one("SELECT 1 FROM bans WHERE forget_at < ? LIMIT 1", (iso(now),)):
+            with self._db.transaction() as tx:   # only then: serve calls this every few seconds
+                tx.execute("DELETE FROM bans WHERE forget_at < ?", (iso(now),))
         rows = self._db.query("SELECT * FROM bans ORDER BY until DESC LIMIT ?", (limit,))
         return [_ban(row) for row in rows]
 
