@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
 import socket
 import sqlite3
 import statistics
@@ -327,7 +328,7 @@ def test_out_of_order_pre_auth_messages_end_in_a_disconnect_and_count(make_serve
             assert closed_within(sock, 10) is not None, what    # long before the 30 s login timeout
         finally:
             sock.close()
-    lines = wait_until(lambda: srv.log.count(f"protocol error from {source}:") >= 3 or None,
+    lines = wait_until(lambda: len(re.findall(rf"protocol error from {source}:\d+ before", srv.log)) >= 3,
                        "three protocol errors in the log")
     assert lines
     [ban] = wait_until(lambda: bans_of(srv, source), "a ban after three protocol errors")
@@ -450,3 +451,20 @@ def _try_session(srv: SluisServer, user: str) -> paramiko.Transport | None:
         return session(srv, user)[0]
     except (SSHException, EOFError, OSError):
         return None
+
+
+def test_out_of_order_message_after_login_is_recorded_but_not_penalised(make_server):
+    srv = make_server({"defender": {"threshold": 1}}).standard().start()
+    transport, _ = session(srv, "agency", OTHER)
+    try:
+        message = paramiko.Message()
+        message.add_byte(bytes([31]))                    # a key-exchange reply, from the client, unasked
+        message.add_string("nonsense")
+        transport._send_message(message)
+        wait_until(lambda: not transport.is_active(), "the server to disconnect")
+    finally:
+        transport.close()
+    [record] = wait_until(lambda: audit(srv, "protocol.error"), "a protocol.error record")
+    assert record["actor"] == "agency" and record["detail"]["stage"] == "after authentication"
+    assert not audit(srv, "auth.ban")
+    assert key_login(srv, "agency", OTHER) < 5

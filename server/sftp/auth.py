@@ -81,12 +81,14 @@ class SluisSSHServer(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gate.release(self)
+        code = getattr(exc, "code", None)
         if self.session:
             log.info("session %s of %s from %s ended", self.session.id, self.session.actor, self.source)
+            if code in PROTOCOL_DISCONNECTS:
+                self.gate.protocol_error(self.host, self.source, self.session.actor, str(exc), logged_in=True)
             return
         if self._ended_by_server or exc is None:
             return
-        code = getattr(exc, "code", None)
         attempted = self._requests > 0 or self._failures > 0 or self._free_probe_used
         if code in PROTOCOL_DISCONNECTS:
             self.gate.protocol_error(self.host, self.source, (self._username or "-")[:64], str(exc))

@@ -70,14 +70,17 @@ class Gatekeeper:
                         ban.score, ban.reasons, ban.offences)
             self._background(self.defender.save, ban, source=source)
 
-    def protocol_error(self, host: str, source: str, actor: str, what: str) -> None:
-        """A connection misbehaved or left before trying to log in: penalty and (rate-limited) audit."""
-        log.info("protocol error from %s before authentication: %s", source, what)
-        self.penalise(host, source, Penalty.PROTOCOL_ERROR)
+    def protocol_error(self, host: str, source: str, actor: str, what: str, *, logged_in: bool = False) -> None:
+        """A connection broke the SSH protocol, or left before trying to log in: an audit record
+        (at most one per source per minute) and, before login, a penalty."""
+        stage = "after authentication" if logged_in else "before authentication"
+        log.info("protocol error from %s %s: %s", source, stage, what)
+        if not logged_in:
+            self.penalise(host, source, Penalty.PROTOCOL_ERROR)
         count = self._protocol_errors.hit(source_key(host))
         if count is not None:
             self._background(self._audit.record, EVENT_PROTOCOL_ERROR, actor=actor, source=source,
-                             what=what[:200], stage="before authentication", count=count)
+                             what=what[:200], stage=stage, count=count)
 
     # --- background writes ----------------------------------------------------------------------
     def _background(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
