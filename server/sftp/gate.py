@@ -46,7 +46,7 @@ class Gatekeeper:
                 why = self.registry.refusal(host)
         if why is None:
             return True
-        count = self._refusals.hit(f"{source_key(host)} {why.value}")
+        count = self._refusals.hit(source_key(host))
         if count is not None:
             log.warning("refused connections from %s: %s (%d since the last report)", host, why.value, count)
             self._background(self._audit.record, EVENT_REFUSED, actor="-", source=f"{host}:{port}",

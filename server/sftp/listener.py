@@ -85,7 +85,7 @@ class _Gate(asyncio.Protocol):
 
 
 async def listen(host: str, port: int, screen: Screen, *, backlog: int = 1024,
-                 **options: Any) -> asyncio.AbstractServer:
+                 **options: Any) -> asyncio.Server:
     """Listen like `asyncssh.create_server(**options)`, refusing what `screen` refuses first."""
     loop = asyncio.get_running_loop()
     conn_options = await asyncssh.SSHServerConnectionOptions.construct(None, host=host, port=port, **options)
