@@ -377,12 +377,13 @@ def test_password_guessers_do_not_slow_key_logins(make_server):
     try:
         wait_until(lambda: len(audit(srv, "auth.failure")) >= 10, "the guessers to get going", timeout=30)
         loaded = [key_login(srv, "genk-clerk", OTHER) for _ in range(5)]
+        fds, rss = server_figures(srv)
     finally:
         stop.set()
         for thread in threads:
             thread.join(30)
     print(f"\nFIGURE key login under 8 password guessers: median {statistics.median(loaded):.3f}s "
-          f"max {max(loaded):.3f}s (idle median {statistics.median(baseline):.3f}s)")
+          f"max {max(loaded):.3f}s (idle median {statistics.median(baseline):.3f}s); server {fds} fds {rss} KiB RSS")
     assert max(loaded) < 2.0
     reasons = {r["detail"]["reason"] for r in audit(srv, "auth.failure")}
     assert "server busy checking passwords" in reasons     # beyond the queue, attempts fail at once
