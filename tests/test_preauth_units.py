@@ -91,6 +91,15 @@ def test_lift_ends_a_ban_but_keeps_its_count(defender):
     for _ in range(10):
         ban = d.penalise("192.0.2.9", Penalty.FAILURE)
     d.save(ban, source=None)
+    for _ in range(10):                                  # an older, ended ban stays in the table
+        old = d.penalise("192.0.2.10", Penalty.FAILURE)
+    d.save(old, source=None)
+    clock.advance(seconds=101)
+    for _ in range(10):
+        ban = d.penalise("192.0.2.9", Penalty.FAILURE)
+    d.save(ban, source=None)
+    d.load()
+    assert d.banned("192.0.2.9")
     store = BanStore(app.db, app.audit)
     assert store.lift("192.0.2.9", clock.now(), actor="admin:test", source="cli")
     assert not store.lift("192.0.2.9", clock.now(), actor="admin:test", source="cli")
@@ -98,7 +107,7 @@ def test_lift_ends_a_ban_but_keeps_its_count(defender):
     assert not d.banned("192.0.2.9")
     for _ in range(10):
         again = d.penalise("192.0.2.9", Penalty.FAILURE)
-    assert again is not None and again.offences == 2
+    assert again is not None and again.offences == 3
 
 
 def test_penalty_table_is_bounded(defender):

@@ -60,6 +60,12 @@ class BanStore:
         rows = self._db.query("SELECT * FROM bans ORDER BY until DESC LIMIT ?", (limit,))
         return [_ban(row) for row in rows]
 
+    def version(self) -> tuple[int, str, float]:
+        """Changes whenever a ban is added, lifted or forgotten: a cheap check before `known()`."""
+        row = self._db.query_one("SELECT COUNT(*), COALESCE(MAX(banned_at), ''), TOTAL(julianday(until)) FROM bans")
+        assert row is not None
+        return (row[0], row[1], row[2])
+
     def lift(self, address: str, now: datetime, *, actor: str, source: str) -> bool:
         """End a ban now (its offence count stays, so a repeat still lasts longer); audited."""
         with self._db.transaction() as tx:

@@ -15,7 +15,7 @@ import ipaddress
 import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from enum import Enum
 
 from ...config.settings import DefenderSettings
@@ -66,6 +66,8 @@ class Defender:
         self._scores: OrderedDict[str, _Window] = OrderedDict()
         self._bans: dict[str, Ban] = {}
         self._lock = threading.Lock()
+        self._version: tuple[int, str, float] | None = None
+        self._next_forget = datetime.max.replace(tzinfo=timezone.utc)
         self._scores_of = {Penalty.FAILURE: settings.score_failure, Penalty.UNKNOWN_USER: settings.score_unknown_user,
                            Penalty.PROTOCOL_ERROR: settings.score_protocol_error,
                            Penalty.LOGIN_TIMEOUT: settings.score_login_timeout}
@@ -127,8 +129,13 @@ class Defender:
 
     def load(self) -> None:
         """Replace the bans in memory with the store's (blocking): picks up bans from before a
-        restart and bans lifted with `sluis bans lift`."""
+        restart and bans lifted with `sluis bans lift`. Reads the table only if it changed."""
+        version = self._store.version()
+        if version == self._version and self._clock.now() < self._next_forget:
+            return
         known = self._store.known(self._clock.now(), MAX_BANS)
+        self._version = self._store.version()
+        self._next_forget = min((ban.forget_at for ban in known), default=datetime.max.replace(tzinfo=timezone.utc))
         with self._lock:
             fresh = {ban.address: ban for ban in known}
             # a ban decided here but not yet saved by its thread stays
