@@ -216,3 +216,12 @@ def test_a_source_is_forgotten_max_ban_after_its_ban_ends(defender):
     for _ in range(10):
         again = d.penalise("192.0.2.20", Penalty.FAILURE)
     assert again is not None and again.offences == 1
+
+
+def test_allowlist_setting_is_checked():
+    from sluis.config.values import parse_networks
+
+    assert parse_networks(["10.1.2.3/8", "2001:db8::1"]) == ("10.0.0.0/8", "2001:db8::1/128")
+    for bad in (["10.0.0.300/8"], "10.0.0.0/8", [7]):
+        with pytest.raises(ValueError, match="CIDR"):
+            parse_networks(bad)
