@@ -277,7 +277,7 @@ def test_500_silent_connections_do_not_delay_a_key_login(make_server):
           f"{fds} fds {rss} KiB RSS")
     assert max(loaded) < 2.0
     assert fds < idle_fds + 100 + 20        # at most max_startups silent sockets are held
-    assert held < 100
+    assert held == 0                        # the last 100 came when max_startups was full
     refused = [r for r in audit(srv, "auth.refused")]
     assert {r["detail"]["why"] for r in refused} == {"max_startups"}     # 20 sources x 5 fill 100
 
