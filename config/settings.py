@@ -76,7 +76,7 @@ class DefenderSettings:
     max_ban: int = setting("24h", parse_duration, "longest ban; an address is forgotten this long after its ban ends")
     allowlist: tuple[str, ...] = setting([], parse_networks,
                                          "addresses or CIDR blocks that are never banned, e.g. [\"10.0.0.0/8\"]")
-    score_failure: int = setting(1, int_range(0, 1000), "score of a wrong password, or of a connection's first rejected key")
+    score_failure: int = setting(1, int_range(0, 1000), "score of a wrong password, or of rejected keys on a connection that never logs in")
     score_unknown_user: int = setting(3, int_range(0, 1000), "score of an attempt on a user name that does not exist")
     score_protocol_error: int = setting(3, int_range(0, 1000),
                                         "score of malformed or out-of-order protocol, or leaving before any login attempt")

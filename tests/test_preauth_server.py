@@ -211,27 +211,32 @@ def test_the_attempt_cap_holds_for_every_method(make_server):
     srv.wait_for(r"connection from 127\.0\.0\.9:\d+: 6 failed authentication attempts, disconnected")
 
 
-def test_key_guessing_bans_once_per_connection_not_per_key(make_server):
+def test_key_guessing_scores_once_per_failed_connection_not_per_key(make_server):
     srv = make_server({"defender": {"threshold": 4}}).standard().start()
     source = "127.0.0.4"
 
-    def try_keys() -> bool:
-        """One asyncssh connection offering three unregistered keys; False if refused outright."""
+    def try_keys(then_the_right_one: bool = False) -> bool:
+        """One asyncssh connection offering three unregistered keys (and then, perhaps, the right
+        one); False if refused outright."""
         async def attempt() -> bool:
             keys = [asyncssh.generate_private_key("ssh-ed25519") for _ in range(3)]
+            if then_the_right_one:
+                keys.append(asyncssh.read_private_key(str(srv.accounts["agency"].key)))
             try:
                 async with asyncssh.connect("127.0.0.1", srv.port, local_addr=(source, 0), username="agency",
                                             client_keys=keys, known_hosts=None, agent_path=None,
                                             password=None, connect_timeout=10):
-                    pytest.fail("logged in with unregistered keys")
+                    assert then_the_right_one, "logged in with unregistered keys"
             except asyncssh.PermissionDenied:
-                return True
+                return not then_the_right_one
             except (OSError, asyncssh.Error):
                 return False
             return True
 
         return asyncio.run(attempt())
 
+    for _ in range(6):                                     # rejected keys, then a login: no penalty
+        assert try_keys(then_the_right_one=True)
     for _ in range(3):
         assert try_keys()
     assert not bans_of(srv, source)                        # 9 rejected keys, 3 connections: score 3

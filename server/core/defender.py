@@ -30,7 +30,7 @@ IPV6_PREFIX = 64
 class Penalty(str, Enum):
     """What a source is penalised for; the value is the name used in audit details."""
 
-    FAILURE = "failure"                 # wrong password, or a connection's first rejected key
+    FAILURE = "failure"                 # wrong password, or rejected keys of a connection that failed
     UNKNOWN_USER = "unknown_user"       # any attempt on a user name that does not exist
     PROTOCOL_ERROR = "protocol_error"   # malformed/out-of-order protocol, leaving before any attempt
     LOGIN_TIMEOUT = "login_timeout"     # cut at the login timeout

@@ -66,7 +66,7 @@ class SluisSSHServer(asyncssh.SSHServer):
         self._failures = 0           # failed attempts counted against max_auth_tries
         self._requests = 0           # validate_* calls (a first bare 'none' probe is free)
         self._free_probe_used = False
-        self._key_penalised = False  # only a connection's first rejected key scores
+        self._key_rejected: Penalty | None = None  # scored once, if the connection never logs in
         self._ended_by_server = False
 
     # --- connection --------------------------------------------------------------------------------
@@ -87,6 +87,10 @@ class SluisSSHServer(asyncssh.SSHServer):
             if code in PROTOCOL_DISCONNECTS:
                 self.gate.protocol_error(self.host, self.source, self.session.actor, str(exc), logged_in=True)
             return
+        if self._key_rejected is not None:
+            # Like OpenSSH's PerSourcePenalties authfail: clients offer every key they hold, so
+            # rejected keys count once, and only for a connection that never logged in.
+            self.gate.penalise(self.host, self.source, self._key_rejected)
         if self._ended_by_server or exc is None:
             return
         attempted = self._requests > 0 or self._failures > 0 or self._free_probe_used
@@ -182,10 +186,12 @@ class SluisSSHServer(asyncssh.SSHServer):
             why = "tenant disabled"
         elif why is None:
             why = "key not registered" if method == "publickey" else "wrong password or no password set"
-        if method != "publickey" or not self._key_penalised:
-            self._key_penalised = self._key_penalised or method == "publickey"
-            self.gate.penalise(self.host, self.source,
-                               Penalty.UNKNOWN_USER if self._user is None else Penalty.FAILURE)
+        penalty = Penalty.UNKNOWN_USER if self._user is None else Penalty.FAILURE
+        if method == "publickey":
+            if self._key_rejected is None or penalty is Penalty.UNKNOWN_USER:
+                self._key_rejected = penalty
+        else:
+            self.gate.penalise(self.host, self.source, penalty)
         tenant = await asyncio.to_thread(self._tenant_name, self._user)
         await asyncio.to_thread(self.app.audit.record, "auth.failure", actor=username[:64],
                                 tenant=tenant, source=self.source, method=method, key=fingerprint,
