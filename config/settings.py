@@ -20,6 +20,7 @@ from .values import (
     parse_duration,
     parse_e164,
     parse_listen,
+    parse_networks,
     parse_path,
     parse_paths,
     parse_size,
@@ -47,12 +48,41 @@ class ServerSettings:
                                       "address and port the SFTP server listens on (HOST:PORT)")
     host_keys: tuple[Path, ...] = setting(["ssh_host_ed25519_key"], parse_paths,
                                           "SSH host private keys, relative to this file")
-    login_timeout: int = setting("60s", parse_duration,
+    login_timeout: int = setting("30s", parse_duration,
                                  "time a client has to authenticate before it is disconnected")
     max_auth_tries: int = setting(6, int_range(1, 20),
                                   "authentication attempts allowed per connection")
     max_connections: int = setting(200, int_range(1, 100000),
-                                   "simultaneous connections; more are refused")
+                                   "simultaneous connections, logged in or not; more are refused")
+    max_startups: int = setting(100, int_range(1, 100000),
+                                "connections not yet logged in, from all sources together; more are refused")
+    per_source_max_startups: int = setting(10, int_range(1, 100000),
+                                           "connections not yet logged in from one address (IPv6: one /64)")
+    max_sessions_per_user: int = setting(10, int_range(1, 10000),
+                                         "simultaneous logged-in connections of one user; more are refused")
+    password_threads: int = setting(2, int_range(1, 64),
+                                    "threads that check passwords (argon2id), apart from key logins")
+    password_queue: int = setting(16, int_range(0, 10000),
+                                  "password checks that may wait for a thread; beyond it an attempt fails at once")
+
+
+@dataclass(frozen=True)
+class DefenderSettings:
+    """[defender]: per-address penalties for failed logins and protocol abuse (docs/defender.md)."""
+
+    enabled: bool = setting(True, parse_bool, "ban addresses that score too many penalties")
+    threshold: int = setting(15, int_range(1, 100000), "score within the observation window that bans an address")
+    observe: int = setting("5m", parse_duration, "observation window: penalties older than this are forgotten")
+    ban_time: int = setting("15m", parse_duration, "length of a first ban")
+    ban_growth: int = setting(2, int_range(1, 100), "each repeat ban lasts this many times the previous one")
+    max_ban: int = setting("24h", parse_duration, "longest ban; an address is forgotten this long after its ban ends")
+    allowlist: tuple[str, ...] = setting([], parse_networks,
+                                         "addresses or CIDR blocks that are never banned, e.g. [\"10.0.0.0/8\"]")
+    score_failure: int = setting(1, int_range(0, 1000), "score of a wrong password, or of rejected keys on a connection that never logs in")
+    score_unknown_user: int = setting(3, int_range(0, 1000), "score of an attempt on a user name that does not exist")
+    score_protocol_error: int = setting(3, int_range(0, 1000),
+                                        "score of malformed or out-of-order protocol, or leaving before any login attempt")
+    score_login_timeout: int = setting(3, int_range(0, 1000), "score of a connection cut at the login timeout")
 
 
 @dataclass(frozen=True)
@@ -189,6 +219,7 @@ class LogSettings:
 
 SECTIONS: dict[str, type] = {
     "server": ServerSettings,
+    "defender": DefenderSettings,
     "storage": StorageSettings,
     "upload": UploadSettings,
     "crypto": CryptoSettings,
@@ -209,6 +240,7 @@ class Settings:
 
     config_path: Path
     server: ServerSettings = field(default_factory=ServerSettings)
+    defender: DefenderSettings = field(default_factory=DefenderSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     upload: UploadSettings = field(default_factory=UploadSettings)
     crypto: CryptoSettings = field(default_factory=CryptoSettings)

@@ -6,6 +6,7 @@ message that says what is allowed; the loader adds the key's name.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -122,3 +123,13 @@ def one_of(*choices: str) -> Callable[[Any], str]:
         return value
 
     return parse
+
+
+def parse_networks(value: Any) -> tuple[str, ...]:
+    """A list of CIDR blocks or addresses ('10.0.0.0/8', '2001:db8::/48', '192.0.2.7') -> normalised."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of addresses or CIDR blocks such as '10.0.0.0/8', got {value!r}")
+    try:
+        return tuple(str(ipaddress.ip_network(v.strip(), strict=False)) for v in value)
+    except ValueError as exc:
+        raise ValueError(f"expected addresses or CIDR blocks such as '10.0.0.0/8': {exc}") from None

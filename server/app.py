@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 from dataclasses import dataclass
-from typing import Any
 
 from ..config.settings import Settings
 from ..keydelivery.mail import send_mail
@@ -20,7 +18,9 @@ from ..retention.monitor import AccessMonitor
 from ..retention.policy import YearlyPolicy
 from .core.audit import AuditLog, open_audit_log
 from .core.checkpoints import CheckpointFile, Checkpointer, Mailer
+from .core.bans import BanStore
 from .core.clock import Clock, SystemClock
+from .core.defender import Defender
 from .core.directory import Directory
 from .core.dropbox import DropBox
 from .core.incidents import IncidentStore
@@ -28,26 +28,9 @@ from .core.notifications import NotificationQueue
 from .core.review import AccountReview
 from .core.state import Database, open_database
 from .core.storage import LocalStorage, Storage
-
-
-class ConnectionLimit:
-    """The open connections, held to [server] max_connections; shutdown closes them all."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.live: set[Any] = set()
-        self._lock = threading.Lock()
-
-    def admit(self, connection: Any) -> bool:
-        with self._lock:
-            if len(self.live) >= self.limit:
-                return False
-            self.live.add(connection)
-            return True
-
-    def release(self, connection: Any) -> None:
-        with self._lock:
-            self.live.discard(connection)
+from .core.workpool import BoundedPool
+from .sftp.connections import ConnectionRegistry
+from .sftp.gate import Gatekeeper
 
 
 @dataclass
@@ -64,13 +47,17 @@ class App:
     janitor: Janitor
     monitor: AccessMonitor
     checkpoints: Checkpointer
-    connections: ConnectionLimit
+    connections: ConnectionRegistry
+    defender: Defender
+    gate: Gatekeeper
+    passwords: BoundedPool    # argon2id checks, apart from the default pool key logins use
     incidents: IncidentStore
     notifications: NotificationQueue
     tracker: IncidentTracker
     review: AccountReview
 
     def close(self) -> None:
+        self.passwords.shutdown()
         self.db.close()
 
 
@@ -95,10 +82,14 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
     janitor = Janitor(settings, dropbox, outbox, clock)
     incidents = IncidentStore(db, audit, clock)
     notifications = NotificationQueue(db, audit, clock)
+    connections = ConnectionRegistry(settings.server)
+    defender = Defender(settings.defender, BanStore(db, audit), clock)
     return App(settings=settings, clock=clock, db=db, audit=audit, directory=directory, storage=storage,
                policy=policy, outbox=outbox, dropbox=dropbox, janitor=janitor,
                monitor=AccessMonitor(settings, audit, clock), checkpoints=checkpoints,
-               connections=ConnectionLimit(settings.server.max_connections),
+               connections=connections, defender=defender,
+               gate=Gatekeeper(defender, connections, audit, clock),
+               passwords=BoundedPool("password", settings.server.password_threads, settings.server.password_queue),
                incidents=incidents, notifications=notifications,
                tracker=IncidentTracker(settings, incidents, notifications, clock),
                review=AccountReview(db, clock))

@@ -24,11 +24,15 @@ from ..keydelivery.worker import OutboxWorker, mail_server
 from .app import App
 from .sftp import algorithms
 from .core.checkpoints import INTERVAL, SHUTDOWN, START
+from .core.session import Session
 from .sftp.auth import SluisSSHServer
+from .sftp.gate import EVENT_TERMINATED
+from .sftp.listener import listen
 
 log = logging.getLogger("sluis")
 SHUTDOWN_GRACE_SECONDS = 5.0
 HOST_KEY_CREDENTIAL = "sluis-host-key"
+WATCH_INTERVAL_SECONDS = 2.0   # disabled accounts' sessions end, and lifted bans take effect, within this
 
 
 def host_key_paths(app: App) -> list[Path]:
@@ -57,9 +61,12 @@ class Service:
         app.outbox.on_wake(lambda: worker.wake_threadsafe(loop))
         host, port = app.settings.server.listen
         keys = await asyncio.to_thread(lambda: [asyncssh.read_private_key(str(p)) for p in host_key_paths(app)])
-        acceptor = await asyncssh.create_server(
-            lambda: SluisSSHServer(app), host, port, server_host_keys=algorithms.host_keypairs(keys),
-            server_version="sluis", **algorithms.server_options(),
+        await asyncio.to_thread(app.defender.load)   # bans from before a restart hold at once
+        acceptor = await listen(
+            host, port, app.gate.screen,
+            server_factory=lambda: SluisSSHServer(app, app.gate, app.passwords),
+            server_host_keys=algorithms.host_keypairs(keys), server_version="sluis",
+            **algorithms.server_options(),
             allow_scp=False, agent_forwarding=False, x11_forwarding=False, allow_pty=False,
             login_timeout=app.settings.server.login_timeout, keepalive_interval=60)
         self.port = acceptor.sockets[0].getsockname()[1]
@@ -68,7 +75,8 @@ class Service:
         tasks = [asyncio.create_task(worker.run(), name="outbox"),
                  asyncio.create_task(self._janitor_loop(), name="janitor"),
                  asyncio.create_task(self._incidents_loop(sender), name="incidents"),
-                 asyncio.create_task(self._checkpoint_loop(), name="checkpoints")]
+                 asyncio.create_task(self._checkpoint_loop(), name="checkpoints"),
+                 asyncio.create_task(self._watch_loop(), name="watch")]
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
         log.info("sluis listening on %s:%d (sms provider: %s)", host, self.port, app.settings.sms.provider)
@@ -77,12 +85,12 @@ class Service:
         await self.stopping.wait()
         log.info("stopping: closing the listener and %d connections", len(app.connections.live))
         acceptor.close()
-        for server in list(app.connections.live):
-            if server.conn is not None:
-                server.conn.close()
+        for server in app.connections.live:
+            server.terminate("server shutting down")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(acceptor.wait_closed(), SHUTDOWN_GRACE_SECONDS)
         await asyncio.sleep(0.2)  # let the SFTP sessions run their cleanup (abort open uploads)
+        await app.gate.drain()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -107,6 +115,7 @@ class Service:
                 except Exception:
                     log.exception("%s pass failed", name)
             await asyncio.sleep(max(self.app.settings.incidents.interval, 1))
+
     async def _checkpoint_loop(self) -> None:
         """A signed checkpoint at start and every [audit] checkpoint_interval; the daily mail goes
         with an interval checkpoint (a service that keeps restarting does not mail each time)."""
@@ -124,3 +133,35 @@ class Service:
                     self.app.checkpoints.mail_if_due(checkpoint)
             except Exception:
                 log.exception("audit checkpoint failed")
+
+    async def _watch_loop(self) -> None:
+        """Every few seconds, off the loop: end the sessions of users disabled meanwhile (by
+        `sluis user disable` / `tenant disable` in another process), and reload the bans (so
+        `sluis bans lift` takes effect)."""
+        app = self.app
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_SECONDS)
+            try:
+                users = app.connections.users()
+                barred = await asyncio.to_thread(app.directory.barred_among, users) if users else set()
+                for server in app.connections.sessions_of(barred):
+                    await self._terminate(server, "account disabled")
+                await asyncio.to_thread(app.defender.load)
+            except Exception:
+                log.exception("watch pass failed")
+
+    async def _terminate(self, server: SluisSSHServer, reason: str) -> None:
+        session = server.session
+        if session is not None:
+            log.warning("ending session %s of %s from %s: %s", session.id, session.actor, server.source, reason)
+            try:
+                await asyncio.to_thread(self._record_termination, server.source, session, reason)
+            except Exception:
+                log.exception("could not record the end of session %s", session.id)
+        server.terminate(reason)
+
+    def _record_termination(self, source: str, session: Session, reason: str) -> None:
+        user = session.user
+        tenant = self.app.directory.tenant_by_id(user.tenant_id).name if user.tenant_id else None
+        self.app.audit.record(EVENT_TERMINATED, actor=user.name, tenant=tenant, source=source,
+                              session=session.id, reason=reason)

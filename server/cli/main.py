@@ -13,10 +13,10 @@ from ...config import ConfigError, default_config_path, load_settings
 from ...keydelivery.sealing import KeyFileError
 from .. import logsafe
 from ..errors import SluisError
-from . import admin, incidents, ops
+from . import admin, bans, incidents, ops
 
 log = logging.getLogger("sluis")
-SUBCOMMAND_GROUPS = ("tenant", "user", "key", "audit", "janitor", "delivery", "incidents")
+SUBCOMMAND_GROUPS = ("tenant", "user", "key", "audit", "janitor", "delivery", "incidents", "bans")
 
 
 def _config_parent() -> argparse.ArgumentParser:
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_user_commands(commands, command)
     ops.add_ops_commands(commands, command)
     incidents.add_incident_commands(commands, command)
+    bans.add_bans_commands(commands, command)
     return parser
 
 

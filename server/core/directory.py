@@ -290,6 +290,19 @@ def _key(row: sqlite3.Row) -> UserKey:
                    public_key=row["public_key"], comment=row["comment"], added_at=row["added_at"],
                    expires_at=row["expires_at"])
 
+    def barred_among(self, names: Iterable[str]) -> set[str]:
+        """Of these user names, those that may no longer log in (user or tenant disabled, or
+        gone): one query, for the watcher that ends such users' live sessions."""
+        wanted, allowed = sorted(set(names)), set()
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.query(f"SELECT u.name FROM users u LEFT JOIN tenants t ON t.id = u.tenant_id WHERE"
+                                 f" u.name IN ({marks}) AND u.active = 1 AND (u.tenant_id IS NULL OR t.active = 1)",
+                                 tuple(chunk))
+            allowed |= {row[0] for row in rows}
+        return set(wanted) - allowed
+
 
 def _user(row: sqlite3.Row) -> User:
     return User(id=row["id"], name=row["name"], role=row["role"], tenant_id=row["tenant_id"],

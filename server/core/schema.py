@@ -143,11 +143,28 @@ MIGRATIONS.append("""
     """
 )
 
+MIGRATIONS.append(
+    # 4: preauth: per-source bans of the defender (core/bans.py), kept across restarts
+    """
+    CREATE TABLE bans (
+        address TEXT PRIMARY KEY,
+        banned_at TEXT NOT NULL,
+        until TEXT NOT NULL,
+        offences INTEGER NOT NULL DEFAULT 1,
+        score INTEGER NOT NULL DEFAULT 0,
+        reasons TEXT NOT NULL DEFAULT '{}',
+        forget_at TEXT NOT NULL
+    );
+    CREATE INDEX bans_until ON bans (until);
+    """
+)
+
 EXPECTED_TABLES = ("tenants", "tenant_phones", "users", "user_keys", "deliveries", "uploads", "secrets",
-                   "outbox", "audit", "protocols", "allowances", "resends")
+                   "outbox", "audit", "protocols", "allowances", "resends", "bans")
+
 
 MIGRATIONS.append(
-    # 3: incidents: incidents and their cursor over the audit log, a generic notification queue,
+    # 5: incidents: incidents and their cursor over the audit log, a generic notification queue,
     # tenant DPOs, user function profiles, key expiry (server/core/incidents.py, notifications.py).
     # An upgraded server starts the incidents cursor at the log's head: history is not re-alerted.
     """

@@ -1,0 +1,99 @@
+"""The pre-authentication gate: admits or refuses a new socket (bans, caps), and turns what a
+connection does before logging in into penalties and audit records (docs/defender.md).
+
+Runs on the event loop: decisions are in memory; database writes (bans, audit records) go to
+threads in the background, kept referenced until done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable
+
+from ..core.audit import AuditLog
+from ..core.clock import Clock, iso
+from ..core.defender import Defender, Penalty, Throttle, source_key
+from .connections import ConnectionRegistry, Refusal
+
+log = logging.getLogger("sluis.gate")
+
+EVENT_REFUSED = "auth.refused"
+EVENT_PROTOCOL_ERROR = "protocol.error"
+EVENT_LIMIT = "sftp.limit"
+EVENT_TERMINATED = "session.terminated"
+
+
+class Gatekeeper:
+    def __init__(self, defender: Defender, registry: ConnectionRegistry, audit: AuditLog, clock: Clock) -> None:
+        self.defender = defender
+        self.registry = registry
+        self._audit = audit
+        self._refusals = Throttle(clock)          # auth.refused: one record per address per minute
+        self._protocol_errors = Throttle(clock)   # protocol.error before login: the same
+        self._pending: set[asyncio.Future[Any]] = set()
+
+    # --- admission ------------------------------------------------------------------------------
+    def screen(self, host: str, port: int) -> bool:
+        """Admit a just-accepted socket? A refusal is recorded (rate-limited) here."""
+        why = Refusal.BANNED if self.defender.banned(host) else self.registry.refusal(host)
+        if why is Refusal.MAX_STARTUPS:
+            victim = self.registry.make_room(host)
+            if victim is not None:
+                log.info("max_startups full: dropping a pending connection from %s for one from %s",
+                         victim.source, host)
+                victim.terminate("too many unauthenticated connections from your address")
+                why = self.registry.refusal(host)
+        if why is None:
+            return True
+        count = self._refusals.hit(source_key(host))
+        if count is not None:
+            log.warning("refused connections from %s: %s (%d since the last report)", host, why.value, count)
+            self._background(self._audit.record, EVENT_REFUSED, actor="-", source=f"{host}:{port}",
+                             address=host, why=why.value, count=count)
+        return False
+
+    def admit(self, connection: Any, host: str) -> Refusal | None:
+        return self.registry.admit(connection, host)
+
+    def authenticate(self, connection: Any, user: str) -> bool:
+        return self.registry.authenticate(connection, user)
+
+    def release(self, connection: Any) -> None:
+        self.registry.release(connection)
+
+    # --- penalties ------------------------------------------------------------------------------
+    def penalise(self, host: str, source: str, penalty: Penalty) -> None:
+        ban = self.defender.penalise(host, penalty)
+        if ban is not None:
+            log.warning("banned %s until %s (score %d: %s, ban number %d)", ban.address, iso(ban.until),
+                        ban.score, ban.reasons, ban.offences)
+            self._background(self.defender.save, ban, source=source)
+
+    def protocol_error(self, host: str, source: str, actor: str, what: str, *, logged_in: bool = False) -> None:
+        """A connection broke the SSH protocol, or left before trying to log in: an audit record
+        (at most one per source per minute) and, before login, a penalty."""
+        stage = "after authentication" if logged_in else "before authentication"
+        log.info("protocol error from %s %s: %s", source, stage, what)
+        if not logged_in:
+            self.penalise(host, source, Penalty.PROTOCOL_ERROR)
+        count = self._protocol_errors.hit(source_key(host))
+        if count is not None:
+            self._background(self._audit.record, EVENT_PROTOCOL_ERROR, actor=actor, source=source,
+                             what=what[:200], stage=stage, count=count)
+
+    # --- background writes ----------------------------------------------------------------------
+    def _background(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        future = asyncio.ensure_future(asyncio.to_thread(func, *args, **kwargs))
+        self._pending.add(future)
+        future.add_done_callback(self._done)
+
+    def _done(self, future: asyncio.Future[Any]) -> None:
+        self._pending.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            log.error("could not record a pre-authentication event: %s", future.exception())
+
+    async def drain(self) -> None:
+        """Wait for the background writes (at shutdown)."""
+        if self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
