@@ -284,12 +284,6 @@ class Directory:
             "SELECT * FROM user_keys WHERE user_id = ? AND (expires_at IS NULL OR expires_at > ?) ORDER BY id",
             (user.id, iso(self.clock.now())))]
 
-
-def _key(row: sqlite3.Row) -> UserKey:
-    return UserKey(id=row["id"], user_id=row["user_id"], fingerprint=row["fingerprint"],
-                   public_key=row["public_key"], comment=row["comment"], added_at=row["added_at"],
-                   expires_at=row["expires_at"])
-
     def barred_among(self, names: Iterable[str]) -> set[str]:
         """Of these user names, those that may no longer log in (user or tenant disabled, or
         gone): one query, for the watcher that ends such users' live sessions."""
@@ -302,6 +296,12 @@ def _key(row: sqlite3.Row) -> UserKey:
                                  tuple(chunk))
             allowed |= {row[0] for row in rows}
         return set(wanted) - allowed
+
+
+def _key(row: sqlite3.Row) -> UserKey:
+    return UserKey(id=row["id"], user_id=row["user_id"], fingerprint=row["fingerprint"],
+                   public_key=row["public_key"], comment=row["comment"], added_at=row["added_at"],
+                   expires_at=row["expires_at"])
 
 
 def _user(row: sqlite3.Row) -> User:
