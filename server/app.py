@@ -21,6 +21,7 @@ from .core.directory import Directory
 from .core.dropbox import DropBox
 from .core.state import Database, open_database
 from .core.storage import LocalStorage, Storage
+from .sftp.limits import ProcessLimits
 
 
 class ConnectionLimit:
@@ -57,6 +58,7 @@ class App:
     janitor: Janitor
     monitor: AccessMonitor
     connections: ConnectionLimit
+    limits: ProcessLimits
 
     def close(self) -> None:
         self.db.close()
@@ -80,4 +82,5 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
     return App(settings=settings, clock=clock, db=db, audit=audit, directory=directory, storage=storage,
                policy=policy, outbox=outbox, dropbox=dropbox, janitor=janitor,
                monitor=AccessMonitor(settings, audit, clock),
-               connections=ConnectionLimit(settings.server.max_connections))
+               connections=ConnectionLimit(settings.server.max_connections),
+               limits=ProcessLimits(settings.limits, audit, directory))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import secrets
 from datetime import timedelta
-from typing import Callable, Protocol
+from typing import Callable, Container, Protocol
 
 from ...config.settings import Settings
 from ..errors import NotFound, PermissionDenied
@@ -46,15 +46,25 @@ class DeliveryPolicy(Protocol):
 
 
 class Download:
-    """An open recipient handle on one delivery; reads are recorded in the session's coverage."""
+    """An open recipient handle on one delivery; reads are recorded in the session's coverage.
 
-    def __init__(self, delivery: Delivery, reader: BlobReader, coverage: Coverage) -> None:
+    A handle opened before its delivery was withdrawn, replaced or removed reads no more: this
+    process marks it in `revoked` when it removes one, and a removal by another process (the
+    janitor, an operator's command) unlinks the blob, which the open reader notices (one fstat,
+    no database query per read)."""
+
+    def __init__(self, delivery: Delivery, reader: BlobReader, coverage: Coverage,
+                 revoked: Container[str] = frozenset()) -> None:
         self.delivery = delivery
         self.reader = reader
         self.coverage = coverage
+        self.revoked = revoked
         self.sent = 0
 
     def read(self, offset: int, size: int) -> bytes:
+        if self.delivery.id in self.revoked or self.reader.removed():
+            raise NotFound(f"{self.delivery.stored_name} was withdrawn, replaced or removed after it was "
+                           "opened; list the folder again")
         data = self.reader.read_at(offset, size)
         self.coverage.add(offset, offset + len(data))
         self.sent += len(data)
@@ -77,6 +87,7 @@ class DropBox:
         self.policy = policy
         self.passphrases = passphrases
         self.budget = MemoryBudget(settings.upload.total_window)
+        self.revoked: set[str] = set()  # deliveries this process removed: open handles read no more
 
     # --- what users see ----------------------------------------------------------------------
     def active_tenant(self, name: str) -> Tenant:
@@ -185,7 +196,7 @@ class DropBox:
         upload.finished = True
         upload.passphrase = ""
         for old in replaced:
-            self.storage.delete(old.blob_key)
+            self._retire(old)
         self.keys.wake()
         return delivery
 
@@ -194,6 +205,7 @@ class DropBox:
         if upload.finished:
             return
         upload.finished = True
+        upload.aborted = f"{reason}: {error}" if error else reason
         upload.release()
         self.storage.discard(upload.temp.key)
         self._forget_upload(upload.id, upload.tenant, upload.session, reason,
@@ -215,7 +227,7 @@ class DropBox:
         reader = self.storage.open_read(delivery.blob_key)
         self.audit.record("download.open", actor=session.actor, tenant=self._tenant_name(delivery),
                           delivery=delivery.id, source=session.source, name=stored_name)
-        return Download(delivery, reader, coverage)
+        return Download(delivery, reader, coverage, self.revoked)
 
     def close_download(self, session: Session, download: Download) -> bool:
         """Close the handle; if the session has now read every byte, the delivery is collected."""
@@ -247,8 +259,13 @@ class DropBox:
             if not current or current[0].state == REMOVED:
                 return False
             self._mark_removed(tx, current[0], reason, actor=actor, source=source, **detail)
-        self.storage.delete(delivery.blob_key)
+        self._retire(delivery)
         return True
+
+    def _retire(self, delivery: Delivery) -> None:
+        """After the removal committed: handles still open on it fail, then the blob goes."""
+        self.revoked.add(delivery.id)
+        self.storage.delete(delivery.blob_key)
 
     def _mark_removed(self, tx: Tx, delivery: Delivery, reason: str, *, actor: str,
                       source: str | None, **detail: object) -> None:

@@ -16,6 +16,7 @@ from ..core.records import User
 from ..core.session import Session
 from .channel import SluisSession
 from .handler import SluisSFTPServer
+from .limits import ConnectionLimits
 
 log = logging.getLogger("sluis.auth")
 
@@ -37,6 +38,7 @@ class SluisSSHServer(asyncssh.SSHServer):
         self._user: User | None = None
         self._key: str | None = None
         self._failures = 0
+        self.limits: ConnectionLimits | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
@@ -124,4 +126,9 @@ class SluisSSHServer(asyncssh.SSHServer):
         if self.session is None:
             return False
         session = self.session
-        return SluisSession(lambda chan: SluisSFTPServer(chan, self.app.dropbox, session))
+        if self.limits is None:  # [limits] of this connection (server/sftp/limits.py)
+            self.limits = self.app.limits.connection(session, self.conn)
+        limits = self.limits
+        limits.open_channel()  # ChannelOpenError beyond channels_per_connection
+        return SluisSession(lambda chan: SluisSFTPServer(chan, self.app.dropbox, session, limits),
+                            limits.close_channel)

@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator, Callable, TypeVar
 
 import asyncssh
 from asyncssh import SFTPAttrs, SFTPName
-from asyncssh.sftp import FXF_APPEND, FXF_READ, FXF_WRITE
+from asyncssh.sftp import FXF_APPEND, FXF_READ, FXF_WRITE, SFTPLimits
 
 from ..core.coverage import Coverage
 from ..core.deliveries import REASON_DELETED, REASON_WITHDRAWN
@@ -22,7 +22,8 @@ from ..core.dropbox import Download, DropBox
 from ..core.names import check_name, staged_base
 from ..core.session import Session
 from ..core.uploads import Upload
-from ..errors import NotFound, PermissionDenied, UploadRejected
+from ..errors import Busy, NotFound, PermissionDenied, UploadRejected
+from .limits import ConnectionLimits
 from .paths import join_path, split_path
 from .requests import authorise
 from .status import to_sftp_error
@@ -49,10 +50,13 @@ class DownloadHandle:
 class SluisSFTPServer(asyncssh.SFTPServer):
     """One SFTP session of one user."""
 
-    def __init__(self, chan: asyncssh.SSHServerChannel, dropbox: DropBox, session: Session) -> None:
+    def __init__(self, chan: asyncssh.SSHServerChannel, dropbox: DropBox, session: Session,
+                 limits: ConnectionLimits) -> None:
         super().__init__(chan)
         self.dropbox = dropbox
         self.session = session
+        self.limits = limits
+        self.max_message = limits.settings.max_message
         self.uploads: dict[tuple[str, str], Upload] = {}
         self.coverage: dict[str, Coverage] = {}
         self.view = View(dropbox, session, self.uploads, int(time.time()))
@@ -141,11 +145,41 @@ class SluisSFTPServer(asyncssh.SFTPServer):
         for name in await self.list_folder(path):
             yield name
 
+    # --- [limits] (the handler in channel.py calls these) ----------------------------------------
+    def sftp_limits(self) -> SFTPLimits:
+        """The limits@openssh.com reply: message, read and write sizes, handles per session."""
+        read = self.limits.process.max_read
+        return SFTPLimits(self.max_message, read, read, self.limits.settings.handles_per_session)
+
+    def message_too_long(self, length: int) -> None:
+        self.limits.breach("max_message", length, self.max_message)
+
+    def malformed(self, what: str) -> None:
+        self.limits.protocol_error(what)
+
+    def admit_handle(self, open_now: int) -> None:
+        """Refuse an open beyond [limits] handles_per_session (before it costs anything)."""
+        allowed = self.limits.settings.handles_per_session
+        if open_now >= allowed:
+            self.limits.breach("handles_per_session", open_now + 1, allowed)
+            raise asyncssh.SFTPFailure(f"too many open files: at most {allowed} at once in one session; "
+                                       "close one first ([limits] handles_per_session)")
+
+    def _admit_upload(self) -> None:
+        allowed = self.limits.settings.uploads_per_session
+        if len(self.uploads) >= allowed:
+            self.limits.breach("uploads_per_session", len(self.uploads) + 1, allowed)
+            raise asyncssh.SFTPFailure(f"too many uploads in progress: at most {allowed} at once in one "
+                                       "session; finish one first ([limits] uploads_per_session)")
+
     # --- files --------------------------------------------------------------------------------
     async def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> object:
         shown = self._show(path)
         if pflags & (FXF_WRITE | FXF_APPEND):
-            return await self._run("open_write", shown, self._open_write, path, pflags)
+            self._admit_upload()
+            # Each upload open derives a key with scrypt (32 MiB): a few at a time, process-wide.
+            async with self.limits.process.key_derivations:
+                return await self._run("open_write", shown, self._open_write, path, pflags)
         if pflags & FXF_READ:
             return await self._run("open_read", shown, self._open_read, path)
         raise to_sftp_error(PermissionDenied("open needs read or write access"))
@@ -175,6 +209,8 @@ class SluisSFTPServer(asyncssh.SFTPServer):
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:
         if not isinstance(file_obj, DownloadHandle):
             raise to_sftp_error(PermissionDenied("this handle was not opened for reading"))
+        # A longer READ gets at most the cap, as from OpenSSH's sftp-server (a short read is legal).
+        size = min(size, self.limits.process.max_read)
         return await self._run("read", "<handle>", file_obj.download.read, offset, size)
 
     async def write(self, file_obj: object, offset: int, data: bytes) -> int:
@@ -186,9 +222,10 @@ class SluisSFTPServer(asyncssh.SFTPServer):
     def _write(self, handle: UploadHandle, offset: int, data: bytes) -> None:
         try:
             handle.upload.write(offset, data)
-        except UploadRejected:
-            # The client may still fix this (a retry of the same write); the upload stays open,
-            # but until then closing the handle must not publish what arrived so far.
+        except (UploadRejected, Busy):
+            # The client may still fix this (a retry of the same write, once the shared reorder
+            # memory frees up); the upload stays open, but until then closing the handle must not
+            # publish what arrived so far.
             handle.refused.add((offset, len(data)))
             raise
         except Exception as exc:
@@ -206,7 +243,10 @@ class SluisSFTPServer(asyncssh.SFTPServer):
     def _close_upload(self, handle: UploadHandle) -> None:
         upload = handle.upload
         if upload.finished:
-            return
+            # Only this close publishes (or seals) an upload, so a finished one was dropped: by
+            # a failed write, a new upload of the same name, or a remove. Never answer OK then.
+            raise UploadRejected(f"nothing was published: {upload.aborted or 'the upload was discarded'}; "
+                                 "upload the file again")
         if self.lost:
             self._drop(handle, "connection lost before the upload was closed")
             return

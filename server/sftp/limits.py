@@ -1,0 +1,148 @@
+"""The [limits] caps after login: what one connection and one SFTP session may hold.
+
+`ProcessLimits` is built once (app.py) and holds what all sessions share: the settings and the
+pool of key-derivation slots (scrypt costs 32 MiB a time, so at most `key_derivations` run at
+once). `ConnectionLimits` is per SSH connection: its channel count, and its record of broken
+limits and protocol errors. The first breach of each kind on a connection is audited
+(`sftp.limit`, `protocol.error`); later ones are counted and logged, and a connection that keeps
+on breaking them is disconnected, so one client can neither grow the audit log nor the
+process's memory and descriptors (see descriptors_needed for the arithmetic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import Any, Protocol
+
+import asyncssh
+
+from ...config.settings import LimitSettings, Settings
+from ..core.session import Session
+
+log = logging.getLogger("sluis.limits")
+
+READ_OVERHEAD = 1024              # OpenSSH: SFTP_MAX_READ_LENGTH = SFTP_MAX_MSG_LENGTH - 1024
+MAX_BREACHES = 100                # limits broken on one connection before it is disconnected
+MAX_PROTOCOL_ERRORS = 10          # malformed packets on one connection before it is disconnected
+RESERVED_DESCRIPTORS = 1024       # listener, database, log, threads, host keys, janitor
+
+
+class Recorder(Protocol):
+    """The audit call the limits need (AuditLog.record)."""
+
+    def record(self, event: str, **kwargs: Any) -> int: ...
+
+
+class TenantNames(Protocol):
+    def tenant_by_id(self, tenant_id: str) -> Any: ...
+
+
+def max_read(settings: LimitSettings) -> int:
+    """The most a READ returns: the message cap less room for the reply's header."""
+    return settings.max_message - READ_OVERHEAD
+
+
+def descriptors_needed(settings: Settings) -> int:
+    """File descriptors the caps allow at most: every connection a socket, every SFTP handle one
+    descriptor (a download's blob or an upload's temporary; folder handles hold none)."""
+    limits = settings.limits
+    per_connection = 1 + limits.channels_per_connection * limits.handles_per_session
+    return settings.server.max_connections * per_connection + RESERVED_DESCRIPTORS
+
+
+class ProcessLimits:
+    """The process-wide side of the caps, shared by every connection."""
+
+    def __init__(self, settings: LimitSettings, audit: Recorder, directory: TenantNames) -> None:
+        self.settings = settings
+        self.max_read = max_read(settings)
+        self._audit = audit
+        self._directory = directory
+        self._derivations: asyncio.Semaphore | None = None
+        self._writes: set[asyncio.Task[None]] = set()
+
+    @property
+    def key_derivations(self) -> asyncio.Semaphore:
+        """Slots for upload opens (each runs scrypt); created on the serving loop's first use."""
+        if self._derivations is None:
+            self._derivations = asyncio.Semaphore(self.settings.key_derivations)
+        return self._derivations
+
+    def connection(self, session: Session, conn: asyncssh.SSHServerConnection) -> ConnectionLimits:
+        return ConnectionLimits(self, session, conn)
+
+    def record_soon(self, event: str, session: Session, **detail: Any) -> None:
+        """Called on the event loop (sync asyncssh callbacks too): the write goes to a thread."""
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(self.record, event, session, **detail))
+        self._writes.add(task)
+        task.add_done_callback(self._written)
+
+    def _written(self, task: asyncio.Task[None]) -> None:
+        self._writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("audit record of a broken limit failed", exc_info=task.exception())
+
+    def record(self, event: str, session: Session, **detail: Any) -> None:
+        """Write one audit record for the session (blocks: call off the event loop)."""
+        tenant_id = session.user.tenant_id
+        tenant = self._directory.tenant_by_id(tenant_id).name if tenant_id else None
+        self._audit.record(event, actor=session.actor, tenant=tenant, source=session.source, **detail)
+
+
+class ConnectionLimits:
+    """One logged-in SSH connection's channels and breaches."""
+
+    def __init__(self, process: ProcessLimits, session: Session, conn: asyncssh.SSHServerConnection) -> None:
+        self.process = process
+        self.settings = process.settings
+        self.session = session
+        self._conn = conn
+        self.channels = 0
+        self.breaches: Counter[str] = Counter()
+
+    # --- channels --------------------------------------------------------------------------
+    def open_channel(self) -> None:
+        """Count a new session channel, or refuse it (ChannelOpenError) when the cap is reached."""
+        allowed = self.settings.channels_per_connection
+        if self.channels >= allowed:
+            self.breach("channels_per_connection", self.channels + 1, allowed)
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_RESOURCE_SHORTAGE,
+                f"too many channels: at most {allowed} at once on one connection ([limits] channels_per_connection)")
+        self.channels += 1
+
+    def close_channel(self) -> None:
+        self.channels -= 1
+
+    # --- breaches --------------------------------------------------------------------------
+    def breach(self, limit: str, value: int, allowed: int) -> None:
+        """A limit was broken: audit the first of its kind, count, disconnect a persistent offender."""
+        self.breaches[limit] += 1
+        count = self.breaches[limit]
+        log.warning("limit broken: user=%s session=%s from=%s limit=%s value=%d allowed=%d count=%d",
+                    self.session.actor, self.session.id, self.session.source, limit, value, allowed, count)
+        if count == 1:
+            self._audit("sftp.limit", limit=limit, value=value, allowed=allowed)
+        if sum(self.breaches.values()) - self.breaches["protocol"] > MAX_BREACHES:
+            self.disconnect(asyncssh.DISC_BY_APPLICATION, "too many requests over the server's limits")
+
+    def protocol_error(self, what: str) -> None:
+        """A malformed SFTP packet: audit the first, disconnect after MAX_PROTOCOL_ERRORS."""
+        self.breaches["protocol"] += 1
+        count = self.breaches["protocol"]
+        log.warning("protocol error: user=%s session=%s from=%s what=%r count=%d",
+                    self.session.actor, self.session.id, self.session.source, what[:200], count)
+        if count == 1:
+            self._audit("protocol.error", what=what[:200], layer="sftp")
+        if count >= MAX_PROTOCOL_ERRORS:
+            self.disconnect(asyncssh.DISC_PROTOCOL_ERROR, "too many malformed SFTP messages")
+
+    def disconnect(self, code: int, reason: str) -> None:
+        log.warning("disconnecting user=%s session=%s from=%s: %s", self.session.actor, self.session.id,
+                    self.session.source, reason)
+        self._conn.disconnect(code, reason)
+
+    def _audit(self, event: str, **detail: Any) -> None:
+        self.process.record_soon(event, self.session, **detail)
