@@ -125,7 +125,7 @@ class ConnectionLimits:
                     self.session.actor, self.session.id, self.session.source, limit, value, allowed, count)
         if count == 1:
             self._audit("sftp.limit", limit=limit, value=value, allowed=allowed)
-        if sum(self.breaches.values()) - self.breaches["protocol"] > MAX_BREACHES:
+        if sum(self.breaches.values()) - self.breaches["protocol"] == MAX_BREACHES + 1:
             self.disconnect(asyncssh.DISC_BY_APPLICATION, "too many requests over the server's limits")
 
     def protocol_error(self, what: str) -> None:
@@ -136,7 +136,7 @@ class ConnectionLimits:
                     self.session.actor, self.session.id, self.session.source, what[:200], count)
         if count == 1:
             self._audit("protocol.error", what=what[:200], layer="sftp")
-        if count >= MAX_PROTOCOL_ERRORS:
+        if count == MAX_PROTOCOL_ERRORS:
             self.disconnect(asyncssh.DISC_PROTOCOL_ERROR, "too many malformed SFTP messages")
 
     def disconnect(self, code: int, reason: str) -> None:
