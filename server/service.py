@@ -20,6 +20,7 @@ from ..keydelivery.factory import make_provider
 from ..keydelivery.worker import OutboxWorker
 from .app import App
 from .sftp.auth import SluisSSHServer
+from .sftp.limits import raise_descriptor_limit
 
 log = logging.getLogger("sluis")
 SHUTDOWN_GRACE_SECONDS = 5.0
@@ -42,6 +43,9 @@ class Service:
 
     async def run(self, on_ready: Callable[[int], None] | None = None) -> None:
         app, loop = self.app, asyncio.get_running_loop()
+        short = raise_descriptor_limit(app.settings)
+        if short:
+            log.warning("%s", short)
         await asyncio.to_thread(app.outbox.sealer)  # fail now, not at the first upload, if the key is unusable
         recovered = await asyncio.to_thread(app.dropbox.recover)
         if recovered:

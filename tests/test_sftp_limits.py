@@ -367,3 +367,25 @@ def test_read_fails_once_the_file_is_gone(shared: SluisServer, how: str) -> None
 def _session(app: Any, user: str) -> Any:
     from sluis.server.core.session import Session
     return Session(user=app.directory.find_user(user), source="test")
+
+
+# --- descriptors ----------------------------------------------------------------------------
+@pytest.mark.parametrize("hard, warned", [(1024, True), (8000, False)])
+def test_descriptor_limit_raised_or_warned_at_start(hard: int, warned: bool) -> None:
+    """The server lifts its soft RLIMIT_NOFILE to what the caps need (20 connections here:
+    20 x (1 + 10 x 32) + 1024 = 7444), and warns when the hard limit is too low for them (run in
+    a child process, so that the test's own limit stays)."""
+    import resource
+    import subprocess
+    import sys
+
+    code = ("import resource; from pathlib import Path; from sluis.config.settings import Settings, "
+            "ServerSettings; from sluis.server.sftp.limits import raise_descriptor_limit; "
+            "print(raise_descriptor_limit(Settings(config_path=Path('/x'), "
+            "server=ServerSettings(max_connections=20)))); "
+            "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)))
+    message, soft = result.stdout.splitlines()
+    assert ("raise LimitNOFILE" in message) == warned, message
+    assert int(soft) == (hard if warned else 7444)

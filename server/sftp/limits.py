@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 from collections import Counter
 from typing import Any, Protocol
 
@@ -50,6 +51,20 @@ def descriptors_needed(settings: Settings) -> int:
     limits = settings.limits
     per_connection = 1 + limits.channels_per_connection * limits.handles_per_session
     return settings.server.max_connections * per_connection + RESERVED_DESCRIPTORS
+
+
+def raise_descriptor_limit(settings: Settings) -> str | None:
+    """At start: lift the soft RLIMIT_NOFILE towards what the caps need (up to the hard limit);
+    return a warning when even that is short (the unit's LimitNOFILE should match the caps)."""
+    needed = descriptors_needed(settings)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        return (f"the descriptor limit is {soft}, but [server] max_connections and [limits] allow "
+                f"{needed} open at once; raise LimitNOFILE (see systemd/sluis.service) or lower the caps")
+    return None
 
 
 class ProcessLimits:
