@@ -250,7 +250,7 @@ def test_thousands_of_opens(harness: Harness) -> None:
 
 def test_hundred_channels(harness: Harness) -> None:
     async def main() -> None:
-        conn = await connect(harness.server, "agency")
+        conn = await connect(harness.server, "genk-clerk")
         async with conn:
             opened, refused = [], 0
             for _ in range(100):
@@ -259,9 +259,19 @@ def test_hundred_channels(harness: Harness) -> None:
                 except asyncssh.ChannelOpenError:
                     refused += 1
             assert (len(opened), refused) == (LIMITS.channels_per_connection, 100 - LIMITS.channels_per_connection)
-            harness.sample()
-            for raw in opened:      # every admitted session works
+            # Every admitted session works, and holds as many files open as it may: the most
+            # descriptors one connection can cost (10 x 32 + its socket).
+            before = proc_status(harness.pid)["fds"]
+            for raw in opened:
                 assert (await raw.request(REALPATH, string("."))).kind == NAME
+                for _ in range(LIMITS.handles_per_session):
+                    assert (await raw.open_file(f"/{OWN}.age", FXF_READ)).kind == HANDLE
+                refused = await raw.open_file(f"/{OWN}.age", FXF_READ)
+                assert refused.kind == STATUS and "handles_per_session" in refused.message
+            most = harness.sample()["fds"]
+            allowed = LIMITS.channels_per_connection * LIMITS.handles_per_session
+            assert allowed <= most - before <= allowed + FD_SLACK, (before, most)
+            print(f"\none connection at its caps: {most - before} descriptors more (allowed {allowed})")
             for raw in opened:
                 raw.close_channel()
     harness.run(main())

@@ -258,6 +258,7 @@ def test_unread_replies_do_not_pile_up(shared: SluisServer) -> None:
             end = proc_status(pid)
             return {"start": start["VmHWM"], "peak": max(peak["VmHWM"], end["VmHWM"])}
     seen = run(main())
+    print(f"\n{count} unread READs of {MAX_READ} bytes: server peak RSS {seen} KiB")
     assert seen["peak"] - seen["start"] < 64 * 1024, seen   # KiB: far below the 500 MB of replies
 
 
@@ -281,6 +282,7 @@ def test_key_derivations_share_a_small_pool(tmp_path_factory: pytest.TempPathFac
             await asyncio.gather(*(one(i) for i in range(8)))
             return start, proc_status(pid)["VmHWM"]
         start, peak = run(main())
+        print(f"\n8 concurrent upload opens, scrypt 128 MiB each: server peak RSS {start} -> {peak} KiB")
         assert peak - start < 2 * 128 * 1024 + 64 * 1024, (start, peak)   # KiB
     finally:
         server.close()
