@@ -117,7 +117,8 @@ def still_serving(h: Harness, group: str) -> None:
     async def transfer() -> bytes:
         await publish(h.server, "health", "health.csv", data)
         async with await connect(h.server, "health-clerk") as conn, conn.start_sftp_client() as client:
-            return await client.getcwd() and await (await client.open("/health.csv.age", "rb")).read()
+            async with client.open("/health.csv.age", "rb") as handle:
+                return await handle.read()
     stored = h.run(transfer())
     [row] = [d for d in deliveries(h.server, name="health.csv") if d["state"] != "removed"]
     assert len(stored) == row["stored_size"], f"after {group}: the transfer came back short"
@@ -266,8 +267,8 @@ def test_hundred_channels(harness: Harness) -> None:
                 assert (await raw.request(REALPATH, string("."))).kind == NAME
                 for _ in range(LIMITS.handles_per_session):
                     assert (await raw.open_file(f"/{OWN}.age", FXF_READ)).kind == HANDLE
-                refused = await raw.open_file(f"/{OWN}.age", FXF_READ)
-                assert refused.kind == STATUS and "handles_per_session" in refused.message
+                over = await raw.open_file(f"/{OWN}.age", FXF_READ)
+                assert over.kind == STATUS and "handles_per_session" in over.message
             most = harness.sample()["fds"]
             allowed = LIMITS.channels_per_connection * LIMITS.handles_per_session
             assert allowed <= most - before <= allowed + FD_SLACK, (before, most)

@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import inspect
 import itertools
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Iterator
 
 import asyncssh
 import pytest

@@ -127,7 +127,7 @@ class SluisSFTPHandler(SFTPServerHandler):
             cast(SSHServerChannel, self._writer.channel).exit(0 if exc is None else 1)
         await super()._cleanup(exc)
 
-    _packet_handlers = {kind: _reporting_malformed(func) for kind, func in {
+    _packet_handlers = {kind: _reporting_malformed(cast(_Handler, func)) for kind, func in {
         **{kind: func for kind, func in SFTPServerHandler._packet_handlers.items() if kind in PACKETS},
         FXP_WRITE: _process_write_lenient,
         FXP_OPENDIR: _process_opendir_checked,

@@ -56,7 +56,7 @@ class SluisSFTPServer(asyncssh.SFTPServer):
         self.dropbox = dropbox
         self.session = session
         self.limits = limits
-        self.max_message = limits.settings.max_message
+        self.max_message = limits.max_message
         self.uploads: dict[tuple[str, str], Upload] = {}
         self.coverage: dict[str, Coverage] = {}
         self.view = View(dropbox, session, self.uploads, int(time.time()))
@@ -145,40 +145,26 @@ class SluisSFTPServer(asyncssh.SFTPServer):
         for name in await self.list_folder(path):
             yield name
 
-    # --- [limits] (the handler in channel.py calls these) ----------------------------------------
+    # --- [limits] (the handler in channel.py asks these) ------------------------------------------
     def sftp_limits(self) -> SFTPLimits:
-        """The limits@openssh.com reply: message, read and write sizes, handles per session."""
-        read = self.limits.process.max_read
-        return SFTPLimits(self.max_message, read, read, self.limits.settings.handles_per_session)
+        return self.limits.sftp_limits()
 
     def message_too_long(self, length: int) -> None:
-        self.limits.breach("max_message", length, self.max_message)
+        self.limits.message_too_long(length)
 
     def malformed(self, what: str) -> None:
         self.limits.protocol_error(what)
 
     def admit_handle(self, open_now: int) -> None:
-        """Refuse an open beyond [limits] handles_per_session (before it costs anything)."""
-        allowed = self.limits.settings.handles_per_session
-        if open_now >= allowed:
-            self.limits.breach("handles_per_session", open_now + 1, allowed)
-            raise asyncssh.SFTPFailure(f"too many open files: at most {allowed} at once in one session; "
-                                       "close one first ([limits] handles_per_session)")
-
-    def _admit_upload(self) -> None:
-        allowed = self.limits.settings.uploads_per_session
-        if len(self.uploads) >= allowed:
-            self.limits.breach("uploads_per_session", len(self.uploads) + 1, allowed)
-            raise asyncssh.SFTPFailure(f"too many uploads in progress: at most {allowed} at once in one "
-                                       "session; finish one first ([limits] uploads_per_session)")
+        self.limits.check_handles(open_now)
 
     # --- files --------------------------------------------------------------------------------
     async def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> object:
         shown = self._show(path)
         if pflags & (FXF_WRITE | FXF_APPEND):
-            self._admit_upload()
+            self.limits.check_uploads(len(self.uploads))
             # Each upload open derives a key with scrypt (32 MiB): a few at a time, process-wide.
-            async with self.limits.process.key_derivations:
+            async with self.limits.key_derivation():
                 return await self._run("open_write", shown, self._open_write, path, pflags)
         if pflags & FXF_READ:
             return await self._run("open_read", shown, self._open_read, path)
@@ -210,7 +196,7 @@ class SluisSFTPServer(asyncssh.SFTPServer):
         if not isinstance(file_obj, DownloadHandle):
             raise to_sftp_error(PermissionDenied("this handle was not opened for reading"))
         # A longer READ gets at most the cap, as from OpenSSH's sftp-server (a short read is legal).
-        size = min(size, self.limits.process.max_read)
+        size = min(size, self.limits.max_read)
         return await self._run("read", "<handle>", file_obj.download.read, offset, size)
 
     async def write(self, file_obj: object, offset: int, data: bytes) -> int:

@@ -18,6 +18,7 @@ from collections import Counter
 from typing import Any, Protocol
 
 import asyncssh
+from asyncssh.sftp import SFTPFailure, SFTPLimits
 
 from ...config.settings import LimitSettings, Settings
 from ..core.session import Session
@@ -37,7 +38,7 @@ class Recorder(Protocol):
 
 
 class TenantNames(Protocol):
-    def tenant_by_id(self, tenant_id: str) -> Any: ...
+    def tenant_by_id(self, tenant_id: int) -> Any: ...
 
 
 def max_read(settings: LimitSettings) -> int:
@@ -107,15 +108,19 @@ class ProcessLimits:
 
 
 class ConnectionLimits:
-    """One logged-in SSH connection's channels and breaches."""
+    """One logged-in SSH connection: its channels, the per-session caps its SFTP sessions check,
+    and its breaches."""
 
     def __init__(self, process: ProcessLimits, session: Session, conn: asyncssh.SSHServerConnection) -> None:
-        self.process = process
+        self._process = process
         self.settings = process.settings
+        self.max_message = process.settings.max_message
+        self.max_read = process.max_read
         self.session = session
         self._conn = conn
         self.channels = 0
         self.breaches: Counter[str] = Counter()
+        self.protocol_errors = 0
 
     # --- channels --------------------------------------------------------------------------
     def open_channel(self) -> None:
@@ -131,6 +136,33 @@ class ConnectionLimits:
     def close_channel(self) -> None:
         self.channels -= 1
 
+    # --- what an SFTP session of this connection checks -------------------------------------
+    def sftp_limits(self) -> SFTPLimits:
+        """The limits@openssh.com reply: message, read and write sizes, handles per session."""
+        return SFTPLimits(self.max_message, self.max_read, self.max_read, self.settings.handles_per_session)
+
+    def check_handles(self, open_now: int) -> None:
+        """Refuse an open beyond handles_per_session (before it costs anything)."""
+        allowed = self.settings.handles_per_session
+        if open_now >= allowed:
+            self.breach("handles_per_session", open_now + 1, allowed)
+            raise SFTPFailure(f"too many open files: at most {allowed} at once in one session; "
+                              "close one first ([limits] handles_per_session)")
+
+    def check_uploads(self, in_progress: int) -> None:
+        allowed = self.settings.uploads_per_session
+        if in_progress >= allowed:
+            self.breach("uploads_per_session", in_progress + 1, allowed)
+            raise SFTPFailure(f"too many uploads in progress: at most {allowed} at once in one "
+                              "session; finish one first ([limits] uploads_per_session)")
+
+    def key_derivation(self) -> asyncio.Semaphore:
+        """Hold one of the process's key-derivation slots (`async with`) while an upload opens."""
+        return self._process.key_derivations
+
+    def message_too_long(self, length: int) -> None:
+        self.breach("max_message", length, self.max_message)
+
     # --- breaches --------------------------------------------------------------------------
     def breach(self, limit: str, value: int, allowed: int) -> None:
         """A limit was broken: audit the first of its kind, count, disconnect a persistent offender."""
@@ -140,18 +172,17 @@ class ConnectionLimits:
                     self.session.actor, self.session.id, self.session.source, limit, value, allowed, count)
         if count == 1:
             self._audit("sftp.limit", limit=limit, value=value, allowed=allowed)
-        if sum(self.breaches.values()) - self.breaches["protocol"] == MAX_BREACHES + 1:
+        if sum(self.breaches.values()) == MAX_BREACHES + 1:
             self.disconnect(asyncssh.DISC_BY_APPLICATION, "too many requests over the server's limits")
 
     def protocol_error(self, what: str) -> None:
         """A malformed SFTP packet: audit the first, disconnect after MAX_PROTOCOL_ERRORS."""
-        self.breaches["protocol"] += 1
-        count = self.breaches["protocol"]
+        self.protocol_errors += 1
         log.warning("protocol error: user=%s session=%s from=%s what=%r count=%d",
-                    self.session.actor, self.session.id, self.session.source, what[:200], count)
-        if count == 1:
+                    self.session.actor, self.session.id, self.session.source, what[:200], self.protocol_errors)
+        if self.protocol_errors == 1:
             self._audit("protocol.error", what=what[:200], layer="sftp")
-        if count == MAX_PROTOCOL_ERRORS:
+        if self.protocol_errors == MAX_PROTOCOL_ERRORS:
             self.disconnect(asyncssh.DISC_PROTOCOL_ERROR, "too many malformed SFTP messages")
 
     def disconnect(self, code: int, reason: str) -> None:
@@ -160,4 +191,4 @@ class ConnectionLimits:
         self._conn.disconnect(code, reason)
 
     def _audit(self, event: str, **detail: Any) -> None:
-        self.process.record_soon(event, self.session, **detail)
+        self._process.record_soon(event, self.session, **detail)
