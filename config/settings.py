@@ -70,6 +70,8 @@ class UploadSettings:
                           "per upload: plaintext held in memory for writes that arrive ahead of the stream")
     total_window: int = setting("256MiB", parse_size,
                                 "all uploads together: plaintext held in memory for out-of-order writes")
+    sender_window: int = setting("64MiB", parse_size,
+                                 "one sender's uploads together: their share of total_window, so one cannot take it all")
     max_file_size: int = setting("4GiB", parse_size, "largest file a sender may upload")
 
 

@@ -317,6 +317,43 @@ def test_budget_exhaustion_between_two_senders(shared: SluisServer) -> None:
     wait_until(lambda: not uploads(shared) and data_files(shared)["tmp"] == [], "nothing of B left")
 
 
+def test_one_sender_cannot_take_the_whole_reorder_budget(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """With [upload] sender_window at half of total_window, a sender holding its share gets its
+    next out-of-order write refused (audited as sftp.limit) while another sender still can."""
+    server = SluisServer(tmp_path_factory.mktemp("share"), {
+        "upload": {"window": "1MiB", "total_window": "512KiB", "sender_window": "256KiB"}}).standard()
+    server.add_user("agency2", "sender")
+    server.start()
+    chunk = 64 * 1024
+    flags = FXF_WRITE | FXF_CREAT | FXF_TRUNC
+    try:
+        async def main() -> None:
+            async with await connect(server, "agency") as conn_a, await connect(server, "agency2") as conn_b:
+                a, b = await RawSFTP.open(conn_a), await RawSFTP.open(conn_b)
+                handle_a = (await a.open_file("/genk/a.csv", flags)).handle
+                handle_b = (await b.open_file("/gent/b.csv", flags)).handle
+                for i in range(1, 5):
+                    assert (await a.write(handle_a, i * chunk, b"a" * chunk)).code == FX_OK
+                over = await a.write(handle_a, 5 * chunk, b"a" * chunk)
+                assert over.code == FX_FAILURE and "[upload] sender_window" in over.message, over
+                for i in range(1, 4):   # the other sender's out-of-order writes still fit
+                    assert (await b.write(handle_b, i * chunk, b"b" * chunk)).code == FX_OK
+                assert (await b.write(handle_b, 0, b"b" * chunk)).code == FX_OK
+                assert (await b.close(handle_b)).code == FX_OK
+                # A catches up, retries the refused write, and completes.
+                assert (await a.write(handle_a, 0, b"a" * chunk)).code == FX_OK
+                assert (await a.write(handle_a, 5 * chunk, b"a" * chunk)).code == FX_OK
+                assert (await a.close(handle_a)).code == FX_OK
+        run(main())
+        assert sorted((d["name"], d["plain_size"]) for d in deliveries(server)) == [
+            ("a.csv", 6 * chunk), ("b.csv", 4 * chunk)]
+        [record] = wait_until(lambda: limit_records(server, "sender_window"), "sftp.limit sender_window")
+        assert record["actor"] == "agency"
+        assert record["detail"] == {"limit": "sender_window", "value": 5 * chunk, "allowed": 4 * chunk}
+    finally:
+        server.close()
+
+
 def test_close_after_the_upload_was_dropped_fails_naming_why(shared: SluisServer) -> None:
     tenant, _ = new_tenant(shared)
     flags = FXF_WRITE | FXF_CREAT | FXF_TRUNC

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 from datetime import timedelta
 from typing import Callable, Container, Protocol
+from weakref import WeakValueDictionary
 
 from ...config.settings import Settings
 from ..errors import NotFound, PermissionDenied
@@ -87,6 +89,9 @@ class DropBox:
         self.policy = policy
         self.passphrases = passphrases
         self.budget = MemoryBudget(settings.upload.total_window)
+        # Each sender's share of it, alive while one of its uploads holds it.
+        self._sender_budgets: WeakValueDictionary[int, MemoryBudget] = WeakValueDictionary()
+        self._budgets_lock = threading.Lock()
         self.revoked: set[str] = set()  # deliveries this process removed: open handles read no more
 
     # --- what users see ----------------------------------------------------------------------
@@ -143,11 +148,21 @@ class DropBox:
             self._forget_upload(upload_id, tenant, session, "failed to start", "encryptor")
             raise
         upload_settings = self.settings.upload
+        budget = self._sender_budget(session)
         return Upload(upload_id=upload_id, session=session, tenant=tenant, name=name, temp=temp,
                       out=out, encryptor=encryptor, passphrase=passphrase,
                       window_factory=lambda sink: ReorderWindow(
-                          sink, window=upload_settings.window, budget=self.budget,
+                          sink, window=upload_settings.window, budget=budget,
                           max_size=upload_settings.max_file_size))
+
+    def _sender_budget(self, session: Session) -> MemoryBudget:
+        with self._budgets_lock:
+            budget = self._sender_budgets.get(session.user.id)
+            if budget is None:
+                limit = self.settings.upload.sender_window
+                budget = MemoryBudget(limit, self.budget, limit_name="sender_window")
+                self._sender_budgets[session.user.id] = budget
+            return budget
 
     def publish(self, upload: Upload, name: str | None = None) -> Delivery:
         """Seal the upload and make it a delivery, with its key jobs, in one transaction."""

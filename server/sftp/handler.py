@@ -22,7 +22,7 @@ from ..core.dropbox import Download, DropBox
 from ..core.names import check_name, staged_base
 from ..core.session import Session
 from ..core.uploads import Upload
-from ..errors import Busy, NotFound, PermissionDenied, UploadRejected
+from ..errors import Busy, LimitReached, NotFound, PermissionDenied, UploadRejected
 from .limits import ConnectionLimits
 from .paths import join_path, split_path
 from .requests import authorise
@@ -208,7 +208,9 @@ class SluisSFTPServer(asyncssh.SFTPServer):
     def _write(self, handle: UploadHandle, offset: int, data: bytes) -> None:
         try:
             handle.upload.write(offset, data)
-        except (UploadRejected, Busy):
+        except (UploadRejected, Busy) as exc:
+            if isinstance(exc, LimitReached):
+                self.limits.breach(exc.limit, exc.value, exc.allowed)
             # The client may still fix this (a retry of the same write, once the shared reorder
             # memory frees up); the upload stays open, but until then closing the handle must not
             # publish what arrived so far.

@@ -121,6 +121,7 @@ class ConnectionLimits:
         self.channels = 0
         self.breaches: Counter[str] = Counter()
         self.protocol_errors = 0
+        self._loop = asyncio.get_running_loop()
 
     # --- channels --------------------------------------------------------------------------
     def open_channel(self) -> None:
@@ -166,6 +167,9 @@ class ConnectionLimits:
     # --- breaches --------------------------------------------------------------------------
     def breach(self, limit: str, value: int, allowed: int) -> None:
         """A limit was broken: audit the first of its kind, count, disconnect a persistent offender."""
+        if not self._on_loop():   # from a worker thread (the core refused a write)
+            self._loop.call_soon_threadsafe(self.breach, limit, value, allowed)
+            return
         self.breaches[limit] += 1
         count = self.breaches[limit]
         log.warning("limit broken: user=%s session=%s from=%s limit=%s value=%d allowed=%d count=%d",
@@ -184,6 +188,12 @@ class ConnectionLimits:
             self._audit("protocol.error", what=what[:200], layer="sftp")
         if self.protocol_errors == MAX_PROTOCOL_ERRORS:
             self.disconnect(asyncssh.DISC_PROTOCOL_ERROR, "too many malformed SFTP messages")
+
+    def _on_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
 
     def disconnect(self, code: int, reason: str) -> None:
         log.warning("disconnecting user=%s session=%s from=%s: %s", self.session.actor, self.session.id,
