@@ -142,6 +142,32 @@ def test_oversized_message_is_refused_before_its_body(shared: SluisServer) -> No
     assert records[0]["actor"] == "agency" and records[0]["source"].startswith("127.0.0.1:")
 
 
+def test_malformed_messages_are_audited_then_disconnected(shared: SluisServer) -> None:
+    """A first message that is not INIT ends the session; undecodable requests get
+    SSH_FX_BAD_MESSAGE; the first is audited as protocol.error, the tenth disconnects."""
+    before = len(audit(shared, "protocol.error"))
+
+    async def main() -> None:
+        async with await connect(shared, "gent-clerk") as conn:
+            raw = await RawSFTP.open(conn, init=False)
+            raw.send(16, string("/"))           # REALPATH before INIT
+            assert await raw.ended(timeout=10)
+            raw = await RawSFTP.open(conn)
+            bad = 0
+            try:
+                for _ in range(20):
+                    reply = await raw.request(16, u32(1000) + b"/")   # string longer than the packet
+                    assert reply.code == 5, reply                      # SSH_FX_BAD_MESSAGE
+                    bad += 1
+            except (asyncssh.Error, OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+                pass
+            assert bad == 8, bad   # the first mistake was the missing INIT: ten in all, then gone
+    run(main())
+    [record] = wait_until(lambda: audit(shared, "protocol.error")[before:], "protocol.error")
+    assert record["actor"] == "gent-clerk" and "not INIT" in record["detail"]["what"]
+    shared.wait_for(r"disconnecting user=gent-clerk .*too many malformed SFTP messages")
+
+
 # --- counts ------------------------------------------------------------------------------------
 def test_open_handles_per_session(shared: SluisServer) -> None:
     before = len(limit_records(shared, "handles_per_session"))

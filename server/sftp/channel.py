@@ -24,7 +24,7 @@ from typing import Any, Awaitable, Callable, Mapping, cast
 from asyncssh.channel import SSHServerChannel
 from asyncssh.packet import PacketDecodeError, SSHPacket
 from asyncssh.sftp import (
-    FXP_OPEN, FXP_OPENDIR, FXP_WRITE, SFTPBadMessage, SFTPInvalidHandle, SFTPLimits,
+    FXP_INIT, FXP_OPEN, FXP_OPENDIR, FXP_WRITE, SFTPBadMessage, SFTPInvalidHandle, SFTPLimits,
     SFTPServerHandler,
 )
 from asyncssh.stream import SSHReader, SSHServerStreamSession, SSHWriter
@@ -55,6 +55,7 @@ class SluisSFTPHandler(SFTPServerHandler):
 
     _extensions = list(EXTENSIONS)
     _server: SluisSFTPServer
+    _init_seen = False
 
     async def recv_packet(self) -> SSHPacket:
         """Replaces SFTPHandler.recv_packet, which refuses only above asyncssh's MAX_SFTP_PACKET_LEN
@@ -69,7 +70,12 @@ class SluisSFTPHandler(SFTPServerHandler):
         if length < MIN_MESSAGE:
             self._server.malformed(f"SFTP message of {length} bytes is too short")
             raise SFTPBadMessage(f"SFTP message of {length} bytes is too short")
-        return SSHPacket(await self._reader.readexactly(length))
+        data = await self._reader.readexactly(length)
+        if not self._init_seen:   # upstream run() ends a session whose first message is not INIT
+            self._init_seen = True
+            if data[0] != FXP_INIT:
+                self._server.malformed(f"first message of type {data[0]}, not INIT")
+        return SSHPacket(data)
 
     async def _process_packet(self, pkttype: int, pktid: int, packet: SSHPacket) -> None:
         """Upstream writes each reply without waiting for the channel to take it, so a client that
