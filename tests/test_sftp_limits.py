@@ -397,6 +397,25 @@ def test_close_after_the_upload_was_dropped_fails_naming_why(shared: SluisServer
     assert deliveries(shared, name="list.csv") == []
 
 
+def test_close_of_a_replaced_upload_fails_and_the_new_one_publishes(shared: SluisServer) -> None:
+    tenant, _ = new_tenant(shared)
+    flags = FXF_WRITE | FXF_CREAT | FXF_TRUNC
+
+    async def main() -> None:
+        async with await connect(shared, "agency") as conn:
+            raw = await RawSFTP.open(conn)
+            old = (await raw.open_file(f"/{tenant}/list.csv", flags)).handle
+            assert (await raw.write(old, 0, b"old\n")).code == FX_OK
+            new = (await raw.open_file(f"/{tenant}/list.csv", flags)).handle
+            assert (await raw.write(new, 0, b"new list\n")).code == FX_OK
+            closed = await raw.close(old)
+            assert closed.code == FX_FAILURE and "replaced by a new upload of the same name" in closed.message
+            assert (await raw.close(new)).code == FX_OK
+    run(main())
+    [delivery] = deliveries(shared, name="list.csv", tenant_id=shared.app().directory.tenant(tenant).id)
+    assert delivery["plain_size"] == len(b"new list\n")
+
+
 # --- item 5: reads through a handle whose file went away ---------------------------------------
 @pytest.mark.parametrize("how", ["recipient deletes it in another session", "operator removes it",
                                  "sender replaces it"])

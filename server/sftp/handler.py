@@ -230,14 +230,14 @@ class SluisSFTPServer(asyncssh.SFTPServer):
 
     def _close_upload(self, handle: UploadHandle) -> None:
         upload = handle.upload
+        if self.lost:   # asyncssh closes the handles of a lost session: nobody hears an answer
+            self._drop(handle, "connection lost before the upload was closed")
+            return
         if upload.finished:
             # Only this close publishes (or seals) an upload, so a finished one was dropped: by
             # a failed write, a new upload of the same name, or a remove. Never answer OK then.
             raise UploadRejected(f"nothing was published: {upload.aborted or 'the upload was discarded'}; "
                                  "upload the file again")
-        if self.lost:
-            self._drop(handle, "connection lost before the upload was closed")
-            return
         if handle.refused:
             offset, size = min(handle.refused)
             error = UploadRejected(f"nothing was published: the write of {size} bytes at offset {offset} "
@@ -255,7 +255,8 @@ class SluisSFTPServer(asyncssh.SFTPServer):
             raise
 
     def _drop(self, handle: UploadHandle, reason: str, exc: BaseException | None = None) -> None:
-        self.uploads.pop(handle.key, None)
+        if self.uploads.get(handle.key) is handle.upload:   # not a newer upload of the same name
+            del self.uploads[handle.key]
         self.dropbox.abort(handle.upload, reason, exc)
 
     # --- removal and renaming ------------------------------------------------------------------
