@@ -25,6 +25,7 @@ from .values import (
     parse_paths,
     parse_size,
     parse_str,
+    size_range,
 )
 
 
@@ -101,7 +102,25 @@ class UploadSettings:
                           "per upload: plaintext held in memory for writes that arrive ahead of the stream")
     total_window: int = setting("256MiB", parse_size,
                                 "all uploads together: plaintext held in memory for out-of-order writes")
+    sender_window: int = setting("64MiB", parse_size,
+                                 "one sender's uploads together: their share of total_window, so one cannot take it all")
     max_file_size: int = setting("4GiB", parse_size, "largest file a sender may upload")
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """[limits]: what one logged-in connection or SFTP session may hold (no real client comes near)."""
+
+    channels_per_connection: int = setting(10, int_range(1, 100),
+                                           "session channels open at once on one SSH connection (OpenSSH: MaxSessions 10)")
+    handles_per_session: int = setting(32, int_range(4, 1024),
+                                       "files and folders open at once in one SFTP session")
+    uploads_per_session: int = setting(4, int_range(1, 64),
+                                       "uploads in progress at once in one SFTP session (open, or awaiting their rename)")
+    key_derivations: int = setting(2, int_range(1, 64),
+                                   "upload opens deriving their key (scrypt, 32 MiB each) at once, process-wide")
+    max_message: int = setting("256KiB", size_range(64 * 1024, 4 * 1024 * 1024),
+                               "largest SFTP message accepted; a READ returns at most this less 1 KiB (as OpenSSH)")
 
 
 @dataclass(frozen=True)
@@ -222,6 +241,7 @@ SECTIONS: dict[str, type] = {
     "defender": DefenderSettings,
     "storage": StorageSettings,
     "upload": UploadSettings,
+    "limits": LimitSettings,
     "crypto": CryptoSettings,
     "sms": SmsSettings,
     "email": EmailSettings,
@@ -243,6 +263,7 @@ class Settings:
     defender: DefenderSettings = field(default_factory=DefenderSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     upload: UploadSettings = field(default_factory=UploadSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
     crypto: CryptoSettings = field(default_factory=CryptoSettings)
     sms: SmsSettings = field(default_factory=SmsSettings)
     email: EmailSettings = field(default_factory=EmailSettings)

@@ -46,6 +46,16 @@ def parse_size(value: Any) -> int:
     raise ValueError(f"expected a size such as '64KiB', '8MiB' or '2GiB', got {value!r}")
 
 
+def size_range(low: int, high: int) -> Callable[[Any], int]:
+    """A size (as parse_size) between low and high bytes inclusive."""
+    def parse(value: Any) -> int:
+        size = parse_size(value)
+        if not low <= size <= high:
+            raise ValueError(f"expected a size from {format_size(low)} to {format_size(high)}, got {value!r}")
+        return size
+    return parse
+
+
 def format_size(size: int) -> str:
     """The largest binary unit that writes `size` exactly."""
     for unit in ("TiB", "GiB", "MiB", "KiB"):

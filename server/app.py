@@ -31,6 +31,7 @@ from .core.storage import LocalStorage, Storage
 from .core.workpool import BoundedPool
 from .sftp.connections import ConnectionRegistry
 from .sftp.gate import Gatekeeper
+from .sftp.limits import ProcessLimits
 
 
 @dataclass
@@ -55,6 +56,7 @@ class App:
     notifications: NotificationQueue
     tracker: IncidentTracker
     review: AccountReview
+    limits: ProcessLimits
 
     def close(self) -> None:
         self.passwords.shutdown()
@@ -92,7 +94,8 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
                passwords=BoundedPool("password", settings.server.password_threads, settings.server.password_queue),
                incidents=incidents, notifications=notifications,
                tracker=IncidentTracker(settings, incidents, notifications, clock),
-               review=AccountReview(db, clock))
+               review=AccountReview(db, clock),
+               limits=ProcessLimits(settings.limits, audit, directory))
 
 
 def _checkpoint_mailer(settings: Settings) -> Mailer | None:

@@ -52,3 +52,13 @@ class StorageFull(SluisError):
 
 class Busy(SluisError):
     """A shared limit is exhausted right now; retrying later can succeed."""
+
+
+class LimitReached(Busy):
+    """One user's share of a shared resource is used up; it frees as that user's work proceeds."""
+
+    def __init__(self, message: str, *, limit: str, value: int, allowed: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.value = value
+        self.allowed = allowed

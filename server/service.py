@@ -28,6 +28,7 @@ from .core.session import Session
 from .sftp.auth import SluisSSHServer
 from .sftp.gate import EVENT_TERMINATED
 from .sftp.listener import listen
+from .sftp.limits import raise_descriptor_limit
 
 log = logging.getLogger("sluis")
 SHUTDOWN_GRACE_SECONDS = 5.0
@@ -53,6 +54,9 @@ class Service:
 
     async def run(self, on_ready: Callable[[int], None] | None = None) -> None:
         app, loop = self.app, asyncio.get_running_loop()
+        short = raise_descriptor_limit(app.settings)
+        if short:
+            log.warning("%s", short)
         await asyncio.to_thread(app.outbox.sealer)  # fail now, not at the first upload, if the key is unusable
         recovered = await asyncio.to_thread(app.dropbox.recover)
         if recovered:

@@ -106,3 +106,24 @@ def test_coverage():
     cov.add(2, 6)
     assert cov.covers(10) and cov.total == 10
     assert Coverage().covers(0)
+
+
+def test_sender_share_of_the_reorder_budget():
+    """A sender's share (limit_name) refuses first with LimitReached; the process's budget with
+    Busy; memory given back frees both."""
+    from sluis.server.errors import Busy, LimitReached
+
+    total = MemoryBudget(100)
+    one, other = MemoryBudget(60, total, limit_name="sender_window"), MemoryBudget(60, total, limit_name="sender_window")
+    one.take(60)
+    with pytest.raises(LimitReached, match="sender_window") as refused:
+        one.take(1)
+    assert (refused.value.limit, refused.value.value, refused.value.allowed) == ("sender_window", 61, 60)
+    other.take(40)
+    with pytest.raises(Busy, match="exhausted") as busy:
+        other.take(1)
+    assert not isinstance(busy.value, LimitReached)
+    assert (total.used, one.used, other.used) == (100, 60, 40)
+    one.give(60)
+    other.take(20)
+    assert (total.used, one.used, other.used) == (60, 0, 60)

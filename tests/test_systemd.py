@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from sluis.config.settings import Settings
+from sluis.server.sftp.limits import descriptors_needed
 from tests.support.clients import require_binary
 
 UNIT_DIR = Path(__file__).resolve().parent.parent / "systemd"
@@ -209,6 +211,14 @@ def test_units_forbid_core_dumps() -> None:
     """A core of the server would hold plaintext; neither unit may write one (issue 8, item 5)."""
     for name in SERVICES:
         assert _parse_unit(UNIT_DIR / name)["Service"]["LimitCORE"] == ["0"], name
+
+
+def test_descriptor_limit_matches_the_caps() -> None:
+    """LimitNOFILE holds every descriptor the default caps allow, with no more than 2x to spare."""
+    needed = descriptors_needed(Settings(config_path=Path(CONFIG)))
+    [limit] = _parse_unit(UNIT_DIR / "sluis.service")["Service"]["LimitNOFILE"]
+    assert needed <= int(limit) <= 2 * needed, (needed, limit)
+    assert f"= {needed}" in (UNIT_DIR / "sluis.service").read_text(), "the unit's comment shows other arithmetic"
 
 
 # --- the checks really fail ------------------------------------------------------------------

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 from datetime import timedelta
-from typing import Callable, Protocol
+from typing import Callable, Container, Protocol
+from weakref import WeakValueDictionary
 
 from ...config.settings import Settings
 from ..errors import NotFound, PermissionDenied, PolicyRefused
@@ -48,15 +50,25 @@ class DeliveryPolicy(Protocol):
 
 
 class Download:
-    """An open recipient handle on one delivery; reads are recorded in the session's coverage."""
+    """An open recipient handle on one delivery; reads are recorded in the session's coverage.
 
-    def __init__(self, delivery: Delivery, reader: BlobReader, coverage: Coverage) -> None:
+    A handle opened before its delivery was withdrawn, replaced or removed reads no more: this
+    process marks it in `revoked` when it removes one, and a removal by another process (the
+    janitor, an operator's command) unlinks the blob, which the open reader notices (one fstat,
+    no database query per read)."""
+
+    def __init__(self, delivery: Delivery, reader: BlobReader, coverage: Coverage,
+                 revoked: Container[str] = frozenset()) -> None:
         self.delivery = delivery
         self.reader = reader
         self.coverage = coverage
+        self.revoked = revoked
         self.sent = 0
 
     def read(self, offset: int, size: int) -> bytes:
+        if self.delivery.id in self.revoked or self.reader.removed():
+            raise NotFound(f"{self.delivery.stored_name} was withdrawn, replaced or removed after it was "
+                           "opened; list the folder again")
         data = self.reader.read_at(offset, size)
         self.coverage.add(offset, offset + len(data))
         self.sent += len(data)
@@ -79,6 +91,10 @@ class DropBox:
         self.policy = policy
         self.passphrases = passphrases
         self.budget = MemoryBudget(settings.upload.total_window)
+        # Each sender's share of it, alive while one of its uploads holds it.
+        self._sender_budgets: WeakValueDictionary[int, MemoryBudget] = WeakValueDictionary()
+        self._budgets_lock = threading.Lock()
+        self.revoked: set[str] = set()  # deliveries this process removed: open handles read no more
 
     # --- what users see ----------------------------------------------------------------------
     def active_tenant(self, name: str) -> Tenant:
@@ -139,11 +155,21 @@ class DropBox:
             self._forget_upload(upload_id, tenant, session, "failed to start", "encryptor")
             raise
         upload_settings = self.settings.upload
+        budget = self._sender_budget(session)
         return Upload(upload_id=upload_id, session=session, tenant=tenant, name=name, temp=temp,
                       out=out, encryptor=encryptor, passphrase=passphrase,
                       window_factory=lambda sink: ReorderWindow(
-                          sink, window=upload_settings.window, budget=self.budget,
+                          sink, window=upload_settings.window, budget=budget,
                           max_size=upload_settings.max_file_size))
+
+    def _sender_budget(self, session: Session) -> MemoryBudget:
+        with self._budgets_lock:
+            budget = self._sender_budgets.get(session.user.id)
+            if budget is None:
+                limit = self.settings.upload.sender_window
+                budget = MemoryBudget(limit, self.budget, limit_name="sender_window")
+                self._sender_budgets[session.user.id] = budget
+            return budget
 
     def publish(self, upload: Upload, name: str | None = None) -> Delivery:
         """Seal the upload and make it a delivery, with its key jobs, in one transaction."""
@@ -194,7 +220,7 @@ class DropBox:
         upload.finished = True
         upload.passphrase = ""
         for old in replaced:
-            self.storage.delete(old.blob_key)
+            self._retire(old)
         self.keys.wake()
         return delivery
 
@@ -203,6 +229,7 @@ class DropBox:
         if upload.finished:
             return
         upload.finished = True
+        upload.aborted = f"{reason}: {error}" if error else reason
         upload.release()
         # Record first: if the record cannot be written (disk full) the temporary and its row
         # stay, and the next start's recovery removes them with a record.
@@ -230,7 +257,7 @@ class DropBox:
         except BaseException:
             reader.close()
             raise
-        return Download(delivery, reader, coverage)
+        return Download(delivery, reader, coverage, self.revoked)
 
     def close_download(self, session: Session, download: Download) -> bool:
         """Close the handle; if the session has now read every byte, the delivery is collected."""
@@ -262,8 +289,13 @@ class DropBox:
             if not current or current[0].state == REMOVED:
                 return False
             self._mark_removed(tx, current[0], reason, actor=actor, source=source, **detail)
-        self.storage.delete(delivery.blob_key)
+        self._retire(delivery)
         return True
+
+    def _retire(self, delivery: Delivery) -> None:
+        """After the removal committed: handles still open on it fail, then the blob goes."""
+        self.revoked.add(delivery.id)
+        self.storage.delete(delivery.blob_key)
 
     def _mark_removed(self, tx: Tx, delivery: Delivery, reason: str, *, actor: str,
                       source: str | None, **detail: object) -> None:

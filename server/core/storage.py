@@ -35,6 +35,7 @@ class TempBlob(Protocol):
 
 class BlobReader(Protocol):
     def read_at(self, offset: int, size: int) -> bytes: ...
+    def removed(self) -> bool: ...  # the blob was deleted since it was opened (cheap: no I/O)
     def close(self) -> None: ...
 
 
@@ -84,6 +85,9 @@ class _LocalReader:
 
     def read_at(self, offset: int, size: int) -> bytes:
         return os.pread(self._fd, size, offset)
+
+    def removed(self) -> bool:
+        return os.fstat(self._fd).st_nlink == 0
 
     def close(self) -> None:
         os.close(self._fd)

@@ -47,6 +47,7 @@ class Upload:
         self._lock = threading.Lock()
         self.sealed: SealedUpload | None = None
         self.finished = False  # published or aborted
+        self.aborted = ""      # why it was aborted (DropBox.abort), said to the sender at close
 
     def _feed(self, data: bytes) -> None:
         self._hash.update(data)

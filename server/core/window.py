@@ -1,7 +1,7 @@
 """The reorder window: SFTP writes in any order in, one in-order plaintext stream out.
 
 Writes that arrive in order go straight through. Writes ahead of the stream wait in memory,
-bounded per upload and across all uploads (`MemoryBudget`). A write that would need more than
+bounded per upload, per sender and across all uploads (`MemoryBudget`). A write that would need more than
 that, or one behind what is already sealed, fails with a clear message: plaintext is never
 spilled to disk to make room.
 """
@@ -11,27 +11,39 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from ..errors import Busy, UploadRejected
+from ..errors import Busy, LimitReached, UploadRejected
 
 
 class MemoryBudget:
-    """A byte budget shared by all uploads of the process."""
+    """A byte budget: the process's, shared by all uploads, or one sender's share of its parent
+    (`limit_name` set), so that one sender cannot take all of it from the others."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, parent: MemoryBudget | None = None, *, limit_name: str = "") -> None:
         self.limit = limit
         self.used = 0
+        self.parent = parent
+        self.limit_name = limit_name
         self._lock = threading.Lock()
 
-    def take(self, size: int) -> bool:
+    def take(self, size: int) -> None:
+        """Take `size` bytes, or raise Busy (the process's budget) / LimitReached (a share)."""
         with self._lock:
             if self.used + size > self.limit:
-                return False
+                if self.limit_name:
+                    raise LimitReached(
+                        f"your uploads already hold {self.used} bytes of out-of-order writes, at most "
+                        f"{self.limit} ([upload] {self.limit_name}); write in order, or retry once an "
+                        "upload has caught up", limit=self.limit_name, value=self.used + size, allowed=self.limit)
+                raise Busy("the server's memory for out-of-order writes is exhausted; retry later")
+            if self.parent is not None:
+                self.parent.take(size)
             self.used += size
-            return True
 
     def give(self, size: int) -> None:
         with self._lock:
             self.used -= size
+            if self.parent is not None:
+                self.parent.give(size)
 
 
 class ReorderWindow:
@@ -77,8 +89,8 @@ class ReorderWindow:
             raise UploadRejected(
                 f"write at offset {offset} is {offset - self.position} bytes ahead of the stream; "
                 f"at most {self._window} bytes may wait out of order")
-        if extra > 0 and not self._budget.take(extra):
-            raise Busy("the server's memory for out-of-order writes is exhausted; retry later")
+        if extra > 0:
+            self._budget.take(extra)
         if extra < 0:
             self._budget.give(-extra)
         self._pending[offset] = data

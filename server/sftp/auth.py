@@ -22,6 +22,7 @@ from ..core.workpool import BoundedPool, PoolBusy
 from .channel import SluisSession
 from .gate import EVENT_LIMIT, Gatekeeper
 from .handler import SluisSFTPServer
+from .limits import ConnectionLimits
 
 log = logging.getLogger("sluis.auth")
 
@@ -69,6 +70,7 @@ class SluisSSHServer(asyncssh.SSHServer):
         self._free_probe_used = False
         self._key_rejected: Penalty | None = None  # scored once, if the connection never logs in
         self._ended_by_server = False
+        self.limits: ConnectionLimits | None = None
 
     # --- connection --------------------------------------------------------------------------------
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -241,4 +243,9 @@ class SluisSSHServer(asyncssh.SSHServer):
         if self.session is None:
             return False
         session = self.session
-        return SluisSession(lambda chan: SluisSFTPServer(chan, self.app.dropbox, session))
+        if self.limits is None:  # [limits] of this connection (server/sftp/limits.py)
+            self.limits = self.app.limits.connection(session, self.conn)
+        limits = self.limits
+        limits.open_channel()  # ChannelOpenError beyond channels_per_connection
+        return SluisSession(lambda chan: SluisSFTPServer(chan, self.app.dropbox, session, limits),
+                            limits.close_channel)

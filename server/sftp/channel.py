@@ -8,24 +8,46 @@ asyncssh builds its own session and handler when given `sftp_factory`; we build 
   1.60's pkg/sftp sends them; asyncssh alone answers SSH_FX_BAD_MESSAGE and the upload fails);
 - list a folder when it is opened, so a refused listing fails at OPENDIR;
 - tell the server object when the session is going away, before asyncssh closes open handles,
-  so that an upload cut off mid-way is discarded rather than published.
+  so that an upload cut off mid-way is discarded rather than published;
+- hold the [limits] caps (server/sftp/limits.py): message size, open handles, the
+  limits@openssh.com reply, backpressure on replies, malformed packets reported.
 This uses asyncssh internals (SSHServerStreamSession, SFTPServerHandler); pyproject pins the
-minor version and the tests exercise every one of these paths.
+minor version, each override names the upstream behaviour it replaces, and
+tests/test_sftp_limits.py::test_asyncssh_internals fails when an upgrade changes one of them.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, cast
+import functools
+from typing import Any, Awaitable, Callable, Mapping, cast
 
 from asyncssh.channel import SSHServerChannel
-from asyncssh.packet import SSHPacket
-from asyncssh.sftp import FXP_OPENDIR, FXP_WRITE, SFTPInvalidHandle, SFTPServerHandler
+from asyncssh.packet import PacketDecodeError, SSHPacket
+from asyncssh.sftp import (
+    FXP_INIT, FXP_OPEN, FXP_OPENDIR, FXP_WRITE, SFTPBadMessage, SFTPInvalidHandle, SFTPLimits,
+    SFTPServerHandler,
+)
 from asyncssh.stream import SSHReader, SSHServerStreamSession, SSHWriter
 
 from .handler import SluisSFTPServer
 from .requests import EXTENSIONS, PACKETS
 
 SFTP_VERSION = 3
+MIN_MESSAGE = 5  # a type byte and a request id (or INIT's version)
+_Handler = Callable[[Any, SSHPacket], Awaitable[Any]]
+
+
+def _reporting_malformed(func: _Handler) -> _Handler:
+    """Upstream answers a packet it cannot decode with SSH_FX_BAD_MESSAGE and goes on; that stays,
+    but the server is told first (audit `protocol.error`, disconnect after repeats)."""
+    @functools.wraps(func)
+    async def handle(self: SluisSFTPHandler, packet: SSHPacket) -> Any:
+        try:
+            return await func(self, packet)
+        except PacketDecodeError as exc:
+            self._server.malformed(f"{func.__name__.removeprefix('_process_')}: {exc}")
+            raise
+    return handle
 
 
 class SluisSFTPHandler(SFTPServerHandler):
@@ -33,6 +55,49 @@ class SluisSFTPHandler(SFTPServerHandler):
 
     _extensions = list(EXTENSIONS)
     _server: SluisSFTPServer
+    _init_seen = False
+
+    async def recv_packet(self) -> SSHPacket:
+        """Replaces SFTPHandler.recv_packet, which refuses only above asyncssh's MAX_SFTP_PACKET_LEN
+        (4 MiB + 1 KiB): here the [limits] max_message (256 KiB, OpenSSH's SFTP_MAX_MSG_LENGTH) is
+        checked on the length field, before the body is read, and the session ends (as OpenSSH)."""
+        assert self._reader is not None
+        length = int.from_bytes(await self._reader.readexactly(4), "big")
+        allowed = self._server.max_message
+        if length > allowed:
+            self._server.message_too_long(length)
+            raise SFTPBadMessage(f"SFTP message of {length} bytes refused: at most {allowed}")
+        if length < MIN_MESSAGE:
+            self._server.malformed(f"SFTP message of {length} bytes is too short")
+            raise SFTPBadMessage(f"SFTP message of {length} bytes is too short")
+        data = await self._reader.readexactly(length)
+        if not self._init_seen:   # upstream run() ends a session whose first message is not INIT
+            self._init_seen = True
+            if data[0] != FXP_INIT:
+                self._server.malformed(f"first message of type {data[0]}, not INIT")
+        return SSHPacket(data)
+
+    async def _process_packet(self, pkttype: int, pktid: int, packet: SSHPacket) -> None:
+        """Upstream writes each reply without waiting for the channel to take it, so a client that
+        sends READs and never reads the replies could grow the send buffer without bound. Requests
+        are handled one at a time (SFTPHandler.recv_packets awaits each), so waiting here for the
+        buffer to drain below asyncssh's high-water mark bounds both directions: the next request
+        is read only after the reply went out, and unread requests stay in the receive window."""
+        await super()._process_packet(pkttype, pktid, packet)
+        if self._writer is not None:
+            await self._writer.drain()
+
+    async def _process_open_capped(self, packet: SSHPacket) -> bytes:
+        """Upstream _process_open opens without a bound; the [limits] handles_per_session cap is
+        checked first, so the refused open costs no descriptor and no key derivation."""
+        self._server.admit_handle(len(self._file_handles) + len(self._dir_handles))
+        return await SFTPServerHandler._process_open(self, packet)
+
+    async def _process_limits_sluis(self, packet: SSHPacket) -> SFTPLimits:
+        """Replaces upstream _process_limits, which advertises 4 MiB messages and reads and the
+        process's whole descriptor table as open handles: sluis's own caps are advertised."""
+        packet.check_end()
+        return self._server.sftp_limits()
 
     async def _process_write_lenient(self, packet: SSHPacket) -> int:
         handle = packet.get_string()
@@ -47,6 +112,7 @@ class SluisSFTPHandler(SFTPServerHandler):
     async def _process_opendir_checked(self, packet: SSHPacket) -> bytes:
         path = packet.get_string()
         packet.check_end()
+        self._server.admit_handle(len(self._file_handles) + len(self._dir_handles))
         names = await self._server.list_folder(path)
 
         async def entries() -> Any:
@@ -67,18 +133,28 @@ class SluisSFTPHandler(SFTPServerHandler):
             cast(SSHServerChannel, self._writer.channel).exit(0 if exc is None else 1)
         await super()._cleanup(exc)
 
-    _packet_handlers = {
+    _packet_handlers = {kind: _reporting_malformed(cast(_Handler, func)) for kind, func in {
         **{kind: func for kind, func in SFTPServerHandler._packet_handlers.items() if kind in PACKETS},
         FXP_WRITE: _process_write_lenient,
         FXP_OPENDIR: _process_opendir_checked,
-    }
+        FXP_OPEN: _process_open_capped,
+        b"limits@openssh.com": _process_limits_sluis,
+    }.items()}
 
 
 class SluisSession(SSHServerStreamSession):
     """A session channel that offers the 'sftp' subsystem and nothing else (no shell, exec, pty)."""
 
-    def __init__(self, make_server: Callable[[Any], SluisSFTPServer]) -> None:
+    def __init__(self, make_server: Callable[[Any], SluisSFTPServer],
+                 on_close: Callable[[], None] = lambda: None) -> None:
         super().__init__(None, make_server, SFTP_VERSION, allow_scp=False)
+        self._on_close = on_close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The channel is gone: give its place back ([limits] channels_per_connection)."""
+        self._on_close()
+        self._on_close = lambda: None
+        super().connection_lost(exc)
 
     def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int],
                       term_modes: Mapping[int, int]) -> bool:

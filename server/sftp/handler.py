@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator, Callable, TypeVar
 
 import asyncssh
 from asyncssh import SFTPAttrs, SFTPName
-from asyncssh.sftp import FXF_APPEND, FXF_READ, FXF_WRITE
+from asyncssh.sftp import FXF_APPEND, FXF_READ, FXF_WRITE, SFTPLimits
 
 from ..core.coverage import Coverage
 from ..core.deliveries import REASON_DELETED, REASON_WITHDRAWN
@@ -22,8 +22,9 @@ from ..core.dropbox import Download, DropBox
 from ..core.names import check_name, staged_base
 from ..core.session import Session
 from ..core.uploads import Upload
-from ..errors import NotFound, OutsideView, PermissionDenied, UploadRejected
+from ..errors import Busy, LimitReached, NotFound, OutsideView, PermissionDenied, UploadRejected
 from ..logsafe import quoted
+from .limits import ConnectionLimits
 from .paths import join_path, split_path
 from .requests import authorise
 from .status import to_sftp_error
@@ -50,10 +51,13 @@ class DownloadHandle:
 class SluisSFTPServer(asyncssh.SFTPServer):
     """One SFTP session of one user."""
 
-    def __init__(self, chan: asyncssh.SSHServerChannel, dropbox: DropBox, session: Session) -> None:
+    def __init__(self, chan: asyncssh.SSHServerChannel, dropbox: DropBox, session: Session,
+                 limits: ConnectionLimits) -> None:
         super().__init__(chan)
         self.dropbox = dropbox
         self.session = session
+        self.limits = limits
+        self.max_message = limits.max_message
         self.uploads: dict[tuple[str, str], Upload] = {}
         self.coverage: dict[str, Coverage] = {}
         self.view = View(dropbox, session, self.uploads, int(time.time()))
@@ -144,11 +148,27 @@ class SluisSFTPServer(asyncssh.SFTPServer):
         for name in await self.list_folder(path):
             yield name
 
+    # --- [limits] (the handler in channel.py asks these) ------------------------------------------
+    def sftp_limits(self) -> SFTPLimits:
+        return self.limits.sftp_limits()
+
+    def message_too_long(self, length: int) -> None:
+        self.limits.message_too_long(length)
+
+    def malformed(self, what: str) -> None:
+        self.limits.protocol_error(what)
+
+    def admit_handle(self, open_now: int) -> None:
+        self.limits.check_handles(open_now)
+
     # --- files --------------------------------------------------------------------------------
     async def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> object:
         shown = self._show(path)
         if pflags & (FXF_WRITE | FXF_APPEND):
-            return await self._run("open_write", shown, self._open_write, path, pflags)
+            self.limits.check_uploads(len(self.uploads))
+            # Each upload open derives a key with scrypt (32 MiB): a few at a time, process-wide.
+            async with self.limits.key_derivation():
+                return await self._run("open_write", shown, self._open_write, path, pflags)
         if pflags & FXF_READ:
             return await self._run("open_read", shown, self._open_read, path)
         raise to_sftp_error(PermissionDenied("open needs read or write access"))
@@ -178,6 +198,8 @@ class SluisSFTPServer(asyncssh.SFTPServer):
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:
         if not isinstance(file_obj, DownloadHandle):
             raise to_sftp_error(PermissionDenied("this handle was not opened for reading"))
+        # A longer READ gets at most the cap, as from OpenSSH's sftp-server (a short read is legal).
+        size = min(size, self.limits.max_read)
         return await self._run("read", "<handle>", file_obj.download.read, offset, size)
 
     async def write(self, file_obj: object, offset: int, data: bytes) -> int:
@@ -189,9 +211,12 @@ class SluisSFTPServer(asyncssh.SFTPServer):
     def _write(self, handle: UploadHandle, offset: int, data: bytes) -> None:
         try:
             handle.upload.write(offset, data)
-        except UploadRejected:
-            # The client may still fix this (a retry of the same write); the upload stays open,
-            # but until then closing the handle must not publish what arrived so far.
+        except (UploadRejected, Busy) as exc:
+            if isinstance(exc, LimitReached):
+                self.limits.breach(exc.limit, exc.value, exc.allowed)
+            # The client may still fix this (a retry of the same write, once the shared reorder
+            # memory frees up); the upload stays open, but until then closing the handle must not
+            # publish what arrived so far.
             handle.refused.add((offset, len(data)))
             raise
         except Exception as exc:
@@ -208,11 +233,14 @@ class SluisSFTPServer(asyncssh.SFTPServer):
 
     def _close_upload(self, handle: UploadHandle) -> None:
         upload = handle.upload
-        if upload.finished:
-            return
-        if self.lost:
+        if self.lost:   # asyncssh closes the handles of a lost session: nobody hears an answer
             self._drop(handle, "connection lost before the upload was closed")
             return
+        if upload.finished:
+            # Only this close publishes (or seals) an upload, so a finished one was dropped: by
+            # a failed write, a new upload of the same name, or a remove. Never answer OK then.
+            raise UploadRejected(f"nothing was published: {upload.aborted or 'the upload was discarded'}; "
+                                 "upload the file again")
         if handle.refused:
             offset, size = min(handle.refused)
             error = UploadRejected(f"nothing was published: the write of {size} bytes at offset {offset} "
@@ -230,7 +258,8 @@ class SluisSFTPServer(asyncssh.SFTPServer):
             raise
 
     def _drop(self, handle: UploadHandle, reason: str, exc: BaseException | None = None) -> None:
-        self.uploads.pop(handle.key, None)
+        if self.uploads.get(handle.key) is handle.upload:   # not a newer upload of the same name
+            del self.uploads[handle.key]
         self.dropbox.abort(handle.upload, reason, exc)
 
     # --- removal and renaming ------------------------------------------------------------------
