@@ -18,6 +18,7 @@ from ..retention.monitor import AccessMonitor
 from ..retention.policy import YearlyPolicy
 from .core.audit import AuditLog
 from .core.clock import Clock, SystemClock
+from .core.contentgate import ContentGate
 from .core.directory import Directory
 from .core.dropbox import DropBox
 from .core.incidents import IncidentStore
@@ -83,7 +84,8 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
                                                  os.environ.get("CREDENTIALS_DIRECTORY")))
     outbox = Outbox(settings, db, audit, clock, sealer)
     dropbox = DropBox(settings=settings, db=db, audit=audit, directory=directory, storage=storage,
-                      clock=clock, keys=outbox, policy=policy, passphrases=new_passphrase)
+                      clock=clock, keys=outbox, policy=policy, passphrases=new_passphrase,
+                      content=ContentGate(settings.policy, directory, audit))
     janitor = Janitor(settings, dropbox, outbox, clock)
     incidents = IncidentStore(db, audit, clock)
     notifications = NotificationQueue(db, audit, clock)

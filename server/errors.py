@@ -52,3 +52,8 @@ class StorageFull(SluisError):
 
 class Busy(SluisError):
     """A shared limit is exhausted right now; retrying later can succeed."""
+
+
+class ContentRefused(UploadRejected):
+    """[policy] refused the upload: not a valid list (content = "kbi-list"), or its file name
+    names another municipality (name_check). The message names lines and fields, never values."""

@@ -13,6 +13,7 @@ from ...config.settings import Settings
 from ..errors import NotFound, PermissionDenied
 from .audit import AuditLog
 from .clock import Clock, iso
+from .contentgate import ContentGate
 from .coverage import Coverage
 from .deliveries import (
     COLLECTED, PUBLISHED, REASON_COLLECTED, REASON_REPLACED, REMOVED, VISIBLE, fetch,
@@ -66,7 +67,7 @@ class DropBox:
 
     def __init__(self, *, settings: Settings, db: Database, audit: AuditLog, directory: Directory,
                  storage: Storage, clock: Clock, keys: KeyHandoff, policy: DeliveryPolicy,
-                 passphrases: Callable[[], str]) -> None:
+                 passphrases: Callable[[], str], content: ContentGate) -> None:
         self.settings = settings
         self.db = db
         self.audit = audit
@@ -76,6 +77,7 @@ class DropBox:
         self.keys = keys
         self.policy = policy
         self.passphrases = passphrases
+        self.content = content
         self.budget = MemoryBudget(settings.upload.total_window)
 
     # --- what users see ----------------------------------------------------------------------
@@ -113,6 +115,7 @@ class DropBox:
         name = check_name(name)
         tenant = self.active_tenant(tenant_name)
         self.policy.admit(self.db, tenant)  # refuse early, with the policy's message
+        check = self.content.admit(session, tenant, name)   # [policy] name_check and content
         upload_id = "u-" + secrets.token_hex(8)
         with self.db.transaction() as tx:
             tx.execute("INSERT INTO uploads (id, tenant_id, sender_id, name, temp_key, source, started_at)"
@@ -133,7 +136,7 @@ class DropBox:
             raise
         upload_settings = self.settings.upload
         return Upload(upload_id=upload_id, session=session, tenant=tenant, name=name, temp=temp,
-                      out=out, encryptor=encryptor, passphrase=passphrase,
+                      out=out, encryptor=encryptor, passphrase=passphrase, check=check,
                       window_factory=lambda sink: ReorderWindow(
                           sink, window=upload_settings.window, budget=self.budget,
                           max_size=upload_settings.max_file_size))
@@ -141,6 +144,8 @@ class DropBox:
     def publish(self, upload: Upload, name: str | None = None) -> Delivery:
         """Seal the upload and make it a delivery, with its key jobs, in one transaction."""
         name = check_name(name or upload.name)
+        if name != upload.name:     # a staged upload renamed to its final name
+            self.content.check_name(upload.session, upload.tenant, name)
         sealed = upload.seal()
         tenant = upload.tenant
         now = self.clock.now()

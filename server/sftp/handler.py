@@ -22,8 +22,9 @@ from ..core.dropbox import Download, DropBox
 from ..core.names import check_name, staged_base
 from ..core.session import Session
 from ..core.uploads import Upload
-from ..errors import NotFound, OutsideView, PermissionDenied, UploadRejected
+from ..errors import ContentRefused, NotFound, OutsideView, PermissionDenied, UploadRejected
 from ..logsafe import quoted
+from .notice import tell_client
 from .paths import join_path, split_path
 from .requests import authorise
 from .status import to_sftp_error
@@ -71,6 +72,8 @@ class SluisSFTPServer(asyncssh.SFTPServer):
             if isinstance(exc, (PermissionDenied, OutsideView)):
                 reason = "another municipality's folder" if isinstance(exc, OutsideView) else str(exc)
                 await asyncio.to_thread(self._audit_denial, op, target, reason)
+            if isinstance(exc, ContentRefused):
+                tell_client(self.channel, error.reason)   # clients that hide the status text
             raise error from None
         self._log(op, target, started, "ok", logging.DEBUG if op in _QUIET else logging.INFO)
         return result
