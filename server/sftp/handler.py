@@ -102,7 +102,8 @@ class SluisSFTPServer(asyncssh.SFTPServer):
         return "sluis"
 
     async def realpath(self, path: bytes) -> bytes:
-        return await self._run("realpath", self._show(path), lambda: join_path(split_path(path)))
+        return await self._run("realpath", self._show(path),
+                               lambda: join_path(self.view.canonical(split_path(path))))
 
     async def stat(self, path: bytes) -> SFTPAttrs:
         return await self._run("stat", self._show(path), lambda: self.view.lookup(split_path(path)).attrs)
