@@ -176,3 +176,29 @@ def test_generated_lists_pass_and_a_duplicate_is_found(people, sep, bom):
     assert verdict(data).ok
     assert verdict(data + lines[1]).summary().endswith(
         f"line {len(people) + 2}, rijksregisternummer: duplicate person (the same number on an earlier line)")
+
+
+# --- the name check (server/core/contentgate.py) ------------------------------------------------
+
+def _tenants():
+    from sluis.server.core.records import Tenant
+    rows = [("genk", "71016"), ("gent", "44021"), ("sint-truiden", "71053"), ("truiden", None), ("peer", "72030")]
+    return [Tenant(id=i, name=n, nis=c, format="age", email=None, active=True, phones=()) for i, (n, c) in
+            enumerate(rows, start=1)]
+
+
+@pytest.mark.parametrize("name, target, named", [
+    ("genk.csv", "gent", "genk"), ("71016_2026.csv", "gent", "genk"), ("lijst_GENK_2026.csv", "gent", "genk"),
+    ("lijst-gent-71016.csv", "gent", "genk"), ("genk.csv.filepart", "peer", "genk"),
+    ("truiden.csv", "sint-truiden", "truiden"),
+    ("genk.csv", "genk", None), ("71016_2026.csv", "genk", None), ("lijst_2026.csv", "gent", None),
+    ("genkske.csv", "gent", None), ("710160.csv", "gent", None), ("sint-truiden.csv", "sint-truiden", None),
+    ("peer_99999.csv", "peer", None), ("gentse-lijst.csv", "genk", None),
+])
+def test_the_name_check_finds_another_municipality(name, target, named):
+    from sluis.server.core.contentgate import named_tenant
+
+    tenants = _tenants()
+    [own] = [t for t in tenants if t.name == target]
+    found = named_tenant(name, own, tenants)
+    assert (found.name if found else None) == named
