@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import asyncssh
@@ -24,7 +24,9 @@ SECRET = "Vanderzwaluwen"
 
 
 def good_list(rows: int = 3, seed: int = 1) -> bytes:
-    lines = [HEADER] + [f"{SECRET}{i};Gerlinde;{make_rrn(date(1970 + (i + seed) % 50, 1 + i % 12, 1 + i % 28), 1 + i)};"
+    """A valid list of `rows` distinct people (birth dates from 1970 + seed, sequence 1-997)."""
+    start = date(1970 + seed, 1, 1)
+    lines = [HEADER] + [f"{SECRET}{i};Gerlinde;{make_rrn(start + timedelta(days=i // 997), 1 + i % 997)};"
                         f"{'J' if i % 2 else 'nee'};{'1' if i % 3 else 'n'}\n" for i in range(rows)]
     return "".join(lines).encode()
 
@@ -257,3 +259,73 @@ def test_content_any_accepts_anything_and_name_check_can_be_off(make_server, tmp
     server.sftp("agency", f"put {tmp_path / 'x.csv'} /gent/genk.csv\n")
     assert deliveries(server, name="genk.csv")
     assert server.app().settings.policy.content == "any"
+
+
+class DroppingProxy:
+    """A TCP proxy to the server that cuts its first connection after `cut` bytes from the client
+    (mid-upload), and forwards later connections whole: a real transient failure."""
+
+    def __init__(self, port: int, cut: int) -> None:
+        import socket
+        import threading
+
+        self.target, self.cut, self.connections = port, cut, 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._threading = threading
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            limit = self.cut if self.connections == 1 else None
+            self._threading.Thread(target=self._pipe, args=(client, upstream, limit), daemon=True).start()
+            self._threading.Thread(target=self._pipe, args=(upstream, client, None), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source, sink, limit) -> None:
+        sent = 0
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+                sent += len(data)
+                if limit is not None and sent >= limit:
+                    break
+        except OSError:
+            pass
+        for sock in (source, sink):
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_connection_lost_mid_upload_is_retried(kbi, tmp_path):
+    data = good_list(7000)
+    assert len(data) > 300_000
+    (tmp_path / "genk.csv").write_bytes(data)
+    proxy = DroppingProxy(kbi.port, cut=150_000)
+    try:
+        result = subprocess.run([sys.executable, "-m", "sluis.server.cli.main", "send", "--server",
+                                 f"127.0.0.1:{proxy.port}", "--user", "agency", "--identity",
+                                 str(kbi.accounts["agency"].key), "--host-key-fingerprint", kbi.host_key_fingerprint(),
+                                 "--to", "genk", str(tmp_path / "genk.csv")],
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        proxy.close()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert proxy.connections == 2
+    [row] = deliveries(kbi)
+    assert row["plain_size"] == len(data)
+    [cut] = audit(kbi, "upload.abort")      # the first attempt, cut off and discarded
+    assert cut["detail"]["reason"] == "connection lost before the upload was closed"

@@ -128,7 +128,15 @@ class Connection:
 
     def upload(self, source: Path, target: str, progress: Callable[[int], None]) -> tuple[int, str]:
         """Send `source` to `target`; returns (size, SHA-256 hex) once the server has accepted it.
-        Raises Refused with the server's message, or a TRANSIENT error."""
+        Raises Refused with the server's message, or a TRANSIENT error (the connection failed)."""
+        try:
+            return self._upload(source, target, progress)
+        except Refused:
+            if self.transport is None or not self.transport.is_active():
+                raise ConnectionError("the connection was lost during the upload") from None
+            raise
+
+    def _upload(self, source: Path, target: str, progress: Callable[[int], None]) -> tuple[int, str]:
         client = self.open()
         digest = hashlib.sha256()
         size = 0
