@@ -329,3 +329,34 @@ def test_a_connection_lost_mid_upload_is_retried(kbi, tmp_path):
     assert row["plain_size"] == len(data)
     [cut] = audit(kbi, "upload.abort")      # the first attempt, cut off and discarded
     assert cut["detail"]["reason"] == "connection lost before the upload was closed"
+
+
+def test_progress_bar_on_a_terminal_plain_lines_otherwise(kbi, tmp_path):
+    import pty
+    import select
+
+    (tmp_path / "genk.csv").write_bytes(good_list(3000))
+    args = [sys.executable, "-m", "sluis.server.cli.main", "send", "--server", f"127.0.0.1:{kbi.port}", "--user",
+            "agency", "--identity", str(kbi.accounts["agency"].key), "--host-key-fingerprint",
+            kbi.host_key_fingerprint(), "--to", "genk", str(tmp_path / "genk.csv")]
+    master, slave = pty.openpty()
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=slave, env={**os.environ, "COLUMNS": "100"})
+    os.close(slave)
+    terminal = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        assert ready, "sluis send went quiet on its terminal"
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:     # the child closed the terminal
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    stdout = process.stdout.read().decode()
+    assert process.wait(60) == 0, terminal.decode(errors="replace")
+    os.close(master)
+    assert "━".encode() in terminal and b"sending genk.csv" not in terminal
+    assert "SENT" in stdout
+    plain = send(kbi, "--to", "genk", str(tmp_path / "genk.csv"))
+    assert plain.returncode == 0 and "sending genk.csv to genk" in plain.stderr and "━" not in plain.stderr

@@ -201,7 +201,8 @@ class Progress:
                                        TransferSpeedColumn)
             from rich.console import Console
             self.bar = Bar(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                           TransferSpeedColumn(), console=Console(stderr=True), transient=True)
+                           TransferSpeedColumn(), console=Console(stderr=True), transient=True,
+                           redirect_stdout=False, redirect_stderr=False)  # result lines stay on stdout
             self.bar.start()
 
     def start(self, path: Path, tenant: str, size: int) -> None:
@@ -219,7 +220,10 @@ class Progress:
     def done(self, result: Result) -> None:
         if self.quiet:
             return
-        print(result.line(), flush=True)
+        if self.bar is not None and sys.stdout.isatty():    # above the bar, on the same terminal
+            self.bar.console.print(result.line(), markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(result.line(), flush=True)
 
     def stop(self) -> None:
         if self.bar is not None:
