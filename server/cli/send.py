@@ -54,7 +54,8 @@ class Result:
 
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ
-    parser = argparse.ArgumentParser(prog="sluis send", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="sluis send", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Settings also come from $SLUIS_SERVER, $SLUIS_USER, "
                                             "$SLUIS_IDENTITY and $SLUIS_KNOWN_HOSTS.")
     parser.add_argument("--server", default=env.get("SLUIS_SERVER"), metavar="HOST:PORT",
@@ -240,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--to TENANT needs at least one FILE")
     if args.batch is not None and args.files:
         parser.error("--batch DIR takes no FILE arguments")
+    if args.retries < 0:
+        parser.error("--retries must be 0 or more")
     if args.batch is not None and not args.batch.is_dir():
         parser.error(f"--batch {args.batch}: not a directory")
     connection = None
@@ -249,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             parser.error(f"{', '.join(missing)} required (or $SLUIS_SERVER, $SLUIS_USER, $SLUIS_IDENTITY)")
         host, port = parse_server(args.server)
-        connection = Connection(Endpoint(host, port, args.user, Path(args.identity),
-                                         Path(args.known_hosts) if args.known_hosts else None,
+        connection = Connection(Endpoint(host, port, args.user, Path(args.identity).expanduser(),
+                                         Path(args.known_hosts).expanduser() if args.known_hosts else None,
                                          args.host_key_fingerprint))
     progress = Progress(quiet=args.json)
     try:
