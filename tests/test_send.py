@@ -360,3 +360,30 @@ def test_progress_bar_on_a_terminal_plain_lines_otherwise(kbi, tmp_path):
     assert "SENT" in stdout
     plain = send(kbi, "--to", "genk", str(tmp_path / "genk.csv"))
     assert plain.returncode == 0 and "sending genk.csv to genk" in plain.stderr and "━" not in plain.stderr
+
+
+def test_out_of_order_writes_are_checked_in_order(kbi):
+    """The validator sees the plaintext as the reorder window releases it: in file order."""
+    data = good_list(400)
+    middle = data.index(b"\n", len(data) // 2) - 3      # cut inside a row
+    with connect(kbi, "agency") as client:
+        handle = client.open("/genk/lijst.csv", "wb")
+        handle.seek(middle)
+        handle.write(data[middle:])
+        handle.seek(0)
+        handle.write(data[:middle])
+        code, text = close_raw(client, handle)
+    assert code == 0, text
+    assert deliveries(kbi, name="lijst.csv")[0]["plain_size"] == len(data)
+
+
+def test_a_staged_upload_is_checked_when_closed(kbi):
+    """WinSCP's NAME.filepart: refused at close, so the rename has nothing to publish."""
+    with connect(kbi, "agency") as client:
+        handle = client.open("/genk/lijst.csv.filepart", "wb")
+        handle.write(good_list(3) + b"A;B;85073003328;J\n")
+        code, text = close_raw(client, handle)
+        assert code != 0 and "nothing was published" in text and "line 5: 4 fields, expected 5" in text
+        with pytest.raises(IOError):
+            client.rename("/genk/lijst.csv.filepart", "/genk/lijst.csv")
+    assert_nothing_sent(kbi)
