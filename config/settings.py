@@ -227,6 +227,13 @@ class PolicySettings:
     """[policy]: the data-sharing protocol's rules."""
 
     yearly_limit: int = setting(1, int_range(1, 366), "deliveries per municipality per 365 days")
+    content: str = setting("any", one_of("any", "kbi-list"),
+                           "'kbi-list': only the protocol's five-field list is published (docs/listpolicy.md); "
+                           "'any': no content check (sluis init writes kbi-list)")
+    name_check: bool = setting(True, parse_bool,
+                               "refuse an upload whose file name names another municipality (name or NIS code)")
+    max_rows: int = setting(100000, int_range(1, 10_000_000),
+                            "kbi-list: most rows in one list (bounds the validator's memory, about 100 bytes a row)")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from .core.audit import AuditLog, open_audit_log
 from .core.checkpoints import CheckpointFile, Checkpointer, Mailer
 from .core.bans import BanStore
 from .core.clock import Clock, SystemClock
+from .core.contentgate import ContentGate
 from .core.defender import Defender
 from .core.directory import Directory
 from .core.dropbox import DropBox
@@ -80,7 +81,8 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
                                                  os.environ.get("CREDENTIALS_DIRECTORY")))
     outbox = Outbox(settings, db, audit, clock, sealer)
     dropbox = DropBox(settings=settings, db=db, audit=audit, directory=directory, storage=storage,
-                      clock=clock, keys=outbox, policy=policy, passphrases=new_passphrase)
+                      clock=clock, keys=outbox, policy=policy, passphrases=new_passphrase,
+                      content=ContentGate(settings.policy, directory, audit))
     janitor = Janitor(settings, dropbox, outbox, clock)
     incidents = IncidentStore(db, audit, clock)
     notifications = NotificationQueue(db, audit, clock)

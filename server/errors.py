@@ -62,3 +62,8 @@ class LimitReached(Busy):
         self.limit = limit
         self.value = value
         self.allowed = allowed
+
+
+class ContentRefused(UploadRejected):
+    """[policy] refused the upload: not a valid list (content = "kbi-list"), or its file name
+    names another municipality (name_check). The message names lines and fields, never values."""

@@ -4,6 +4,8 @@ complete, commented file that parses back to the defaults, with private keys at 
 
 from __future__ import annotations
 
+import dataclasses
+
 import re
 import stat
 import subprocess
@@ -175,14 +177,28 @@ def test_init_writes_every_setting_with_comment(tmp_path):
             [index] = [i for i, line in enumerate(lines) if line.startswith(f"{toml_key(spec)} = ")
                        and _section_of(lines, i) == name]
             assert lines[index - 1] == f"# {spec.metadata['doc']}", spec.name
-    # parses back to exactly the defaults
+    # parses back to exactly the defaults, except what a new setup gets (NEW_SETUP)
     settings = load_settings(config, {})
     defaults = Settings(config_path=config.absolute())
     for f in fields(Settings):
-        assert getattr(settings, f.name) == getattr(defaults, f.name), f.name
+        if f.name != "policy":
+            assert getattr(settings, f.name) == getattr(defaults, f.name), f.name
+    assert settings.policy == dataclasses.replace(defaults.policy, content="kbi-list")
     # and `status` runs on it
     status = sluis(config, "status")
     assert status.returncode == 0, status.stderr
+
+
+def test_new_setups_check_lists_and_old_configs_keep_any(tmp_path):
+    """`sluis init` writes content = "kbi-list"; a config from before the key existed loads as "any"."""
+    config = init_setup(tmp_path / "new")
+    assert 'content = "kbi-list"' in config.read_text()
+    assert load_settings(config, {}).policy.content == "kbi-list"
+    config.write_text(re.sub(r'^content = "kbi-list"\n', "", config.read_text(), flags=re.M))
+    assert "content =" not in config.read_text()
+    settings = load_settings(config, {})
+    assert settings.policy.content == "any" and settings.policy.name_check is True
+    assert init_setup(tmp_path / "explicit", {"policy": {"content": "any"}}).read_text().count('content = "any"') == 1
 
 
 def _section_of(lines: list[str], index: int) -> str:

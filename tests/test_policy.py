@@ -121,7 +121,7 @@ def test_other_name_refused_while_a_list_waits_with_how_to_replace(lib):
     assert state_of(app, first).state == PUBLISHED and has_secret(app, first)
     refusals = [r for r in app.audit.records() if r.event == "upload.refused"]
     assert [r.detail["name"] for r in refusals] == ["ander.csv", "ander.csv.filepart"]
-    assert all(r.tenant == "genk" and "still has a list waiting" in r.detail["reason"] for r in refusals)
+    assert all(r.tenant == "genk" and "still has a list waiting" in r.detail["error"] for r in refusals)
     # another tenant is not affected
     assert state_of(app, upload(app, "ander.csv", tenant="gent")).state == PUBLISHED
 

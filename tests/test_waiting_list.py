@@ -129,7 +129,7 @@ def test_paramiko_sees_the_message_at_close_and_open_and_a_correction_still_work
         assert again.returncode != 0 and "Permission denied" in again.stderr
         refusals = [r for r in srv.app().audit.records() if r.event == "upload.refused"]
         assert [r.actor for r in refusals] == ["agency", "agency-2"]
-        assert all("'theirs.csv'" in r.detail["reason"] for r in refusals)
+        assert all("'theirs.csv'" in r.detail["error"] for r in refusals)
 
         _one_set_of_sms(srv, twilio, "theirs.csv.age")
         first = twilio.messages

@@ -60,8 +60,11 @@ sluis demo in {directory}  (config {config})
 host key fingerprint: {fingerprint}  (compare it when your client first connects)
 
 In another terminal, upload as the agency:
-  echo 'naam;voornaam;rijksregisternummer;inburgeringscontract;attest' > lijst.csv
+  printf 'naam;voornaam;rijksregisternummer;inburgeringscontract;attest\\nJanssens;Jan;85.07.30-033.28;J;N\\n' > lijst.csv
   sftp {opts} -i {k}/agency agency@127.0.0.1 <<< 'put lijst.csv /genk/lijst.csv'
+or with the agency's client (checks the list first; [policy] content = "kbi-list" refuses anything else):
+  .venv/bin/sluis send --server 127.0.0.1:2222 --user agency --identity {k}/agency \\
+      --host-key-fingerprint {fingerprint} --to genk lijst.csv
 
 The passphrase appears below as "[sms console-…]". Then, as the Genk clerk:
   sftp {opts} -i {k}/genk-clerk genk-clerk@127.0.0.1 <<< 'get lijst.csv.age'

@@ -28,8 +28,18 @@ def write_private(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
+# What a new setup gets that differs from the settings' defaults (which are what a config file
+# without the key means, so that existing setups keep their behaviour on upgrade).
+NEW_SETUP = {"policy": {"content": "kbi-list"}}
+
+
 def init_setup(directory: Path, overrides: dict | None = None) -> Path:
-    """Create a complete setup in `directory`; refuses to touch an existing one."""
+    """Create a complete setup in `directory`; refuses to touch an existing one. `overrides`
+    (section -> key -> raw value) win over NEW_SETUP, which wins over the defaults."""
+    merged = {section: dict(values) for section, values in NEW_SETUP.items()}
+    for section, values in (overrides or {}).items():
+        merged.setdefault(section, {}).update(values)
+    overrides = merged
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     existing = [name for name in (CONFIG_NAME, HOST_KEY_NAME, SECRET_KEY_NAME, AUDIT_KEY_NAME, "state.db")
                 if (directory / name).exists()]

@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     command(commands, "serve", ops.cmd_serve, "run the SFTP server with its workers",
             "Run the SFTP server, the key-delivery worker and the janitor in one process. Logs go to "
             "stderr; SIGTERM stops it cleanly (uploads in flight are discarded).")
+    # `sluis send` runs on the agency's machine, without a sluis.toml: main() hands it its own
+    # arguments before parsing (this entry is for `sluis --help`).
+    commands.add_parser("send", add_help=False, help="send lists to municipalities (the agency's client; "
+                        "see `sluis send --help`)")
     admin.add_tenant_commands(commands, command)
     admin.add_user_commands(commands, command)
     ops.add_ops_commands(commands, command)
@@ -57,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # everything sluis creates is private to its user
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["send"]:
+        from . import send  # paramiko and rich only for the client
+        return send.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     # One escaped line per record for every logger (asyncssh's too): see server/logsafe.py.

@@ -153,6 +153,13 @@ class Directory:
             raise NotFound(f"no tenant named {name!r}")
         return self._tenant(row)
 
+    def tenant_by_nis(self, nis: str) -> Tenant:
+        """The tenant with this NIS code (the active one first, if a code was ever reused)."""
+        row = self.db.query_one("SELECT * FROM tenants WHERE nis = ? ORDER BY active DESC, id LIMIT 1", (nis,))
+        if row is None:
+            raise NotFound(f"no municipality with NIS code {nis}")
+        return self._tenant(row)
+
     def tenant_by_id(self, tenant_id: int) -> Tenant:
         row = self.db.query_one("SELECT * FROM tenants WHERE id = ?", (tenant_id,))
         if row is None:

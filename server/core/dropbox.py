@@ -15,6 +15,7 @@ from ...config.settings import Settings
 from ..errors import NotFound, PermissionDenied, PolicyRefused
 from .audit import AuditLog
 from .clock import Clock, iso
+from .contentgate import ContentGate
 from .coverage import Coverage
 from .deliveries import (
     COLLECTED, PUBLISHED, REASON_COLLECTED, REASON_REPLACED, REMOVED, VISIBLE, fetch,
@@ -80,7 +81,7 @@ class DropBox:
 
     def __init__(self, *, settings: Settings, db: Database, audit: AuditLog, directory: Directory,
                  storage: Storage, clock: Clock, keys: KeyHandoff, policy: DeliveryPolicy,
-                 passphrases: Callable[[], str]) -> None:
+                 passphrases: Callable[[], str], content: ContentGate) -> None:
         self.settings = settings
         self.db = db
         self.audit = audit
@@ -90,6 +91,7 @@ class DropBox:
         self.keys = keys
         self.policy = policy
         self.passphrases = passphrases
+        self.content = content
         self.budget = MemoryBudget(settings.upload.total_window)
         # Each sender's share of it, alive while one of its uploads holds it.
         self._sender_budgets: WeakValueDictionary[int, MemoryBudget] = WeakValueDictionary()
@@ -134,8 +136,9 @@ class DropBox:
             self.policy.admit(self.db, tenant, name=staged_base(name) or name)
         except PolicyRefused as refusal:
             self.audit.record("upload.refused", actor=session.actor, tenant=tenant.name,
-                              source=session.source, name=name, reason=str(refusal))
+                              source=session.source, name=name, policy="delivery", error=str(refusal))
             raise
+        check = self.content.admit(session, tenant, name)   # [policy] name_check and content
         upload_id = "u-" + secrets.token_hex(8)
         with self.db.transaction() as tx:
             tx.execute("INSERT INTO uploads (id, tenant_id, sender_id, name, temp_key, source, started_at)"
@@ -157,7 +160,7 @@ class DropBox:
         upload_settings = self.settings.upload
         budget = self._sender_budget(session)
         return Upload(upload_id=upload_id, session=session, tenant=tenant, name=name, temp=temp,
-                      out=out, encryptor=encryptor, passphrase=passphrase,
+                      out=out, encryptor=encryptor, passphrase=passphrase, check=check,
                       window_factory=lambda sink: ReorderWindow(
                           sink, window=upload_settings.window, budget=budget,
                           max_size=upload_settings.max_file_size))
@@ -174,6 +177,8 @@ class DropBox:
     def publish(self, upload: Upload, name: str | None = None) -> Delivery:
         """Seal the upload and make it a delivery, with its key jobs, in one transaction."""
         name = check_name(name or upload.name)
+        if name != upload.name:     # a staged upload renamed to its final name
+            self.content.check_name(upload.session, upload.tenant, name)
         sealed = upload.seal()
         tenant = upload.tenant
         now = self.clock.now()

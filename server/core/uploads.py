@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass
 
 from ..errors import UploadRejected
+from .contentgate import NO_CHECK, StreamCheck
 from .encryption import Encryptor, HashingOutput
 from .records import Tenant
 from .session import Session
@@ -33,7 +34,7 @@ class Upload:
 
     def __init__(self, *, upload_id: str, session: Session, tenant: Tenant, name: str,
                  temp: TempBlob, out: HashingOutput, encryptor: Encryptor, window_factory,
-                 passphrase: str) -> None:
+                 passphrase: str, check: StreamCheck = NO_CHECK) -> None:
         self.id = upload_id
         self.session = session
         self.tenant = tenant
@@ -43,6 +44,7 @@ class Upload:
         self._out = out
         self._encryptor = encryptor
         self._hash = hashlib.sha256()
+        self._check = check     # [policy] content: sees the plaintext in order, refuses at seal
         self._window: ReorderWindow = window_factory(self._feed)
         self._lock = threading.Lock()
         self.sealed: SealedUpload | None = None
@@ -51,6 +53,7 @@ class Upload:
 
     def _feed(self, data: bytes) -> None:
         self._hash.update(data)
+        self._check.feed(data)
         self._encryptor.write(data)
 
     @property
@@ -65,13 +68,15 @@ class Upload:
             self._window.write(offset, data)
 
     def seal(self) -> SealedUpload:
-        """Finish the stream and make it durable. Refuses an empty or gapped upload."""
+        """Finish the stream and make it durable. Refuses an empty or gapped upload, and one
+        that [policy] content refuses."""
         with self._lock:
             if self.sealed:
                 return self.sealed
             size = self._window.finish()
             if size == 0:
                 raise UploadRejected("empty upload refused: the file has no content")
+            self._check.close(self.id)      # ContentRefused: nothing is published
             self._encryptor.close()
             self.temp.sync()
             self.temp.close()

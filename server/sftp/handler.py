@@ -22,9 +22,10 @@ from ..core.dropbox import Download, DropBox
 from ..core.names import check_name, staged_base
 from ..core.session import Session
 from ..core.uploads import Upload
-from ..errors import Busy, LimitReached, NotFound, OutsideView, PermissionDenied, UploadRejected
+from ..errors import Busy, ContentRefused, LimitReached, NotFound, OutsideView, PermissionDenied, UploadRejected
 from ..logsafe import quoted
 from .limits import ConnectionLimits
+from .notice import tell_client
 from .paths import join_path, split_path
 from .requests import authorise
 from .status import to_sftp_error
@@ -75,6 +76,8 @@ class SluisSFTPServer(asyncssh.SFTPServer):
             if isinstance(exc, (PermissionDenied, OutsideView)):
                 reason = "another municipality's folder" if isinstance(exc, OutsideView) else str(exc)
                 await asyncio.to_thread(self._audit_denial, op, target, reason)
+            if isinstance(exc, ContentRefused):
+                tell_client(self.channel, error.reason)   # clients that hide the status text
             raise error from None
         self._log(op, target, started, "ok", logging.DEBUG if op in _QUIET else logging.INFO)
         return result
@@ -103,7 +106,8 @@ class SluisSFTPServer(asyncssh.SFTPServer):
         return "sluis"
 
     async def realpath(self, path: bytes) -> bytes:
-        return await self._run("realpath", self._show(path), lambda: join_path(split_path(path)))
+        return await self._run("realpath", self._show(path),
+                               lambda: join_path(self.view.canonical(split_path(path))))
 
     async def stat(self, path: bytes) -> SFTPAttrs:
         return await self._run("stat", self._show(path), lambda: self.view.lookup(split_path(path)).attrs)

@@ -2,7 +2,9 @@
 
 Recipient: '/' is its tenant's box, holding NAME.age (or .zip) at stored size.
 Sender: '/' holds one folder per active tenant; '/genk/' lists the sender's own deliveries still
-waiting there, by the name and plaintext size it wrote, plus its uploads in this session.
+waiting there, by the name and plaintext size it wrote, plus its uploads in this session. A
+sender may also name a folder by the tenant's NIS code ('/71016/' is '/genk/'); realpath turns
+it into the name, which is how `sluis send --batch` maps NIS-named files (docs/listpolicy.md).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from ..core.clock import parse_iso
 from ..core.dropbox import DropBox
 from ..core.records import Delivery, Tenant
 from ..core.session import Session
+from ..core.directory import NIS_CODE
 from ..core.uploads import Upload
 from ..errors import NotFound, OutsideView
 
@@ -69,7 +72,7 @@ class View:
                 return self._recipient_entry(delivery)
             self._not_elsewhere(parts[0])
         else:
-            tenant = self.dropbox.active_tenant(parts[0])
+            tenant = self._sender_tenant(parts[0])
             if len(parts) == 1:
                 return Entry(tenant.name, dir_attrs(self.started), tenant=tenant)
             if len(parts) == 2:
@@ -88,8 +91,23 @@ class View:
     def tenant_dir(self, parts: tuple[str, ...]) -> Tenant:
         """The tenant a sender's path lies in: exactly '/TENANT/NAME'."""
         if self.session.is_sender and len(parts) == 2:
-            return self.dropbox.active_tenant(parts[0])
+            return self._sender_tenant(parts[0])
         raise NotFound("files can only be created inside a municipality's folder, as /TENANT/NAME")
+
+    def _sender_tenant(self, part: str) -> Tenant:
+        """A sender's folder, by tenant name or by NIS code."""
+        if NIS_CODE.match(part):
+            return self.dropbox.active_tenant(self.dropbox.directory.tenant_by_nis(part).name)
+        return self.dropbox.active_tenant(part)
+
+    def canonical(self, parts: tuple[str, ...]) -> tuple[str, ...]:
+        """realpath: a sender's NIS-code folder becomes the tenant's name; anything else as is."""
+        if self.session.is_sender and parts and NIS_CODE.match(parts[0]):
+            try:
+                return (self._sender_tenant(parts[0]).name, *parts[1:])
+            except NotFound:
+                pass
+        return parts
 
     def listing(self, parts: tuple[str, ...]) -> list[Entry]:
         entry = self.lookup(parts)

@@ -50,7 +50,8 @@ class SluisServer:
         self.root = root
         self.keys = root / "keys"
         self.keys.mkdir(parents=True, exist_ok=True)
-        merged: dict[str, dict[str, Any]] = {"server": {"listen": "127.0.0.1:0"}}
+        # Tests upload arbitrary content; those about the list policy pass policy.content themselves.
+        merged: dict[str, dict[str, Any]] = {"server": {"listen": "127.0.0.1:0"}, "policy": {"content": "any"}}
         for section, values in (overrides or {}).items():
             merged.setdefault(section, {}).update(values)
         self.config = init_setup(root / "sluis", merged)
@@ -70,9 +71,9 @@ class SluisServer:
         return self._app
 
     def add_tenant(self, name: str, *, phones: tuple[str, ...] = (DEFAULT_PHONE,), fmt: str = "age",
-                   protocol: bool = True, email: str | None = None) -> None:
+                   protocol: bool = True, email: str | None = None, nis: str | None = None) -> None:
         app = self.app()
-        app.directory.add_tenant(operator(), name, phones=phones, fmt=fmt, email=email)
+        app.directory.add_tenant(operator(), name, phones=phones, fmt=fmt, email=email, nis=nis)
         if protocol:
             tenant = app.directory.tenant(name)
             with app.db.transaction() as tx:
