@@ -87,7 +87,7 @@ class Outbox:
         return len(jobs)
 
     def revoke(self, tx: Tx, delivery_id: str, reason: str) -> None:
-        tx.execute("DELETE FROM secrets WHERE delivery_id = ?", (delivery_id,))
+        self._destroy_key(tx, delivery_id, f"delivery {reason}")
         tx.execute("UPDATE outbox SET state = ?, last_error = ?, updated_at = ? WHERE delivery_id = ?"
                    " AND state = ? AND kind != ?", (CANCELLED, f"delivery {reason}", self._now(),
                                                      delivery_id, PENDING, ALERT))
@@ -151,7 +151,17 @@ class Outbox:
         delivery = fetch(tx, "id = ?", (delivery_id,))
         if pending or (delivery and delivery[0].state == PUBLISHED):
             return False
-        return tx.execute("DELETE FROM secrets WHERE delivery_id = ?", (delivery_id,)).rowcount > 0
+        return self._destroy_key(tx, delivery_id, "collected, no key message waiting")
+
+    def _destroy_key(self, tx: Tx, delivery_id: str, why: str) -> bool:
+        """Delete the sealed passphrase; its destruction gets its own audit record (key.destroy)."""
+        if tx.execute("DELETE FROM secrets WHERE delivery_id = ?", (delivery_id,)).rowcount == 0:
+            return False
+        tenant = tx.execute("SELECT t.name FROM deliveries d JOIN tenants t ON t.id = d.tenant_id"
+                            " WHERE d.id = ?", (delivery_id,)).fetchone()
+        self.audit.append(tx, "key.destroy", actor="sluis", tenant=tenant[0] if tenant else None,
+                          delivery=delivery_id, reason=why)
+        return True
 
     # --- operator actions ---------------------------------------------------------------------------
     def resend(self, delivery_id: str, *, actor: str, phone: str | None = None, source: str = "cli") -> list[str]:

@@ -22,6 +22,8 @@ from .core.directory import Directory
 from .core.dropbox import DropBox
 from .core.incidents import IncidentStore
 from .core.notifications import NotificationQueue
+from .core.receiptkey import load_or_create
+from .core.receipts import ReceiptStore
 from .core.review import AccountReview
 from .core.state import Database, open_database
 from .core.storage import LocalStorage, Storage
@@ -65,6 +67,7 @@ class App:
     notifications: NotificationQueue
     tracker: IncidentTracker
     review: AccountReview
+    receipts: ReceiptStore
 
     def close(self) -> None:
         self.db.close()
@@ -82,15 +85,18 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
     sealer = functools.cache(lambda: load_sealer(settings.resolve(settings.crypto.secret_key_file),
                                                  os.environ.get("CREDENTIALS_DIRECTORY")))
     outbox = Outbox(settings, db, audit, clock, sealer)
+    notifications = NotificationQueue(db, audit, clock)
+    receipt_key = functools.cache(lambda: load_or_create(settings.resolve(settings.crypto.secret_key_file),
+                                                         os.environ.get("CREDENTIALS_DIRECTORY")))
+    receipts = ReceiptStore(db, audit, clock, receipt_key, notifications, settings.email.enabled)
     dropbox = DropBox(settings=settings, db=db, audit=audit, directory=directory, storage=storage,
-                      clock=clock, keys=outbox, policy=policy, passphrases=new_passphrase)
+                      clock=clock, keys=outbox, policy=policy, passphrases=new_passphrase, receipts=receipts)
     janitor = Janitor(settings, dropbox, outbox, clock)
     incidents = IncidentStore(db, audit, clock)
-    notifications = NotificationQueue(db, audit, clock)
     return App(settings=settings, clock=clock, db=db, audit=audit, directory=directory, storage=storage,
                policy=policy, outbox=outbox, dropbox=dropbox, janitor=janitor,
                monitor=AccessMonitor(settings, audit, clock),
                connections=ConnectionLimit(settings.server.max_connections),
                incidents=incidents, notifications=notifications,
                tracker=IncidentTracker(settings, incidents, notifications, clock),
-               review=AccountReview(db, clock))
+               review=AccountReview(db, clock), receipts=receipts)

@@ -9,6 +9,8 @@ import asyncssh
 
 from ...config import render_config
 from ...keydelivery.sealing import create_key_file
+from ..core import receiptkey
+from ..formats import sshsig
 from ..core.audit import AuditLog
 from ..core.clock import SystemClock
 from ..core.state import open_database
@@ -29,7 +31,8 @@ def write_private(path: Path, data: bytes) -> None:
 def init_setup(directory: Path, overrides: dict | None = None) -> Path:
     """Create a complete setup in `directory`; refuses to touch an existing one."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    existing = [name for name in (CONFIG_NAME, HOST_KEY_NAME, SECRET_KEY_NAME, "state.db")
+    existing = [name for name in (CONFIG_NAME, HOST_KEY_NAME, SECRET_KEY_NAME, receiptkey.KEY_FILE_NAME,
+                                  "state.db")
                 if (directory / name).exists()]
     if existing:
         raise FileExistsError(f"{directory} already holds a setup ({', '.join(existing)}); "
@@ -40,9 +43,11 @@ def init_setup(directory: Path, overrides: dict | None = None) -> Path:
     write_private(directory / HOST_KEY_NAME, key.export_private_key("openssh"))
     write_private(directory / (HOST_KEY_NAME + ".pub"), key.export_public_key("openssh"))
     create_key_file(directory / SECRET_KEY_NAME)
+    receipt_key = receiptkey.create_key_file(receiptkey.key_path(directory / SECRET_KEY_NAME))
     db = open_database(directory / "state.db")
     actor = operator()
     AuditLog(db, SystemClock()).record("sluis.init", actor=actor.name, source=actor.source,
-                                       host_key=key.get_fingerprint("sha256"))
+                                       host_key=key.get_fingerprint("sha256"),
+                                       receipt_key=sshsig.fingerprint(receipt_key.public_key()))
     db.close()
     return config_path

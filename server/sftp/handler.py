@@ -27,7 +27,7 @@ from ..logsafe import quoted
 from .paths import join_path, split_path
 from .requests import authorise
 from .status import to_sftp_error
-from .views import View, file_attrs
+from .views import ReceiptHandle, View, file_attrs
 
 log = logging.getLogger("sluis.sftp")
 T = TypeVar("T")
@@ -112,6 +112,8 @@ class SluisSFTPServer(asyncssh.SFTPServer):
     def _handle_attrs(self, file_obj: object) -> SFTPAttrs:
         if isinstance(file_obj, UploadHandle):
             return file_attrs(file_obj.upload.size, int(time.time()))
+        if isinstance(file_obj, ReceiptHandle):
+            return file_attrs(len(file_obj.content), int(time.time()))
         assert isinstance(file_obj, DownloadHandle)
         return file_attrs(file_obj.download.delivery.stored_size, int(time.time()))
 
@@ -149,6 +151,8 @@ class SluisSFTPServer(asyncssh.SFTPServer):
         shown = self._show(path)
         if pflags & (FXF_WRITE | FXF_APPEND):
             return await self._run("open_write", shown, self._open_write, path, pflags)
+        if pflags & FXF_READ and self.session.is_sender:  # a sender reads only its receipts
+            return await self._run("read_receipt", shown, lambda: self.view.open_receipt(split_path(path)))
         if pflags & FXF_READ:
             return await self._run("open_read", shown, self._open_read, path)
         raise to_sftp_error(PermissionDenied("open needs read or write access"))
@@ -176,6 +180,8 @@ class SluisSFTPServer(asyncssh.SFTPServer):
         return UploadHandle(upload, key, staged=staged_base(name) is not None)
 
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:
+        if isinstance(file_obj, ReceiptHandle):
+            return await self._run("read_receipt", "<receipt>", file_obj.read, offset, size)
         if not isinstance(file_obj, DownloadHandle):
             raise to_sftp_error(PermissionDenied("this handle was not opened for reading"))
         return await self._run("read", "<handle>", file_obj.download.read, offset, size)
@@ -247,7 +253,7 @@ class SluisSFTPServer(asyncssh.SFTPServer):
             reason = REASON_DELETED if self.session.is_recipient else REASON_WITHDRAWN
             self.dropbox.remove(entry.delivery, reason, actor=self.session.actor, source=self.session.source)
         else:
-            raise PermissionDenied("folders cannot be removed")
+            raise PermissionDenied("receipts are read-only" if entry.content is not None else "folders cannot be removed")
 
     async def rename(self, oldpath: bytes, newpath: bytes) -> None:
         await self._run("rename", f"{self._show(oldpath)} -> {self._show(newpath)}",

@@ -1,0 +1,3 @@
+"""placeholder"""
+def add_report_command(commands, command):
+    pass
