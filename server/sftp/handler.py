@@ -151,7 +151,7 @@ class SluisSFTPServer(asyncssh.SFTPServer):
         shown = self._show(path)
         if pflags & (FXF_WRITE | FXF_APPEND):
             return await self._run("open_write", shown, self._open_write, path, pflags)
-        if pflags & FXF_READ and self.session.is_sender:  # a sender reads only its receipts
+        if pflags & FXF_READ and self.view.is_receipt(path):  # a sender's only read (requests.py)
             return await self._run("read_receipt", shown, lambda: self.view.open_receipt(split_path(path)))
         if pflags & FXF_READ:
             return await self._run("open_read", shown, self._open_read, path)

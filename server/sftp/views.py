@@ -18,7 +18,8 @@ from ..core.dropbox import DropBox
 from ..core.records import Delivery, Tenant
 from ..core.session import Session
 from ..core.uploads import Upload
-from ..errors import NotFound, OutsideView, PermissionDenied
+from ..errors import NotFound, OutsideView, PermissionDenied, SluisError
+from .paths import split_path
 
 DIR_MODE = stat.S_IFDIR | 0o700
 FILE_MODE = stat.S_IFREG | 0o600
@@ -129,6 +130,13 @@ class View:
             if tenant_name == entry.tenant.name:
                 entries[name] = Entry(name, file_attrs(upload.size, self.started), upload=upload)
         return sorted(entries.values(), key=lambda e: e.name)
+
+    def is_receipt(self, path: bytes) -> bool:
+        """Whether a sender names something under /receipts (anything else it may not read)."""
+        try:
+            return self.session.is_sender and split_path(path)[:1] == (RECEIPTS,)
+        except SluisError:
+            return False
 
     def open_receipt(self, parts: tuple[str, ...]) -> ReceiptHandle:
         """A sender's read: only its own receipts, nothing else (requests.py: read_receipt)."""
