@@ -21,6 +21,7 @@ from .core.clock import Clock, SystemClock
 from .core.directory import Directory
 from .core.dropbox import DropBox
 from .core.incidents import IncidentStore
+from .core.evidence import EvidenceStore
 from .core.notifications import NotificationQueue
 from .core.receiptkey import load_or_create
 from .core.receipts import ReceiptStore
@@ -68,6 +69,7 @@ class App:
     tracker: IncidentTracker
     review: AccountReview
     receipts: ReceiptStore
+    evidence: EvidenceStore
 
     def close(self) -> None:
         self.db.close()
@@ -99,4 +101,5 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
                connections=ConnectionLimit(settings.server.max_connections),
                incidents=incidents, notifications=notifications,
                tracker=IncidentTracker(settings, incidents, notifications, clock),
-               review=AccountReview(db, clock), receipts=receipts)
+               review=AccountReview(db, clock), receipts=receipts,
+               evidence=EvidenceStore(db))

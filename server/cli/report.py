@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from ..core.evidence import EvidenceStore, build_report, parse_period
+from ..core.evidence import build_report, parse_period
 from ..errors import InvalidInput
 from ..formats.report_html import render_html
 from .common import open_app, operator
@@ -48,7 +48,7 @@ def cmd_report(args: Any) -> None:
     if args.tenant:
         app.directory.tenant(args.tenant)   # NotFound names the tenant
     actor = operator()
-    report = build_report(EvidenceStore(app.db), app.audit, app.clock, tenant=args.tenant,
+    report = build_report(app.evidence, app.audit, app.clock, tenant=args.tenant,
                           period=parse_period(start, end), generated_by=actor.name)
     text = (json.dumps(report, ensure_ascii=False, sort_keys=True, indent=1) + "\n" if args.format == "json"
             else render_html(report))

@@ -71,6 +71,7 @@ def create_key_file(path: Path) -> Ed25519PrivateKey:
     pub = public_path(path)
     pub.unlink(missing_ok=True)
     pub.write_text(sshsig.public_line(key.public_key()) + " sluis receipt key\n")
+    pub.chmod(0o644)  # public: operators running as the service user print allowed_signers from it
     return key
 
 

@@ -65,12 +65,20 @@ class ReceiptStore:
         self._creation_recorded = False
 
     def _signing_key(self, tx: Tx) -> LoadedKey:
+        """The key; its first use by this process is recorded if it is new or not the last one used."""
         loaded = self.key()
         with self._announced:
-            if loaded.created and not self._creation_recorded:
+            if not self._creation_recorded:
                 self._creation_recorded = True
-                self.audit.append(tx, "receipt.key.create", actor="sluis", key=loaded.fingerprint,
-                                  path=loaded.origin)
+                last = tx.execute("SELECT detail FROM audit WHERE event IN ('receipt.key.create', 'receipt.key.change')"
+                                  " ORDER BY seq DESC LIMIT 1").fetchone()
+                previous = json.loads(last[0]).get("key") if last else None
+                if loaded.created:
+                    self.audit.append(tx, "receipt.key.create", actor="sluis", key=loaded.fingerprint,
+                                      path=loaded.origin)
+                elif previous != loaded.fingerprint:   # made by `sluis receipt keygen`, or replaced
+                    self.audit.append(tx, "receipt.key.change", actor="sluis", key=loaded.fingerprint,
+                                      previous=previous, path=loaded.origin)
         return loaded
 
     def ensure_key(self) -> LoadedKey:

@@ -98,7 +98,8 @@ def _delivery(d: dict[str, Any]) -> str:
         ("SHA-256 (inhoud)", f'<span class="hash">{_e(d["plain_sha256"])}</span>'),
         ("Sleutel per sms", sms), ("Opgehaald", collected), ("Verwijderd", removed),
         ("Sleutel vernietigd", _when(d["key_destroyed_at"])),
-        ("Ontvangstbewijs", f"{_e(receipt['outcome'])}, {_when(receipt['issued_at'])}" if receipt else _e(None)),
+        ("Ontvangstbewijs", f"{_e(REASONS_NL.get(receipt['outcome'], receipt['outcome']) if receipt['outcome'] != 'collected' else 'opgehaald')}, "
+                            f"{_when(receipt['issued_at'])}, ondertekend" if receipt else _e(None)),
         ("Auditrecords", ", ".join(f"#{s}" for s in d["events"]) or _e(None)),
     ]) + "</div>")
 
@@ -139,7 +140,9 @@ def render_html(report: dict[str, Any]) -> str:
     period = report["period"]
     scope = report["tenant"] or "alle gemeenten"
     title = f"Bewijsrapport sluis – {scope}"
-    head = _meta([("Gemeente", _e(scope)), ("Periode", f"{_when(period['from'])} tot {_when(period['to'])}"),
+    span = ("volledige auditlog" if not period["from"] and not period["to"] else
+            f"{_when(period['from']) if period['from'] else 'begin'} tot {_when(period['to']) if period['to'] else 'nu'}")
+    head = _meta([("Gemeente", _e(scope)), ("Periode", span),
                   ("Opgemaakt op", _when(report["generated_at"])), ("Opgemaakt door", _e(report["generated_by"]))])
     body = "".join(_tenant(t) for t in report["tenants"]) or '<p class="bad">Geen gemeente gevonden.</p>'
     return ("<!DOCTYPE html>\n<html lang=\"nl\"><head><meta charset=\"utf-8\">"
