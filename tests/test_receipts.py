@@ -209,3 +209,53 @@ def test_sshsig_matches_ssh_keygen_byte_for_byte(tmp_path):
     assert (tmp_path / "m.sig").read_text() == sshsig.sign(key, "sluis-receipt", message.read_bytes())
     with pytest.raises(sshsig.SignatureError, match="namespace"):
         sshsig.verify((tmp_path / "m.sig").read_text(), message.read_bytes(), "other", [key.public_key()])
+
+
+def test_keygen_for_root_owned_setups_and_the_systemd_credential(lib, tmp_path, monkeypatch):
+    srv, app, clock = lib
+    (srv.data_dir / "receipt.key").unlink()
+    (srv.data_dir / "receipt.key.pub").unlink()
+    made = sluis(srv.config, "receipt", "keygen")
+    assert made.returncode == 0, made.stderr
+    assert stat.S_IMODE((srv.data_dir / "receipt.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((srv.data_dir / "receipt.key.pub").stat().st_mode) == 0o644
+    fingerprint = re.search(r"SHA256:[A-Za-z0-9+/]+", made.stdout).group(0)
+    again = sluis(srv.config, "receipt", "keygen")
+    assert again.returncode == 1 and "refusing to overwrite" in again.stderr
+    assert not [r for r in audit(srv, "receipt.key.create") if r["detail"]["key"] == fingerprint]
+
+    delivery = upload(app)
+    assert download(app, delivery)
+    [change] = [r for r in app.audit.records() if r.event == "receipt.key.change"]
+    assert change.detail["key"] == fingerprint and json.loads(app.receipts.get(delivery.id).body)["key"] == fingerprint
+
+    # the systemd credential wins over the file (a fresh process: the key is loaded once)
+    from sluis.server.core.receiptkey import create_key_file, load_or_create
+
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    credential = create_key_file(creds / "sluis-receipt-key")
+    loaded = load_or_create(srv.data_dir / "secret.key", str(creds))
+    assert loaded.fingerprint == sshsig.fingerprint(credential.public_key()) != fingerprint
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    from sluis.config import load_settings
+    from sluis.server.app import build_app
+
+    other = build_app(load_settings(srv.config, {}), clock=clock)
+    try:
+        assert other.receipts.public_line() == sshsig.public_line(credential.public_key())
+    finally:
+        other.close()
+
+
+def test_an_unsafe_receipt_key_is_refused_with_what_to_do(lib):
+    from sluis.server.core.receiptkey import ReceiptKeyError, load_or_create
+
+    srv, app, clock = lib
+    (srv.data_dir / "receipt.key").chmod(0o644)
+    with pytest.raises(ReceiptKeyError, match="chmod 600"):
+        load_or_create(srv.data_dir / "secret.key", None)
+    (srv.data_dir / "receipt.key").chmod(0o600)
+    (srv.data_dir / "receipt.key").write_text("not a key\n")
+    with pytest.raises(ReceiptKeyError, match="not an unencrypted OpenSSH private key"):
+        load_or_create(srv.data_dir / "secret.key", None)

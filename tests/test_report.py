@@ -135,3 +135,18 @@ def _distinct_bytes(png: bytes) -> int:
             idat += data[pos + 8:pos + 8 + length]
         pos += 12 + length
     return len(set(zlib.decompress(idat)))
+
+
+def test_a_broken_chain_is_reported_as_broken(history, tmp_path):
+    server = history
+    [collect] = audit(server, "delivery.collect")
+    with server.app().db.transaction() as tx:      # someone edits the log behind sluis's back
+        tx.execute("UPDATE audit SET actor = 'iemand-anders' WHERE seq = ?", (collect["seq"],))
+    report = json.loads(_report(server, tmp_path, "json").read_text())
+    assert report["audit_chain"]["ok"] is False and report["audit_chain"]["bad_seq"] == collect["seq"]
+    html = _report(server, tmp_path, "html").read_text()
+    assert f"GEBROKEN bij record #{collect['seq']}" in html
+    everyone = sluis(server.config, "report", "--format", "json")
+    assert [t["name"] for t in json.loads(everyone.stdout)["tenants"]] == ["genk", "gent"]
+    unknown = sluis(server.config, "report", "--tenant", "nergens")
+    assert unknown.returncode == 1 and "nergens" in unknown.stderr

@@ -95,8 +95,16 @@ def build_report(store: EvidenceStore, audit: AuditLog, clock: Clock, *, tenant:
     """The whole report as plain data (what `--format json` prints and the HTML shows)."""
     verification = audit.verify()
     head_seq, head_hash = audit.head()
-    records = [r.as_dict() for r in audit.records()]
-    tenants = [_tenant_section(store, row, records, period) for row in store.tenants(tenant)]
+    scopes = [_Scope(store, row, period) for row in store.tenants(tenant)]
+    # One streaming pass from the period's start: memory grows with what the report shows,
+    # not with the size of the log. A delivery's life may run past the period's end.
+    for record in audit.records(since=period.start):
+        if record.seq > head_seq:
+            break
+        as_dict = record.as_dict()
+        for scope in scopes:
+            scope.take(as_dict)
+    tenants = [scope.section() for scope in scopes]
     return {
         "report": "sluis-evidence", "version": REPORT_VERSION, "generated_at": iso(clock.now()),
         "generated_by": generated_by, "tenant": tenant,
@@ -107,32 +115,40 @@ def build_report(store: EvidenceStore, audit: AuditLog, clock: Clock, *, tenant:
     }
 
 
-def _tenant_section(store: EvidenceStore, row: dict[str, Any], records: list[dict[str, Any]],
-                    period: Period) -> dict[str, Any]:
-    deliveries = store.deliveries(row["id"], period)
-    sender_ids = {d["sender_id"] for d in deliveries}
-    accounts = store.accounts(row["id"], sender_ids)
-    names = [a["name"] for a in accounts if a["role"] == "recipient"]
-    ids = {d["id"] for d in deliveries}
-    events = [r for r in records if period.holds(r["ts"]) and (
-        r["tenant"] == row["name"] or r["delivery"] in ids or _sender_into(r, row["name"])
-        or (r["event"] in DENIED and r["tenant"] is None and r["actor"] in names))]
-    by_delivery: dict[str, list[dict[str, Any]]] = {}
-    for record in records:   # a delivery's life may run past the period's end: show all of it
-        if record["delivery"] in ids:
-            by_delivery.setdefault(record["delivery"], []).append(record)
-    return {
-        "name": row["name"], "nis": row["nis"], "active": bool(row["active"]), "email": row["email"],
-        "dpo": {"name": row["dpo_name"], "email": row["dpo_email"], "phone": row["dpo_phone"]},
-        "phones": store.phones(row["id"]),
-        "protocol": store.protocol(row["id"]),
-        "accounts": accounts,
-        "deliveries": [_life(store, d, by_delivery.get(d["id"], [])) for d in deliveries],
-        "refused_uploads": [e for e in events if _refused_upload(e)],
-        "denied": [e for e in events if e["event"] in DENIED and not _refused_upload(e)],
-        "incidents": store.incidents(row["name"], names, period),
-        "events": events,
-    }
+class _Scope:
+    """One tenant's part of the report, filled record by record."""
+
+    def __init__(self, store: EvidenceStore, row: dict[str, Any], period: Period) -> None:
+        self.store, self.row, self.period = store, row, period
+        self.deliveries = store.deliveries(row["id"], period)
+        self.accounts = store.accounts(row["id"], {d["sender_id"] for d in self.deliveries})
+        self.names = [a["name"] for a in self.accounts if a["role"] == "recipient"]
+        self.by_delivery: dict[str, list[dict[str, Any]]] = {d["id"]: [] for d in self.deliveries}
+        self.events: list[dict[str, Any]] = []
+
+    def take(self, r: dict[str, Any]) -> None:
+        life = self.by_delivery.get(r["delivery"]) if r["delivery"] else None
+        if life is not None and r["event"] in LIFE_EVENTS:
+            life.append(r)
+        if self.period.holds(r["ts"]) and (
+                r["tenant"] == self.row["name"] or life is not None or _sender_into(r, self.row["name"])
+                or (r["event"] in DENIED and r["tenant"] is None and r["actor"] in self.names)):
+            self.events.append(r)
+
+    def section(self) -> dict[str, Any]:
+        row, store = self.row, self.store
+        return {
+            "name": row["name"], "nis": row["nis"], "active": bool(row["active"]), "email": row["email"],
+            "dpo": {"name": row["dpo_name"], "email": row["dpo_email"], "phone": row["dpo_phone"]},
+            "phones": store.phones(row["id"]),
+            "protocol": store.protocol(row["id"]),
+            "accounts": self.accounts,
+            "deliveries": [_life(store, d, self.by_delivery[d["id"]]) for d in self.deliveries],
+            "refused_uploads": [e for e in self.events if _refused_upload(e)],
+            "denied": [e for e in self.events if e["event"] in DENIED and not _refused_upload(e)],
+            "incidents": store.incidents(row["name"], self.names, self.period),
+            "events": self.events,
+        }
 
 
 def _sender_into(record: dict[str, Any], tenant: str) -> bool:
@@ -164,7 +180,7 @@ def _life(store: EvidenceStore, d: dict[str, Any], records: list[dict[str, Any]]
         "key_destroyed_at": destroyed["ts"] if destroyed else None,
         "receipt": {"outcome": receipt["outcome"], "issued_at": receipt["issued_at"],
                     "audit_hash": json.loads(receipt["body"])["audit_hash"]} if receipt else None,
-        "events": [r["seq"] for r in records if r["event"] in LIFE_EVENTS],
+        "events": [r["seq"] for r in records],
     }
 
 
