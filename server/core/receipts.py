@@ -15,7 +15,7 @@ from ..formats import sshsig
 from .audit import AuditLog
 from .clock import Clock, iso
 from .deliveries import COLLECTED, fetch
-from .notifications import EMAIL, NotificationQueue
+from .notifications import BODY_MAX, EMAIL, NotificationQueue
 from .receiptkey import LoadedKey
 from .state import Database, Tx
 
@@ -61,13 +61,13 @@ class ReceiptStore:
         self.key = key
         self.queue = queue
         self.mail_enabled = mail_enabled
-        self._announced = threading.Lock()
+        self._lock = threading.Lock()
         self._creation_recorded = False
 
     def _signing_key(self, tx: Tx) -> LoadedKey:
         """The key; its first use by this process is recorded if it is new or not the last one used."""
         loaded = self.key()
-        with self._announced:
+        with self._lock:
             if not self._creation_recorded:
                 self._creation_recorded = True
                 last = tx.execute("SELECT detail FROM audit WHERE event IN ('receipt.key.create', 'receipt.key.change')"
@@ -169,6 +169,13 @@ def _mail_subject(body: dict[str, Any]) -> str:
 
 
 def _mail_body(body: dict[str, Any], data: bytes, signature: str) -> str:
+    """Explanation, the receipt line and its signature; the explanation goes if it would not fit."""
+    tail = "--- receipt ---\n" + data.decode() + "--- end receipt ---\n\n" + signature
+    intro = _mail_intro(body)
+    return intro + tail if len(intro) + len(tail) <= BODY_MAX else tail
+
+
+def _mail_intro(body: dict[str, Any]) -> str:
     who = (f"Opgehaald door {body['collected_by']} vanaf {body['collected_from']} op {body['collected_at']}."
            if body["outcome"] == OUTCOME_COLLECTED else f"Beëindigd op {body['ended_at']}.")
     return (f"Ontvangstbewijs voor levering {body['delivery']} aan {body['tenant']} "
@@ -178,5 +185,4 @@ def _mail_body(body: dict[str, Any], data: bytes, signature: str) -> str:
             f"{body['delivery']}.json.sig; controleer ze met\n"
             f"  ssh-keygen -Y verify -f allowed_signers -I {SIGNER} -n {NAMESPACE} "
             f"-s {body['delivery']}.json.sig < {body['delivery']}.json\n"
-            "(allowed_signers: de regel van `sluis receipt allowed-signers`).\n\n"
-            "--- receipt ---\n" + data.decode() + "--- end receipt ---\n\n" + signature)
+            "(allowed_signers: de regel van `sluis receipt allowed-signers`).\n\n")

@@ -15,6 +15,7 @@ from asyncssh import SFTPAttrs
 
 from ..core.clock import parse_iso
 from ..core.dropbox import DropBox
+from ..core.receipts import Receipt
 from ..core.records import Delivery, Tenant
 from ..core.session import Session
 from ..core.uploads import Upload
@@ -161,7 +162,7 @@ class View:
                 for entry in self._receipt_files(receipt)]
 
     @staticmethod
-    def _receipt_files(receipt) -> tuple[Entry, Entry]:
+    def _receipt_files(receipt: Receipt) -> tuple[Entry, Entry]:
         mtime = int(parse_iso(receipt.issued_at).timestamp())
         signature = receipt.signature.encode()
         return (Entry(receipt.json_name, file_attrs(len(receipt.body), mtime), content=receipt.body),
