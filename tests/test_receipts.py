@@ -115,6 +115,10 @@ def test_collection_receipt_over_sftp_verifies_with_ssh_keygen_and_is_mailed(mak
     assert sluis(server.config, "receipt", "show", delivery["id"]).stdout.encode() == receipt.read_bytes()
     assert refused.stderr.count("Permission denied") == 2 and not (tmp_path / "no").exists()
     assert "receipts" not in server.sftp("genk-clerk", "ls\n").stdout
+    other = server.sftp("agency", "ls /receipts\n").stdout
+    assert other.strip().endswith("sftp> ls /receipts")                      # another sender sees none
+    taken = server.sftp("agency", f"-get /receipts/{name} {tmp_path}/theirs\n", check=False)
+    assert "not found" in taken.stderr and not (tmp_path / "theirs").exists()
 
     # mailed to the sender: the JSON line and the signature verify as they arrived
     [mail] = smtp.wait_for_messages(1, timeout=30)
