@@ -118,6 +118,7 @@ def test_html_report_renders_in_headless_chromium(history, tmp_path):
     text = re.sub(r"<[^>]+>", " ", dom.stdout)
     assert "Gemeente genk" in text and delivery["id"] in text and "lijst.csv" in text
     assert "Hashketen" in text and "intact" in text and "genk-clerk" in text
+    assert "geslaagde aanmeldingen zijn niet afzonderlijk getoond" in text   # logins: JSON has them
     pdf = tmp_path / "report.pdf"
     _chromium(tmp_path, f"--print-to-pdf={pdf}", "--no-pdf-header-footer", page.as_uri())
     assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 5_000

@@ -14,6 +14,8 @@ STATES_NL = {"published": "klaar om op te halen", "collected": "opgehaald", "rem
              "pending": "wacht", "sent": "verstuurd", "delivered": "afgeleverd", "undelivered": "niet afgeleverd",
              "failed": "mislukt", "cancelled": "geannuleerd", "sender": "afzender", "recipient": "ontvanger"}
 
+QUIET_EVENTS = ("auth.success",)
+
 CSS = """
 *{box-sizing:border-box}
 body{font-family:"DejaVu Sans",Arial,Helvetica,sans-serif;font-size:10.5pt;color:#111;margin:2em auto;max-width:62em;
@@ -119,9 +121,14 @@ def _tenant(t: dict[str, Any]) -> str:
         (_e(i["id"]), _e(i["kind"]), _e(i["account"]), _e(i["source"]), _when(i["first_seen"]),
          _when(i["last_seen"]), _e(i["count"]), _e(i["state"]), _when(i["deadline"])) for i in t["incidents"]),
         "Geen incidenten in deze periode.")
+    # Successful logins can run into thousands: the accounts table has the last one, JSON has all.
+    shown = [r for r in t["events"] if r["event"] not in QUIET_EVENTS]
+    quiet = len(t["events"]) - len(shown)
     events = _table(["#", "Tijdstip", "Gebeurtenis", "Door", "Levering", "Vanaf", "Details"], (
         (_e(r["seq"]), _when(r["ts"]), _e(r["event"]), _e(r["actor"]), _e(r["delivery"]), _e(r["source"]),
-         _detail(r)) for r in t["events"]), "Geen auditrecords in deze periode.")
+         _detail(r)) for r in shown), "Geen auditrecords in deze periode.") + (
+        f'<p class="muted">{quiet} geslaagde aanmeldingen zijn niet afzonderlijk getoond '
+        "(het JSON-rapport en <code>sluis audit export</code> bevatten ze).</p>" if quiet else "")
     deliveries = "".join(_delivery(d) for d in t["deliveries"]) or '<p class="muted">Geen leveringen in deze periode.</p>'
     return (f'<section class="tenant"><h2>Gemeente {_e(t["name"])}'
             + (f' <span class="muted">(NIS {_e(t["nis"])})</span>' if t["nis"] else "") + "</h2>"
