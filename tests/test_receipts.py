@@ -9,7 +9,6 @@ import json
 import re
 import stat
 import subprocess
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator
 
