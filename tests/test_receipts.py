@@ -262,3 +262,23 @@ def test_an_unsafe_receipt_key_is_refused_with_what_to_do(lib):
     (srv.data_dir / "receipt.key").write_text("not a key\n")
     with pytest.raises(ReceiptKeyError, match="not an unencrypted OpenSSH private key"):
         load_or_create(srv.data_dir / "secret.key", None)
+
+
+def test_a_correction_over_sftp_leaves_a_replaced_receipt_that_verifies(server, tmp_path):
+    source = tmp_path / "lijst.csv"
+    source.write_bytes(b"naam;voornaam\nA;B\n")
+    server.sftp("agency", f"put {source} /genk/lijst.csv\n")
+    source.write_bytes(b"naam;voornaam\nA;C\n")
+    server.sftp("agency", f"put {source} /genk/lijst.csv\n")           # the correction replaces it
+    first, second = deliveries(server)
+    assert (first["state"], first["removed_reason"], second["state"]) == ("removed", "replaced", "published")
+    listing = server.sftp("agency", "ls /receipts\n").stdout
+    assert f"{first['id']}.json" in listing and second["id"] not in listing
+    server.sftp("agency", f"get /receipts/{first['id']}.json {tmp_path}/r.json\n"
+                          f"get /receipts/{first['id']}.json.sig {tmp_path}/r.json.sig\n")
+    body = json.loads((tmp_path / "r.json").read_bytes())
+    assert (body["outcome"], body["collected_by"], body["ended_at"]) == ("replaced", None, first["removed_at"])
+    [removal] = [r for r in audit(server, "delivery.remove") if r["delivery"] == first["id"]]
+    assert body["audit_hash"] == removal["hash"] and removal["detail"]["by"] == second["id"]
+    verified = ssh_keygen_verify(allowed_signers(server.config, tmp_path), tmp_path / "r.json", tmp_path / "r.json.sig")
+    assert verified.returncode == 0, verified.stderr
