@@ -22,6 +22,7 @@ from sluis.server.formats import sshsig
 from tests.support.clients_extra import audit, blob, deliveries
 from tests.support.library import download, sluis, upload
 from tests.support.smtp_standin import SmtpStandIn
+from tests.support.waiting import wait_until
 
 DATA = blob(150_001, seed=11)
 SENDER_MAIL = "team@agentschap.test"
@@ -282,3 +283,18 @@ def test_a_correction_over_sftp_leaves_a_replaced_receipt_that_verifies(server, 
     assert body["audit_hash"] == removal["hash"] and removal["detail"]["by"] == second["id"]
     verified = ssh_keygen_verify(allowed_signers(server.config, tmp_path), tmp_path / "r.json", tmp_path / "r.json.sig")
     assert verified.returncode == 0, verified.stderr
+
+
+def test_expiry_in_a_running_server_leaves_an_expired_receipt(make_server, tmp_path):
+    server = make_server(overrides={"retention": {"expire_after": "2s", "interval": "1s"}}).standard().start()
+    source = tmp_path / "lijst.csv"
+    source.write_bytes(b"naam;voornaam\nA;B\n")
+    server.sftp("agency", f"put {source} /genk/lijst.csv\n")
+    [delivery] = deliveries(server)
+    wait_until(lambda: server.app().receipts.get(delivery["id"]), "the expiry receipt", 30)
+    server.sftp("agency", f"get /receipts/{delivery['id']}.json {tmp_path}/r.json\n"
+                          f"get /receipts/{delivery['id']}.json.sig {tmp_path}/r.json.sig\n")
+    body = json.loads((tmp_path / "r.json").read_bytes())
+    assert body["outcome"] == "expired" and body["collected_at"] is None
+    assert ssh_keygen_verify(allowed_signers(server.config, tmp_path), tmp_path / "r.json",
+                             tmp_path / "r.json.sig").returncode == 0
