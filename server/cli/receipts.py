@@ -81,8 +81,9 @@ def _read_allowed(path: Path) -> list:
 def cmd_verify(args: Any) -> int:
     receipt_path: Path = args.receipt
     sig_path: Path = args.signature or Path(str(receipt_path) + ".sig")
-    if receipt_path.stat().st_size > MAX_RECEIPT:
-        raise InvalidInput(f"{receipt_path} is larger than any receipt ({MAX_RECEIPT} bytes)")
+    for path, cap in ((receipt_path, MAX_RECEIPT), (sig_path, sshsig.MAX_ARMORED)):
+        if path.stat().st_size > cap:
+            raise InvalidInput(f"{path} is larger than any receipt or signature ({cap} bytes)")
     message = receipt_path.read_bytes()
     signature = sig_path.read_bytes()
     if args.allowed_signers:
