@@ -106,7 +106,7 @@ class Outbox:
     def revoke(self, tx: Tx, delivery_id: str, reason: str) -> None:
         """Destroy the key and cancel what has not gone out; an attempt in flight (`sending`) is
         left to the worker, which records what the provider answers."""
-        tx.execute("DELETE FROM secrets WHERE delivery_id = ?", (delivery_id,))
+        self._destroy_key(tx, delivery_id, f"delivery {reason}")
         tx.execute("UPDATE outbox SET state = ?, last_error = ?, updated_at = ? WHERE delivery_id = ?"
                    " AND state = ? AND kind != ?", (CANCELLED, f"delivery {reason}", self._now(),
                                                      delivery_id, PENDING, ALERT))
@@ -268,11 +268,17 @@ class Outbox:
         delivery = fetch(tx, "id = ?", (delivery_id,))
         if pending or (delivery and delivery[0].state == PUBLISHED):
             return False
-        if not tx.execute("DELETE FROM secrets WHERE delivery_id = ?", (delivery_id,)).rowcount:
+        return self._destroy_key(tx, delivery_id, "collected, no key message waiting")
+
+    def _destroy_key(self, tx: Tx, delivery_id: str, why: str) -> bool:
+        """Delete the sealed passphrase; its destruction gets its own audit record (key.destroy)."""
+        if tx.execute("DELETE FROM secrets WHERE delivery_id = ?", (delivery_id,)).rowcount == 0:
             return False
+        row = tx.execute("SELECT t.name, d.state FROM deliveries d JOIN tenants t ON t.id = d.tenant_id"
+                         " WHERE d.id = ?", (delivery_id,)).fetchone()
         # Recorded in the same transaction: the key is gone only if its record is written.
-        self.audit.append(tx, "key.destroy", actor="sluis", delivery=delivery_id,
-                          state=delivery[0].state if delivery else "unknown")
+        self.audit.append(tx, "key.destroy", actor="sluis", tenant=row[0] if row else None,
+                          delivery=delivery_id, state=row[1] if row else "unknown", reason=why)
         return True
 
     # --- operator actions ---------------------------------------------------------------------------

@@ -25,7 +25,10 @@ from .core.defender import Defender
 from .core.directory import Directory
 from .core.dropbox import DropBox
 from .core.incidents import IncidentStore
+from .core.evidence import EvidenceStore
 from .core.notifications import NotificationQueue
+from .core.receiptkey import load_or_create
+from .core.receipts import ReceiptStore
 from .core.review import AccountReview
 from .core.state import Database, open_database
 from .core.storage import LocalStorage, Storage
@@ -58,6 +61,8 @@ class App:
     tracker: IncidentTracker
     review: AccountReview
     limits: ProcessLimits
+    receipts: ReceiptStore
+    evidence: EvidenceStore
 
     def close(self) -> None:
         self.passwords.shutdown()
@@ -80,12 +85,15 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
     sealer = functools.cache(lambda: load_sealer(settings.resolve(settings.crypto.secret_key_file),
                                                  os.environ.get("CREDENTIALS_DIRECTORY")))
     outbox = Outbox(settings, db, audit, clock, sealer)
+    notifications = NotificationQueue(db, audit, clock)
+    receipt_key = functools.cache(lambda: load_or_create(settings.resolve(settings.crypto.secret_key_file),
+                                                         os.environ.get("CREDENTIALS_DIRECTORY")))
+    receipts = ReceiptStore(db, audit, clock, receipt_key, notifications, settings.email.enabled)
     dropbox = DropBox(settings=settings, db=db, audit=audit, directory=directory, storage=storage,
                       clock=clock, keys=outbox, policy=policy, passphrases=new_passphrase,
-                      content=ContentGate(settings.policy, directory, audit))
+                      content=ContentGate(settings.policy, directory, audit), receipts=receipts)
     janitor = Janitor(settings, dropbox, outbox, clock)
     incidents = IncidentStore(db, audit, clock)
-    notifications = NotificationQueue(db, audit, clock)
     connections = ConnectionRegistry(settings.server)
     defender = Defender(settings.defender, BanStore(db, audit), clock)
     return App(settings=settings, clock=clock, db=db, audit=audit, directory=directory, storage=storage,
@@ -97,7 +105,8 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
                incidents=incidents, notifications=notifications,
                tracker=IncidentTracker(settings, incidents, notifications, clock),
                review=AccountReview(db, clock),
-               limits=ProcessLimits(settings.limits, audit, directory))
+               limits=ProcessLimits(settings.limits, audit, directory),
+               receipts=receipts, evidence=EvidenceStore(db))
 
 
 def _checkpoint_mailer(settings: Settings) -> Mailer | None:

@@ -44,6 +44,15 @@ def host_key_paths(app: App) -> list[Path]:
     return [app.settings.resolve(p) for p in app.settings.server.host_keys]
 
 
+def announce_receipt_key(app: App) -> None:
+    """Load the receipt key before serving; an upgraded setup gets one now (audited, logged)."""
+    loaded = app.receipts.ensure_key()
+    if loaded.created:
+        log.warning("created the receipt signing key %s (%s): copy it to every other node and publish "
+                    "`sluis receipt allowed-signers` to whoever verifies receipts", loaded.origin,
+                    loaded.fingerprint)
+
+
 class Service:
     def __init__(self, app: App) -> None:
         self.app = app
@@ -58,6 +67,7 @@ class Service:
         if short:
             log.warning("%s", short)
         await asyncio.to_thread(app.outbox.sealer)  # fail now, not at the first upload, if the key is unusable
+        await asyncio.to_thread(announce_receipt_key, app)
         recovered = await asyncio.to_thread(app.dropbox.recover)
         if recovered:
             log.warning("removed %d leftovers of uploads interrupted by the last stop", recovered)

@@ -174,4 +174,4 @@ def test_key_destruction_is_recorded_or_does_not_happen(lib):
     assert download(app, delivery)
     assert not has_secret(app, delivery)
     [record] = [r for r in app.audit.records() if r.event == "key.destroy"]
-    assert record.delivery == delivery.id and record.detail == {"state": "collected"}
+    assert record.delivery == delivery.id and record.detail["state"] == "collected"

@@ -187,7 +187,7 @@ def test_paramiko_exec_and_shell_are_refused(session):
     # the same connection still does SFTP
     chan = session.open_session(timeout=10)
     chan.invoke_subsystem("sftp")
-    assert sorted(paramiko.SFTPClient(chan).listdir("/")) == ["genk", "gent"]
+    assert sorted(paramiko.SFTPClient(chan).listdir("/")) == ["genk", "gent", "receipts"]
 
 
 def test_paramiko_forwarding_is_refused(session, target):
@@ -283,7 +283,7 @@ def test_disabling_a_tenant_refuses_its_recipients(make_server):
         transport(server, "gent-clerk")
     wait_audit(server, "auth.failure", lambda r: r["detail"]["reason"] == "tenant disabled")
     with connect(server, "agency") as client:
-        assert client.listdir("/") == ["genk"]   # and its folder is gone for senders
+        assert client.listdir("/") == ["genk", "receipts"]   # and its folder is gone for senders
 
 
 def test_password_login_and_unknown_user_cost_the_same_check(make_server):

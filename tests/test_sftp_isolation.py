@@ -178,7 +178,7 @@ def test_sender_writes_only_to_an_active_tenant_folder(shared, agency, unchanged
 
 
 def test_sender_cannot_see_disabled_tenants_or_other_senders(shared, agency, unchanged):
-    assert sorted(agency.listdir("/")) == ["genk", "gent"]
+    assert sorted(agency.listdir("/")) == ["genk", "gent", "receipts"]   # receipts: docs/receipts.md
     for path in ("/hasselt", "/hasselt/", "/nope"):
         with pytest.raises(FileNotFoundError):
             agency.stat(path)
@@ -246,7 +246,7 @@ def test_disabled_tenant_loses_access_at_once(make_server):
         server.app().directory.disable_tenant(operator(), "gent")
         with pytest.raises(FileNotFoundError):
             client.open("/gent/nog-een.csv", "wb")
-        assert client.listdir("/") == ["genk"]
+        assert client.listdir("/") == ["genk", "receipts"]
     assert [d["name"] for d in deliveries(server)] == ["voor-gent.csv"]
     assert uploads(server) == []
     assert Path(server.data_dir / "tmp").exists() and data_files(server)["tmp"] == []

@@ -120,13 +120,14 @@ def test_recipient_setstat_of_times_is_acknowledged_and_ignored(server):
 
 # --- sender ----------------------------------------------------------------------------------------
 def test_sender_sees_one_folder_per_active_tenant(server):
+    """...and its read-only /receipts folder (docs/receipts.md)."""
     with connect(server, "agency") as client:
         entries = client.listdir_attr("/")
-        assert sorted(e.filename for e in entries) == ["genk", "gent"]
+        assert sorted(e.filename for e in entries) == ["genk", "gent", "receipts"]
         assert all(stat.S_ISDIR(e.st_mode) for e in entries)
         assert client.listdir("/genk") == []
         server.app().directory.disable_tenant(operator(), "gent")
-        assert client.listdir("/") == ["genk"]
+        assert client.listdir("/") == ["genk", "receipts"]
         with pytest.raises(FileNotFoundError):
             client.listdir("/gent")
         with pytest.raises(FileNotFoundError):

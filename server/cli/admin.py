@@ -188,7 +188,7 @@ def add_user_commands(commands: Any, command: Any) -> None:
     add.add_argument("--key", action="append", default=[], type=Path, metavar="PUBFILE",
                      help="OpenSSH public key file; repeat for more")
     add.add_argument("--password-stdin", action="store_true", help="read a password from standard input")
-    add.add_argument("--email", metavar="ADDR", help="where expiry notices for a sender go")
+    add.add_argument("--email", metavar="ADDR", help="where expiry notices and signed receipts for a sender go")
     add.add_argument("--function", default="", metavar="TEXT",
                      help="the person's function, why they need access (protocol art. 4 function profiles)")
     change = command(user, "set", cmd_user_set, "change a user's function description")

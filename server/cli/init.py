@@ -9,6 +9,8 @@ import asyncssh
 
 from ...config import render_config
 from ...keydelivery.sealing import create_key_file
+from ..core import receiptkey
+from ..formats import sshsig
 from ..core.audit import AuditLog
 from ..core.auditkey import create_audit_key
 from ..core.clock import SystemClock
@@ -41,7 +43,8 @@ def init_setup(directory: Path, overrides: dict | None = None) -> Path:
         merged.setdefault(section, {}).update(values)
     overrides = merged
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    existing = [name for name in (CONFIG_NAME, HOST_KEY_NAME, SECRET_KEY_NAME, AUDIT_KEY_NAME, "state.db")
+    existing = [name for name in (CONFIG_NAME, HOST_KEY_NAME, SECRET_KEY_NAME, AUDIT_KEY_NAME,
+                                  receiptkey.KEY_FILE_NAME, "state.db")
                 if (directory / name).exists()]
     if existing:
         raise FileExistsError(f"{directory} already holds a setup ({', '.join(existing)}); "
@@ -53,9 +56,11 @@ def init_setup(directory: Path, overrides: dict | None = None) -> Path:
     write_private(directory / (HOST_KEY_NAME + ".pub"), key.export_public_key("openssh"))
     create_key_file(directory / SECRET_KEY_NAME)
     audit_key = create_audit_key(directory / AUDIT_KEY_NAME)
+    receipt_key = receiptkey.create_key_file(receiptkey.key_path(directory / SECRET_KEY_NAME))
     db = open_database(directory / "state.db")
     actor = operator()
     AuditLog(db, SystemClock(), audit_key).record("sluis.init", actor=actor.name, source=actor.source,
-                                       host_key=key.get_fingerprint("sha256"))
+                                                  host_key=key.get_fingerprint("sha256"),
+                                                  receipt_key=sshsig.fingerprint(receipt_key.public_key()))
     db.close()
     return config_path

@@ -12,11 +12,12 @@ from typing import Callable
 from ...config import ConfigError, default_config_path, load_settings
 from ...keydelivery.sealing import KeyFileError
 from .. import logsafe
+from ..core.receiptkey import ReceiptKeyError
 from ..errors import SluisError
-from . import admin, bans, incidents, ops
+from . import admin, bans, incidents, ops, receipts, report
 
 log = logging.getLogger("sluis")
-SUBCOMMAND_GROUPS = ("tenant", "user", "key", "audit", "janitor", "delivery", "incidents", "bans")
+SUBCOMMAND_GROUPS = ("tenant", "user", "key", "audit", "janitor", "delivery", "incidents", "bans", "receipt")
 
 
 def _config_parent() -> argparse.ArgumentParser:
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_ops_commands(commands, command)
     incidents.add_incident_commands(commands, command)
     bans.add_bans_commands(commands, command)
+    receipts.add_receipt_commands(commands, command)
+    report.add_report_command(commands, command)
     return parser
 
 
@@ -70,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     # One escaped line per record for every logger (asyncssh's too): see server/logsafe.py.
     logging.basicConfig(level=logging.INFO, handlers=[logsafe.stream_handler(
         sys.stderr, "%(asctime)s %(levelname)s %(name)s: %(message)s")])
-    if args.func is not ops.cmd_init:
+    standalone = args.func is receipts.cmd_verify and args.allowed_signers is not None
+    if args.func is not ops.cmd_init and not standalone:
         try:
             args.settings = load_settings(default_config_path(args.config, os.environ))
         except ConfigError as exc:
@@ -85,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("sluis.audit").setLevel(logging.WARNING)  # the CLI prints its own result
     try:
         return args.func(args) or 0
-    except (SluisError, ConfigError, KeyFileError, FileExistsError, FileNotFoundError) as exc:
+    except (SluisError, ConfigError, KeyFileError, ReceiptKeyError, FileExistsError, FileNotFoundError) as exc:
         print(f"sluis: {exc}", file=sys.stderr)
-        if isinstance(exc, SluisError):
+        if isinstance(exc, SluisError) and hasattr(args, "settings"):
             _audit_refusal(args, exc)
         return 1
     except KeyboardInterrupt:

@@ -23,6 +23,7 @@ USER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 NIS_CODE = re.compile(r"^\d{5}$")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 FUNCTION_MAX = 200
+RESERVED_TENANT_NAMES = ("receipts",)  # a folder of the sender's SFTP view (server/sftp/views.py)
 
 
 def _check_email(value: str | None, flag: str) -> None:
@@ -85,6 +86,8 @@ class Directory:
         if not TENANT_NAME.match(name):
             raise InvalidInput(f"tenant name {name!r}: use a short lowercase slug such as 'genk' "
                                "(letters, digits and '-', at most 40)")
+        if name in RESERVED_TENANT_NAMES:
+            raise InvalidInput(f"tenant name {name!r} is reserved: senders see their receipts in /{name}/")
         if nis is not None and not NIS_CODE.match(nis):
             raise InvalidInput(f"NIS code {nis!r}: expected five digits, such as 71016 for Genk")
         if fmt not in FORMATS:

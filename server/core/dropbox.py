@@ -8,7 +8,7 @@ import logging
 import secrets
 import threading
 from datetime import timedelta
-from typing import Callable, Container, Protocol
+from typing import Any, Callable, Container, Protocol
 from weakref import WeakValueDictionary
 
 from ...config.settings import Settings
@@ -40,6 +40,14 @@ class KeyHandoff(Protocol):
     def revoke(self, tx: Tx, delivery_id: str, reason: str) -> None: ...
     def collected(self, tx: Tx, delivery_id: str) -> None: ...
     def wake(self) -> None: ...
+
+
+class ReceiptIssuer(Protocol):
+    """Signs the receipt of a delivery that just ended, inside the transaction that ends it."""
+
+    def issue(self, tx: Tx, delivery_id: str, audit_seq: int) -> object: ...
+    def for_sender(self, sender_id: int) -> list[Any]: ...
+    def of_sender(self, sender_id: int, delivery_id: str) -> Any: ...
 
 
 class DeliveryPolicy(Protocol):
@@ -81,7 +89,7 @@ class DropBox:
 
     def __init__(self, *, settings: Settings, db: Database, audit: AuditLog, directory: Directory,
                  storage: Storage, clock: Clock, keys: KeyHandoff, policy: DeliveryPolicy,
-                 passphrases: Callable[[], str], content: ContentGate) -> None:
+                 passphrases: Callable[[], str], content: ContentGate, receipts: ReceiptIssuer) -> None:
         self.settings = settings
         self.db = db
         self.audit = audit
@@ -92,6 +100,7 @@ class DropBox:
         self.policy = policy
         self.passphrases = passphrases
         self.content = content
+        self.receipts = receipts
         self.budget = MemoryBudget(settings.upload.total_window)
         # Each sender's share of it, alive while one of its uploads holds it.
         self._sender_budgets: WeakValueDictionary[int, MemoryBudget] = WeakValueDictionary()
@@ -124,6 +133,16 @@ class DropBox:
             if delivery.name == name:
                 return delivery
         raise NotFound(f"no file named {name!r}")
+
+    def sender_receipts(self, session: Session) -> list[Any]:
+        """The signed receipts of the sender's own deliveries (newest first)."""
+        return self.receipts.for_sender(session.user.id) if session.is_sender else []
+
+    def sender_receipt(self, session: Session, delivery_id: str) -> Any:
+        receipt = self.receipts.of_sender(session.user.id, delivery_id) if session.is_sender else None
+        if receipt is None:
+            raise NotFound(f"no receipt for {delivery_id!r}")
+        return receipt
 
     # --- uploads -------------------------------------------------------------------------------
     def start_upload(self, session: Session, tenant_name: str, name: str) -> Upload:
@@ -281,9 +300,10 @@ class DropBox:
                                                     session.source, delivery.id, PUBLISHED)).rowcount
                 if changed:
                     self.keys.collected(tx, delivery.id)
-                    self.audit.append(tx, "delivery.collect", actor=session.actor, tenant=tenant,
-                                      delivery=delivery.id, source=session.source,
-                                      stored_sha256=delivery.stored_sha256)
+                    seq = self.audit.append(tx, "delivery.collect", actor=session.actor, tenant=tenant,
+                                            delivery=delivery.id, source=session.source,
+                                            stored_sha256=delivery.stored_sha256)
+                    self.receipts.issue(tx, delivery.id, seq)
         return complete
 
     # --- removal: one path for recipients, senders, the janitor and operators -----------------
@@ -307,9 +327,11 @@ class DropBox:
         tx.execute("UPDATE deliveries SET state = ?, removed_at = ?, removed_reason = ? WHERE id = ?",
                    (REMOVED, iso(self.clock.now()), reason, delivery.id))
         self.keys.revoke(tx, delivery.id, reason)
-        self.audit.append(tx, "delivery.remove", actor=actor, tenant=self._tenant_name(delivery),
-                          delivery=delivery.id, source=source, reason=reason, name=delivery.stored_name,
-                          **detail)
+        seq = self.audit.append(tx, "delivery.remove", actor=actor, tenant=self._tenant_name(delivery),
+                                delivery=delivery.id, source=source, reason=reason, name=delivery.stored_name,
+                                **detail)
+        if delivery.state == PUBLISHED:  # ended uncollected: expired, replaced, withdrawn, ...
+            self.receipts.issue(tx, delivery.id, seq)
 
     def _tenant_name(self, delivery: Delivery) -> str:
         return self.directory.tenant_by_id(delivery.tenant_id).name

@@ -29,7 +29,7 @@ from .notice import tell_client
 from .paths import join_path, split_path
 from .requests import authorise
 from .status import to_sftp_error
-from .views import View, file_attrs
+from .views import ReceiptHandle, View, file_attrs
 
 log = logging.getLogger("sluis.sftp")
 T = TypeVar("T")
@@ -120,6 +120,8 @@ class SluisSFTPServer(asyncssh.SFTPServer):
     def _handle_attrs(self, file_obj: object) -> SFTPAttrs:
         if isinstance(file_obj, UploadHandle):
             return file_attrs(file_obj.upload.size, int(time.time()))
+        if isinstance(file_obj, ReceiptHandle):
+            return file_attrs(len(file_obj.content), int(time.time()))
         assert isinstance(file_obj, DownloadHandle)
         return file_attrs(file_obj.download.delivery.stored_size, int(time.time()))
 
@@ -173,6 +175,8 @@ class SluisSFTPServer(asyncssh.SFTPServer):
             # Each upload open derives a key with scrypt (32 MiB): a few at a time, process-wide.
             async with self.limits.key_derivation():
                 return await self._run("open_write", shown, self._open_write, path, pflags)
+        if pflags & FXF_READ and self.view.is_receipt(path):  # a sender's only read (requests.py)
+            return await self._run("read_receipt", shown, lambda: self.view.open_receipt(split_path(path)))
         if pflags & FXF_READ:
             return await self._run("open_read", shown, self._open_read, path)
         raise to_sftp_error(PermissionDenied("open needs read or write access"))
@@ -200,6 +204,8 @@ class SluisSFTPServer(asyncssh.SFTPServer):
         return UploadHandle(upload, key, staged=staged_base(name) is not None)
 
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:
+        if isinstance(file_obj, ReceiptHandle):
+            return await self._run("read_receipt", "<receipt>", file_obj.read, offset, size)
         if not isinstance(file_obj, DownloadHandle):
             raise to_sftp_error(PermissionDenied("this handle was not opened for reading"))
         # A longer READ gets at most the cap, as from OpenSSH's sftp-server (a short read is legal).
@@ -280,7 +286,7 @@ class SluisSFTPServer(asyncssh.SFTPServer):
             reason = REASON_DELETED if self.session.is_recipient else REASON_WITHDRAWN
             self.dropbox.remove(entry.delivery, reason, actor=self.session.actor, source=self.session.source)
         else:
-            raise PermissionDenied("folders cannot be removed")
+            raise PermissionDenied("receipts are read-only" if entry.content is not None else "folders cannot be removed")
 
     async def rename(self, oldpath: bytes, newpath: bytes) -> None:
         await self._run("rename", f"{self._show(oldpath)} -> {self._show(newpath)}",

@@ -41,6 +41,7 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
     Operation("close", False, BOTH, ""),
     Operation("open_read", False, RECIPIENT, "senders cannot read stored files"),
     Operation("read", False, RECIPIENT, "senders cannot read stored files"),
+    Operation("read_receipt", False, SENDER, "only senders have receipts"),  # /receipts/ only (views.py)
     Operation("open_write", True, SENDER, "recipients may download and delete, not upload"),
     Operation("write", True, SENDER, "recipients may download and delete, not upload"),
     Operation("remove", True, BOTH, ""),
