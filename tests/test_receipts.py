@@ -175,7 +175,7 @@ def test_expiry_replacement_and_withdrawal_give_receipts_with_their_reason(lib):
 
 
 class _AlwaysAdmit:
-    def admit(self, conn, tenant, delivery_id=None):
+    def admit(self, conn, tenant, delivery_id=None, name=None):
         return []
 
 
