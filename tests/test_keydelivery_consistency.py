@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -25,6 +25,7 @@ from sluis.server.core.directory import Actor
 from tests.support.clients import require_binary
 from tests.support.library import upload
 from tests.support.server import SluisServer
+from tests.support.sms import twilio_server
 from tests.support.twilio_standin import TwilioStandIn
 from tests.support.waiting import wait_until
 
@@ -34,22 +35,10 @@ WAIT = 20.0
 
 
 @pytest.fixture
-def twilio() -> Iterator[TwilioStandIn]:
-    with TwilioStandIn(polls_to_deliver=1) as standin:
-        yield standin
-
-
-@pytest.fixture
 def srv(make_server: Any, twilio: TwilioStandIn) -> SluisServer:
     require_binary("sftp")
-    server = make_server(
-        overrides={"sms": {"provider": "twilio", "account_sid": twilio.account_sid, "from_number": "+3228001234",
-                           "api_base": twilio.url, "retry_initial": "1s", "retry_max": "2s", "poll_interval": "1s"},
-                   "crypto": {"scrypt_log_n": 10}},
-        env={"SLUIS_TWILIO_AUTH_TOKEN": twilio.auth_token})
-    server.add_tenant("hasselt", phones=(FIRST, SECOND))
-    server.add_user("agency", "sender")
-    return server
+    return twilio_server(make_server, twilio, tenant="hasselt", phones=(FIRST, SECOND),
+                         crypto={"scrypt_log_n": 10})
 
 
 def _upload(srv: SluisServer, tmp_path: Path, name: str = "lijst.csv") -> str:

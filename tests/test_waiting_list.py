@@ -13,13 +13,14 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from paramiko.sftp import CMD_CLOSE
 
 from tests.support.clients import require_binary
 from tests.support.server import SSH_OPTIONS, SluisServer
+from tests.support.sms import twilio_server
 from tests.support.twilio_standin import TwilioStandIn
 from tests.support.waiting import wait_until
 
@@ -28,23 +29,10 @@ WAIT = 20.0
 
 
 @pytest.fixture
-def twilio() -> Iterator[TwilioStandIn]:
-    with TwilioStandIn(polls_to_deliver=1) as standin:
-        yield standin
-
-
-@pytest.fixture
 def srv(make_server: Any, twilio: TwilioStandIn) -> SluisServer:
     require_binary("sftp")
-    server = make_server(
-        overrides={"sms": {"provider": "twilio", "account_sid": twilio.account_sid, "from_number": "+3228001234",
-                           "api_base": twilio.url, "retry_initial": "1s", "retry_max": "2s", "poll_interval": "1s"},
-                   "crypto": {"scrypt_log_n": 10}},
-        env={"SLUIS_TWILIO_AUTH_TOKEN": twilio.auth_token})
-    server.add_tenant("hasselt", phones=PHONES)
-    server.add_user("agency", "sender")
-    server.add_user("agency-2", "sender")
-    return server.start()
+    return twilio_server(make_server, twilio, tenant="hasselt", phones=PHONES, senders=("agency", "agency-2"),
+                         crypto={"scrypt_log_n": 10}).start()
 
 
 def _throttled_put(srv: SluisServer, user: str, source: Path, target: str) -> subprocess.Popen[str]:
