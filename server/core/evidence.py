@@ -14,6 +14,7 @@ from typing import Any
 
 from .audit import AuditLog
 from .clock import Clock, iso
+from .records import ROLE_RECIPIENT
 from .state import Database
 
 REPORT_VERSION = 1
@@ -122,7 +123,7 @@ class _Scope:
         self.store, self.row, self.period = store, row, period
         self.deliveries = store.deliveries(row["id"], period)
         self.accounts = store.accounts(row["id"], {d["sender_id"] for d in self.deliveries})
-        self.names = [a["name"] for a in self.accounts if a["role"] == "recipient"]
+        self.names = [a["name"] for a in self.accounts if a["role"] == ROLE_RECIPIENT]
         self.by_delivery: dict[str, list[dict[str, Any]]] = {d["id"]: [] for d in self.deliveries}
         self.events: list[dict[str, Any]] = []
 
