@@ -9,7 +9,7 @@ removed and no SMS for it is still waiting to go out. Job states are in docs/key
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Callable
 
@@ -63,7 +63,7 @@ class Claim:
     """An SMS attempt recorded as `sending` before the provider call: what to send, and its number."""
 
     job: Job
-    passphrase: str
+    passphrase: str = field(repr=False)   # never in a log line or traceback
     attempt: int
 
 

@@ -378,3 +378,14 @@ def test_default_templates_validate() -> None:
     render_alert(
         DEFAULT_ALERT_TEMPLATE, file="f", tenant="t", phone="p", reason="r", expires=EXPIRES
     )
+
+
+def test_an_sms_claim_never_shows_its_passphrase() -> None:
+    from sluis.keydelivery.outbox import Claim, Job
+
+    job = Job(id=1, delivery_id="d-1", kind="sms", target="+32470123456", state="sending", attempts=1,
+              next_attempt_at="", provider_id=None, provider_status=None, polls=0, redacted=0,
+              redact_attempts=0, last_error=None, payload={})
+    secret = new_passphrase()
+    claim = Claim(job=job, passphrase=secret, attempt=1)
+    assert claim.passphrase == secret and secret not in repr(claim) and secret not in str(claim)
