@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from paramiko.sftp import CMD_CLOSE
 
+from sluis.keydelivery.outbox import PENDING
 from tests.support.clients import require_binary
 from tests.support.server import SSH_OPTIONS, SluisServer
 from tests.support.sms import twilio_server
@@ -54,7 +55,7 @@ def _one_set_of_sms(srv: SluisServer, twilio: TwilioStandIn, stored_name: str) -
     """Each phone got exactly one SMS, for `stored_name`, and no other delivery has key jobs."""
     messages = twilio.wait_for_messages(len(PHONES), timeout=WAIT)
     [delivery] = [d for d in _deliveries(srv) if d["state"] == "published"]
-    wait_until(lambda: all(j.state != "pending" for j in srv.app().outbox.jobs(delivery["id"])),
+    wait_until(lambda: all(j.state != PENDING for j in srv.app().outbox.jobs(delivery["id"])),
                "the key jobs to be handled", WAIT)
     time.sleep(1.5)  # more than a worker tick (and a retry interval): nothing more goes out
     messages = twilio.messages
