@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Callable
 
-from ..config.settings import Settings
+from ..config.settings import Settings, SmsSettings
 from ..server.core.audit import AuditLog
 from ..server.core.clock import Clock, iso
 from ..server.core.deliveries import PUBLISHED, fetch
@@ -65,6 +65,13 @@ class Claim:
     job: Job
     passphrase: str = field(repr=False)   # never in a log line or traceback
     attempt: int
+
+
+def backoff_seconds(sms: SmsSettings, attempts: int, retry_after: float | None, jitter: float) -> float:
+    """Exponential backoff from [sms] retry_initial to retry_max, with jitter (0..1 scales it by
+    +-20%); a provider's Retry-After wins if longer. Key messages and notifications share it."""
+    wait = min(sms.retry_max, sms.retry_initial * 2 ** max(attempts - 1, 0)) * (0.8 + 0.4 * jitter)
+    return max(wait, retry_after or 0.0)
 
 
 def job_from_row(row: Any) -> Job:
@@ -252,10 +259,8 @@ class Outbox:
         tx.execute(f"UPDATE outbox SET {assignments} WHERE id = ?", (*changes.values(), job.id))
 
     def backoff(self, attempts: int, retry_after: float | None, jitter: float) -> str:
-        """Exponential backoff with jitter (0..1 scales +-20%); a provider's Retry-After wins if longer."""
-        sms = self.settings.sms
-        wait = min(sms.retry_max, sms.retry_initial * 2 ** max(attempts - 1, 0)) * (0.8 + 0.4 * jitter)
-        wait = max(wait, retry_after or 0.0)
+        """When to try again after `attempts` failed ones (see backoff_seconds)."""
+        wait = backoff_seconds(self.settings.sms, attempts, retry_after, jitter)
         return iso(self.clock.now() + timedelta(seconds=wait))
 
     def poll_later(self, polls: int) -> str:

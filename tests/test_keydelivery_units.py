@@ -389,3 +389,14 @@ def test_an_sms_claim_never_shows_its_passphrase() -> None:
     secret = new_passphrase()
     claim = Claim(job=job, passphrase=secret, attempt=1)
     assert claim.passphrase == secret and secret not in repr(claim) and secret not in str(claim)
+
+
+def test_backoff_doubles_up_to_the_cap_within_its_jitter_and_honours_retry_after() -> None:
+    from sluis.config.settings import SmsSettings
+    from sluis.keydelivery.outbox import backoff_seconds
+
+    sms = SmsSettings(retry_initial=10, retry_max=60)
+    assert [backoff_seconds(sms, n, None, 0.5) for n in (1, 2, 3, 4, 9)] == [10, 20, 40, 60, 60]
+    assert backoff_seconds(sms, 1, None, 0.0) == pytest.approx(8)
+    assert backoff_seconds(sms, 1, None, 1.0) == pytest.approx(12)
+    assert backoff_seconds(sms, 1, 30.0, 0.5) == 30 and backoff_seconds(sms, 3, 30.0, 0.5) == 40
