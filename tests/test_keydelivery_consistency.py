@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from sluis.keydelivery.outbox import CANCELLED, DELIVERED, MAYBE_SENT, PENDING, 
 from sluis.server.core.deliveries import fetch
 from sluis.server.core.directory import Actor
 from tests.support.clients import require_binary
-from tests.support.library import upload
+from tests.support.library import sluis, upload
 from tests.support.server import SluisServer
 from tests.support.sms import twilio_server
 from tests.support.twilio_standin import TwilioStandIn
@@ -68,8 +67,7 @@ def _per_phone(twilio: TwilioStandIn) -> dict[str, int]:
 
 
 def _cli(srv: SluisServer, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sluis.server.cli.main", "-c", str(srv.config), *args],
-                          env=srv.env, text=True, capture_output=True, timeout=60)
+    return sluis(srv.config, *args, env=srv.env)
 
 
 def _in_flight(srv: SluisServer, twilio: TwilioStandIn, delivery_id: str) -> Any:
