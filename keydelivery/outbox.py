@@ -17,6 +17,7 @@ from ..config.settings import Settings, SmsSettings
 from ..server.core.audit import AuditLog
 from ..server.core.clock import Clock, iso
 from ..server.core.deliveries import PUBLISHED, fetch
+from ..server.core.directory import tenant_phones
 from ..server.core.records import Delivery, Tenant
 from ..server.core.state import Database, Tx
 from ..server.errors import Busy, InvalidInput, NotFound
@@ -124,8 +125,7 @@ class Outbox:
     # --- SMS attempts: bound to the tenant's phones, recorded before the provider call ----------
     def phones(self, conn: Tx | Database, tenant_id: int) -> list[str]:
         """The tenant's registered phones now, in order."""
-        return [r[0] for r in conn.execute("SELECT e164 FROM tenant_phones WHERE tenant_id = ?"
-                                           " ORDER BY position", (tenant_id,))]
+        return tenant_phones(conn, tenant_id)
 
     def claim(self, job: Job, tenant_id: int, tenant: str) -> Claim | None:
         """Record an SMS attempt (`sending`, attempts+1, the time) in one transaction, or settle the job.

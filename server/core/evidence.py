@@ -14,6 +14,7 @@ from typing import Any
 
 from .audit import AuditLog
 from .clock import Clock, iso
+from .directory import tenant_phones
 from .records import ROLE_RECIPIENT
 from .state import Database
 
@@ -46,8 +47,7 @@ class EvidenceStore:
         return [dict(r) for r in self.db.query(f"SELECT * FROM tenants {where} ORDER BY name", params)]
 
     def phones(self, tenant_id: int) -> list[str]:
-        return [r[0] for r in self.db.query("SELECT e164 FROM tenant_phones WHERE tenant_id = ? ORDER BY position",
-                                            (tenant_id,))]
+        return tenant_phones(self.db, tenant_id)
 
     def protocol(self, tenant_id: int) -> dict[str, Any] | None:
         row = self.db.query_one("SELECT signed, effective, reference, notice, ends FROM protocols"
