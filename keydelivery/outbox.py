@@ -17,7 +17,7 @@ from ..config.settings import Settings, SmsSettings
 from ..server.core.audit import AuditLog
 from ..server.core.clock import Clock, iso
 from ..server.core.deliveries import PUBLISHED, fetch
-from ..server.core.directory import tenant_phones
+from ..server.core.directory import tenant_name, tenant_phones
 from ..server.core.records import Delivery, Tenant
 from ..server.core.state import Database, Tx
 from ..server.errors import Busy, InvalidInput, NotFound
@@ -199,8 +199,7 @@ class Outbox:
                 has_secret = tx.execute("SELECT 1 FROM secrets WHERE delivery_id = ?",
                                         (job.delivery_id,)).fetchone() is not None
                 waits = bool(delivery) and delivery[0].state == PUBLISHED and has_secret
-                tenant = tx.execute("SELECT name FROM tenants WHERE id = ?",
-                                    (delivery[0].tenant_id,)).fetchone()[0] if delivery else None
+                tenant = tenant_name(tx, delivery[0].tenant_id) if delivery else None
                 cut = (f"attempt {job.attempts} (begun {job.last_attempt_at}) was cut short by a stop or crash; "
                        "the provider may have accepted it")
                 if waits:
@@ -313,7 +312,7 @@ class Outbox:
                        (delivery_id, self._now(), actor))
             for target in phones:
                 self._insert(tx, delivery_id, SMS, target, resend=True)
-            tenant = tx.execute("SELECT name FROM tenants WHERE id = ?", (delivery.tenant_id,)).fetchone()[0]
+            tenant = tenant_name(tx, delivery.tenant_id)
             self.audit.append(tx, "key.resend", actor=actor, tenant=tenant, delivery=delivery_id,
                               source=source, phones=phones)
         self.wake()

@@ -50,6 +50,14 @@ def tenant_phones(conn: Tx | Database, tenant_id: int) -> list[str]:
                                        (tenant_id,))]
 
 
+def tenant_name(conn: Tx | Database, tenant_id: int) -> str:
+    """A tenant's name by id, read in `conn` (NotFound if there is none)."""
+    row = conn.execute("SELECT name FROM tenants WHERE id = ?", (tenant_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no tenant with id {tenant_id}")
+    return row[0]
+
+
 def hash_password(password: str) -> bytes:
     """argon2id with libsodium's interactive limits: slow enough for guessing, fast enough to log in."""
     return nacl.pwhash.argon2id.str(password.encode())
