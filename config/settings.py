@@ -30,10 +30,12 @@ from .values import (
 
 
 
-def setting(raw: Any, parse: Callable[[Any], Any], doc: str, *, key: str | None = None) -> Any:
+def setting(raw: Any, parse: Callable[[Any], Any], doc: str, *, key: str | None = None,
+            secret: bool = False) -> Any:
     """Declare a setting whose default is `raw` as written in TOML (under `key`, if the TOML
-    name cannot be a Python name, such as `from`)."""
-    return field(default=parse(raw), metadata={"raw": raw, "parse": parse, "doc": doc, "key": key})
+    name cannot be a Python name, such as `from`); a `secret` one never shows in a repr."""
+    return field(default=parse(raw), repr=not secret,
+                 metadata={"raw": raw, "parse": parse, "doc": doc, "key": key})
 
 
 def toml_key(spec: Any) -> str:
@@ -143,7 +145,8 @@ class SmsSettings:
                             "'twilio' in production; 'console' prints messages to the log (demo only)")
     account_sid: str = setting("", parse_str, "Twilio account SID (AC...)")
     auth_token: str = setting("", parse_str,
-                              "Twilio auth token; better: $SLUIS_TWILIO_AUTH_TOKEN or credential sluis-twilio-token")
+                              "Twilio auth token; better: $SLUIS_TWILIO_AUTH_TOKEN or credential sluis-twilio-token",
+                              secret=True)
     from_number: str = setting("", parse_str, "Twilio sender number in E.164 (or set messaging_service_sid)",
                                key="from")
     messaging_service_sid: str = setting("", parse_str, "Twilio messaging service SID (MG...), instead of from")
@@ -170,7 +173,8 @@ class EmailSettings:
     port: int = setting(587, int_range(1, 65535), "SMTP port")
     starttls: bool = setting(True, parse_bool, "require STARTTLS")
     username: str = setting("", parse_str, "SMTP user, if the server wants a login")
-    password: str = setting("", parse_str, "SMTP password; better: $SLUIS_SMTP_PASSWORD or credential sluis-smtp-password")
+    password: str = setting("", parse_str, "SMTP password; better: $SLUIS_SMTP_PASSWORD or credential sluis-smtp-password",
+                            secret=True)
     sender: str = setting("sluis@localhost", parse_str, "From: address")
     operator: str = setting("", parse_str, "operator address that receives alerts (failed SMS, access attempts)")
     public_host: str = setting("", parse_str, "host name municipalities connect to, quoted in the e-mail")

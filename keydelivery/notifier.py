@@ -12,6 +12,7 @@ import random
 from ..config.settings import Settings
 from ..server.core.notifications import EMAIL, Notification, NotificationQueue
 from .mail import MailServer, send_mail
+from .outbox import backoff_seconds
 from .providers.base import PermanentProviderError, SmsProvider, TransientProviderError
 
 log = logging.getLogger("sluis.notify")
@@ -60,6 +61,4 @@ class NotificationSender:
         return 1
 
     def _backoff(self, attempts: int, retry_after: float | None) -> float:
-        sms = self.settings.sms
-        wait = min(sms.retry_max, sms.retry_initial * 2 ** max(attempts - 1, 0)) * (0.8 + 0.4 * self.rng.random())
-        return max(wait, retry_after or 0.0)
+        return backoff_seconds(self.settings.sms, attempts, retry_after, self.rng.random())

@@ -9,14 +9,15 @@ removed and no SMS for it is still waiting to go out. Job states are in docs/key
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Callable
 
-from ..config.settings import Settings
+from ..config.settings import Settings, SmsSettings
 from ..server.core.audit import AuditLog
 from ..server.core.clock import Clock, iso
 from ..server.core.deliveries import PUBLISHED, fetch
+from ..server.core.directory import tenant_name, tenant_phones
 from ..server.core.records import Delivery, Tenant
 from ..server.core.state import Database, Tx
 from ..server.errors import Busy, InvalidInput, NotFound
@@ -63,8 +64,15 @@ class Claim:
     """An SMS attempt recorded as `sending` before the provider call: what to send, and its number."""
 
     job: Job
-    passphrase: str
+    passphrase: str = field(repr=False)   # never in a log line or traceback
     attempt: int
+
+
+def backoff_seconds(sms: SmsSettings, attempts: int, retry_after: float | None, jitter: float) -> float:
+    """Exponential backoff from [sms] retry_initial to retry_max, with jitter (0..1 scales it by
+    +-20%); a provider's Retry-After wins if longer. Key messages and notifications share it."""
+    wait = min(sms.retry_max, sms.retry_initial * 2 ** max(attempts - 1, 0)) * (0.8 + 0.4 * jitter)
+    return max(wait, retry_after or 0.0)
 
 
 def job_from_row(row: Any) -> Job:
@@ -117,8 +125,7 @@ class Outbox:
     # --- SMS attempts: bound to the tenant's phones, recorded before the provider call ----------
     def phones(self, conn: Tx | Database, tenant_id: int) -> list[str]:
         """The tenant's registered phones now, in order."""
-        return [r[0] for r in conn.execute("SELECT e164 FROM tenant_phones WHERE tenant_id = ?"
-                                           " ORDER BY position", (tenant_id,))]
+        return tenant_phones(conn, tenant_id)
 
     def claim(self, job: Job, tenant_id: int, tenant: str) -> Claim | None:
         """Record an SMS attempt (`sending`, attempts+1, the time) in one transaction, or settle the job.
@@ -192,8 +199,7 @@ class Outbox:
                 has_secret = tx.execute("SELECT 1 FROM secrets WHERE delivery_id = ?",
                                         (job.delivery_id,)).fetchone() is not None
                 waits = bool(delivery) and delivery[0].state == PUBLISHED and has_secret
-                tenant = tx.execute("SELECT name FROM tenants WHERE id = ?",
-                                    (delivery[0].tenant_id,)).fetchone()[0] if delivery else None
+                tenant = tenant_name(tx, delivery[0].tenant_id) if delivery else None
                 cut = (f"attempt {job.attempts} (begun {job.last_attempt_at}) was cut short by a stop or crash; "
                        "the provider may have accepted it")
                 if waits:
@@ -252,10 +258,8 @@ class Outbox:
         tx.execute(f"UPDATE outbox SET {assignments} WHERE id = ?", (*changes.values(), job.id))
 
     def backoff(self, attempts: int, retry_after: float | None, jitter: float) -> str:
-        """Exponential backoff with jitter (0..1 scales +-20%); a provider's Retry-After wins if longer."""
-        sms = self.settings.sms
-        wait = min(sms.retry_max, sms.retry_initial * 2 ** max(attempts - 1, 0)) * (0.8 + 0.4 * jitter)
-        wait = max(wait, retry_after or 0.0)
+        """When to try again after `attempts` failed ones (see backoff_seconds)."""
+        wait = backoff_seconds(self.settings.sms, attempts, retry_after, jitter)
         return iso(self.clock.now() + timedelta(seconds=wait))
 
     def poll_later(self, polls: int) -> str:
@@ -308,7 +312,7 @@ class Outbox:
                        (delivery_id, self._now(), actor))
             for target in phones:
                 self._insert(tx, delivery_id, SMS, target, resend=True)
-            tenant = tx.execute("SELECT name FROM tenants WHERE id = ?", (delivery.tenant_id,)).fetchone()[0]
+            tenant = tenant_name(tx, delivery.tenant_id)
             self.audit.append(tx, "key.resend", actor=actor, tenant=tenant, delivery=delivery_id,
                               source=source, phones=phones)
         self.wake()

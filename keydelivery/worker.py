@@ -12,6 +12,7 @@ from typing import Any
 from ..config.settings import Settings
 from ..server.core.clock import parse_iso
 from ..server.core.deliveries import fetch
+from ..server.core.directory import tenant_name
 from .mail import MailServer, send_mail
 from .outbox import ALERT, DELIVERED, EMAIL, FAILED, PENDING, SENT, SMS, UNDELIVERED, Job, Outbox
 from .providers.base import (
@@ -90,7 +91,7 @@ class OutboxWorker:
     # --- SMS ---------------------------------------------------------------------------------------
     def _context(self, job: Job) -> tuple[Any, str]:
         delivery = fetch(self.outbox.db, "id = ?", (job.delivery_id,))[0]
-        tenant = self.outbox.db.query_one("SELECT name FROM tenants WHERE id = ?", (delivery.tenant_id,))[0]
+        tenant = tenant_name(self.outbox.db, delivery.tenant_id)
         return delivery, tenant
 
     def _send_sms(self, job: Job) -> None:

@@ -21,6 +21,7 @@ from ..server.core.incidents import Entry, Incident, IncidentStore
 from ..server.core.notifications import EMAIL, SMS, NotificationQueue
 from ..server.core.records import ROLE_RECIPIENT
 from ..server.core.state import Tx
+from ..server.logsafe import quoted
 from .alerts import alert, describe, dpo_notice
 
 log = logging.getLogger("sluis.incidents")
@@ -130,7 +131,7 @@ class IncidentTracker:
         incident = self.store.open(tx, entry, address=address, account=account, count=count,
                                    what=describe(entry, self.settings.incidents.language, count), dpo=dpo)
         log.warning("incident #%d opened: %s (source %s, account %s, tenant %s); report before %s",
-                    incident.id, incident.what, address or "-", account or "-", entry.tenant or "-",
+                    incident.id, incident.what, address or "-", quoted(account), entry.tenant or "-",
                     incident.deadline)
         self._alert(tx, incident)
 

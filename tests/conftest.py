@@ -11,6 +11,7 @@ from sluis.config import load_settings
 from sluis.server.app import build_app
 from tests.support.library import FAST, FakeClock
 from tests.support.server import SluisServer
+from tests.support.twilio_standin import TwilioStandIn
 
 
 @pytest.fixture
@@ -42,3 +43,10 @@ def lib(make_server):
     app = build_app(load_settings(srv.config, {}), clock=clock)
     yield srv, app, clock
     app.close()
+
+
+@pytest.fixture
+def twilio() -> Iterator[TwilioStandIn]:
+    """The Twilio stand-in; a message is 'delivered' at its first poll."""
+    with TwilioStandIn(polls_to_deliver=1) as standin:
+        yield standin

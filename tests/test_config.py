@@ -266,3 +266,13 @@ def test_bad_sms_template_stops_startup(tmp_path):
     path.write_text(render_config({"sms": {"template": "code {passphrase} voor {gemeente}"}}))
     with pytest.raises(ConfigError, match=r"\[sms\] template: .*gemeente"):
         load_settings(path, {})
+
+
+def test_secrets_never_show_in_a_repr_of_the_settings(tmp_path):
+    path = tmp_path / "sluis.toml"
+    path.write_text(render_config({"sms": {"auth_token": "tw-secret-123"},
+                                   "email": {"password": "smtp-secret-456"}}))
+    settings = load_settings(path, {})
+    assert settings.sms.auth_token == "tw-secret-123" and settings.email.password == "smtp-secret-456"
+    assert "tw-secret-123" not in repr(settings) and "smtp-secret-456" not in repr(settings)
+    assert "account_sid=" in repr(settings.sms)   # the rest still shows

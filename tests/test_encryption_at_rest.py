@@ -10,7 +10,6 @@ import random
 import resource
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +38,11 @@ def assert_no_plaintext(root: Path, needle: bytes = MARKER) -> int:
             assert needle[:24] not in content, f"plaintext fragment found in {path}"
             scanned += 1
     return scanned
+
+
+def temp_bytes(server) -> int:
+    """Bytes in the upload temporaries (0 before the first one exists)."""
+    return sum(p.stat().st_size for p in (server.data_dir / "tmp").rglob("*") if p.is_file())
 
 
 def age_decrypt(path: Path, passphrase: str) -> bytes:
@@ -99,15 +103,15 @@ def test_out_of_order_pipelined_writes(server, tmp_path):
 
 
 def test_no_plaintext_on_disk_during_and_after_upload(server, tmp_path):
-    data = plaintext(1024 * 1024)
+    # The temporary is written through a 1 MiB buffer: scan once more than that is on disk.
+    data = plaintext(3 * 1024 * 1024)
     client = server.paramiko("agency")
     handle = client.open("/genk/scan.csv", "wb")
-    handle.write(data[: len(data) // 2])
+    handle.write(data[: 2 * len(data) // 3])
     handle.flush()
-    time.sleep(0.3)
-    assert (server.data_dir / "tmp").exists() and any((server.data_dir / "tmp").iterdir()), "upload not in progress"
+    wait_until(lambda: temp_bytes(server) >= 1024 * 1024, "a MiB sealed into the temporary")
     assert assert_no_plaintext(server.data_dir) >= 3
-    handle.write(data[len(data) // 2:])
+    handle.write(data[2 * len(data) // 3:])
     handle.close()
     client.close()
     server.passphrase("scan.csv.age")
@@ -225,8 +229,7 @@ def test_crash_mid_upload_cleaned_at_next_start(server, tmp_path):
     handle = client.open("/genk/crash.csv", "wb")
     handle.write(plaintext(300_000))
     handle.flush()
-    time.sleep(0.3)
-    assert any((server.data_dir / "tmp").iterdir())
+    wait_until(lambda: any((server.data_dir / "tmp").iterdir()), "the upload's temporary")
     server.stop(signal.SIGKILL)
     with contextlib.suppress(EOFError, OSError):  # the server is gone: closing may fail either way
         client.close()

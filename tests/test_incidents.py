@@ -34,12 +34,6 @@ def smtp() -> Iterator[SmtpStandIn]:
         yield standin
 
 
-@pytest.fixture
-def twilio() -> Iterator[TwilioStandIn]:
-    with TwilioStandIn(polls_to_deliver=1) as standin:
-        yield standin
-
-
 def _server(make_server: Any, smtp: SmtpStandIn, twilio: TwilioStandIn | None, **incidents: Any) -> SluisServer:
     overrides: dict[str, dict[str, Any]] = {
         "email": {"enabled": True, "host": smtp.host, "port": smtp.port, "starttls": False,

@@ -5,6 +5,7 @@ same through a real server and real clients.)"""
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 import pytest
@@ -250,3 +251,16 @@ def test_security_contact_settings_are_checked(tmp_path):
             load_settings(path, {})
     path.write_text(render_config({"incidents": {"phone": "+32470000111", "email": "soc@example.be"}}))
     assert load_settings(path, {}).incidents.phone == "+32470000111"
+
+
+def test_the_log_line_of_a_new_incident_quotes_the_tried_account(sec, caplog):
+    _srv, app, _clock = sec
+    app.tracker.run_once()
+    tried = 'root" tenant="gent'
+    for _ in range(5):
+        app.audit.record("auth.failure", actor=tried, source="192.0.2.3:22", method="password", key=None,
+                         reason="unknown user")
+    with caplog.at_level(logging.WARNING, logger="sluis.incidents"):
+        app.tracker.run_once()
+    [line] = [r.getMessage() for r in caplog.records if "opened" in r.getMessage()]
+    assert 'account "root\\" tenant=\\"gent",' in line, line

@@ -12,10 +12,9 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -23,8 +22,9 @@ from sluis.keydelivery.outbox import CANCELLED, DELIVERED, MAYBE_SENT, PENDING, 
 from sluis.server.core.deliveries import fetch
 from sluis.server.core.directory import Actor
 from tests.support.clients import require_binary
-from tests.support.library import upload
+from tests.support.library import sluis, upload
 from tests.support.server import SluisServer
+from tests.support.sms import twilio_server
 from tests.support.twilio_standin import TwilioStandIn
 from tests.support.waiting import wait_until
 
@@ -34,22 +34,10 @@ WAIT = 20.0
 
 
 @pytest.fixture
-def twilio() -> Iterator[TwilioStandIn]:
-    with TwilioStandIn(polls_to_deliver=1) as standin:
-        yield standin
-
-
-@pytest.fixture
 def srv(make_server: Any, twilio: TwilioStandIn) -> SluisServer:
     require_binary("sftp")
-    server = make_server(
-        overrides={"sms": {"provider": "twilio", "account_sid": twilio.account_sid, "from_number": "+3228001234",
-                           "api_base": twilio.url, "retry_initial": "1s", "retry_max": "2s", "poll_interval": "1s"},
-                   "crypto": {"scrypt_log_n": 10}},
-        env={"SLUIS_TWILIO_AUTH_TOKEN": twilio.auth_token})
-    server.add_tenant("hasselt", phones=(FIRST, SECOND))
-    server.add_user("agency", "sender")
-    return server
+    return twilio_server(make_server, twilio, tenant="hasselt", phones=(FIRST, SECOND),
+                         crypto={"scrypt_log_n": 10})
 
 
 def _upload(srv: SluisServer, tmp_path: Path, name: str = "lijst.csv") -> str:
@@ -79,8 +67,7 @@ def _per_phone(twilio: TwilioStandIn) -> dict[str, int]:
 
 
 def _cli(srv: SluisServer, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sluis.server.cli.main", "-c", str(srv.config), *args],
-                          env=srv.env, text=True, capture_output=True, timeout=60)
+    return sluis(srv.config, *args, env=srv.env)
 
 
 def _in_flight(srv: SluisServer, twilio: TwilioStandIn, delivery_id: str) -> Any:

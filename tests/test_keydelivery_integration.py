@@ -30,11 +30,11 @@ from sluis.server.core.clock import parse_iso
 from sluis.server.formats.age import decrypt
 from tests.support.server import SSH_OPTIONS, SluisServer
 from tests.support.smtp_standin import SmtpStandIn
+from tests.support.sms import FROM_NUMBER, sms_settings
 from tests.support.twilio_standin import TwilioStandIn
 from tests.support.waiting import wait_until
 
 HASSELT = ("+32470123456", "+32471234567")
-FROM_NUMBER = "+3228001234"
 PASSPHRASE = re.compile(r"\b[0-9A-Z]{4}(?:-[0-9A-Z]{4}){5}\b")
 # A row of the uploaded list: it must never travel in an SMS or an e-mail.
 CONTENT_MARKER = "Janssens;Maria;1985-02-03;Hasselt"
@@ -111,19 +111,13 @@ def _until(predicate: Callable[[], Any], what: str) -> Any:
     return wait_until(predicate, what, WAIT)
 
 
-def _sms_settings(standin: TwilioStandIn, **extra: Any) -> dict[str, Any]:
-    return {"provider": "twilio", "account_sid": standin.account_sid, "from_number": FROM_NUMBER,
-            "api_base": standin.url, "retry_initial": "1s", "retry_max": "2s", "poll_interval": "1s",
-            **extra}
-
-
 def _hasselt(make_server: Any, standin: TwilioStandIn, *, sms: dict[str, Any] | None = None,
              email: dict[str, Any] | None = None, env: dict[str, str] | None = None,
              tenant_email: str | None = None) -> SluisServer:
     """A server for municipality hasselt (two phones), sender 'agency', recipient 'hasselt-clerk'.
 
     The auth token comes from $SLUIS_TWILIO_AUTH_TOKEN, not from the file."""
-    overrides: dict[str, dict[str, Any]] = {"sms": _sms_settings(standin, **(sms or {}))}
+    overrides: dict[str, dict[str, Any]] = {"sms": sms_settings(standin, **(sms or {}))}
     if email is not None:
         overrides["email"] = email
     server = make_server(overrides=overrides,
@@ -265,7 +259,7 @@ def test_one_upload_sends_one_dutch_sms_per_phone_and_polls_to_delivered(make_se
 def test_messaging_service_and_token_from_the_config_file(make_server, twilio, tmp_path):
     """The other sender form ([sms] messaging_service_sid), with auth_token in sluis.toml."""
     service = "MG" + "a" * 32
-    server = make_server(overrides={"sms": _sms_settings(twilio, from_number="", messaging_service_sid=service,
+    server = make_server(overrides={"sms": sms_settings(twilio, from_number="", messaging_service_sid=service,
                                                          auth_token=twilio.auth_token)})
     server.add_tenant("hasselt", phones=HASSELT)
     server.add_user("agency", "sender")

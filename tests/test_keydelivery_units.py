@@ -378,3 +378,25 @@ def test_default_templates_validate() -> None:
     render_alert(
         DEFAULT_ALERT_TEMPLATE, file="f", tenant="t", phone="p", reason="r", expires=EXPIRES
     )
+
+
+def test_an_sms_claim_never_shows_its_passphrase() -> None:
+    from sluis.keydelivery.outbox import Claim, Job
+
+    job = Job(id=1, delivery_id="d-1", kind="sms", target="+32470123456", state="sending", attempts=1,
+              next_attempt_at="", provider_id=None, provider_status=None, polls=0, redacted=0,
+              redact_attempts=0, last_error=None, payload={})
+    secret = new_passphrase()
+    claim = Claim(job=job, passphrase=secret, attempt=1)
+    assert claim.passphrase == secret and secret not in repr(claim) and secret not in str(claim)
+
+
+def test_backoff_doubles_up_to_the_cap_within_its_jitter_and_honours_retry_after() -> None:
+    from sluis.config.settings import SmsSettings
+    from sluis.keydelivery.outbox import backoff_seconds
+
+    sms = SmsSettings(retry_initial=10, retry_max=60)
+    assert [backoff_seconds(sms, n, None, 0.5) for n in (1, 2, 3, 4, 9)] == [10, 20, 40, 60, 60]
+    assert backoff_seconds(sms, 1, None, 0.0) == pytest.approx(8)
+    assert backoff_seconds(sms, 1, None, 1.0) == pytest.approx(12)
+    assert backoff_seconds(sms, 1, 30.0, 0.5) == 30 and backoff_seconds(sms, 3, 30.0, 0.5) == 40

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import threading
 from dataclasses import replace
 
@@ -225,3 +226,19 @@ def test_allowlist_setting_is_checked():
     for bad in (["10.0.0.300/8"], "10.0.0.0/8", [7]):
         with pytest.raises(ValueError, match="CIDR"):
             parse_networks(bad)
+
+
+def test_a_protocol_error_is_logged_with_the_clients_words_quoted_and_audited(lib, caplog):
+    _, app, _ = lib
+    what = 'bad version line "SSH-2.0-x" user="root"'
+
+    async def main() -> None:
+        app.gate.protocol_error("192.0.2.9", "192.0.2.9:4000", "-", what)
+        await app.gate.drain()
+
+    with caplog.at_level(logging.INFO, logger="sluis.gate"):
+        asyncio.run(main())
+    [line] = [r.getMessage() for r in caplog.records if "protocol error from" in r.getMessage()]
+    assert line.endswith(': "bad version line \\"SSH-2.0-x\\" user=\\"root\\""'), line
+    [record] = [r for r in app.audit.records() if r.event == "protocol.error"]
+    assert record.detail["what"] == what and record.source == "192.0.2.9:4000"

@@ -6,7 +6,8 @@ import contextlib
 import signal
 import subprocess
 import sys
-import time
+
+from tests.support.waiting import wait_until
 
 
 def test_sigterm_mid_upload_discards_it_and_exits_cleanly(server, tmp_path):
@@ -14,8 +15,7 @@ def test_sigterm_mid_upload_discards_it_and_exits_cleanly(server, tmp_path):
     handle = client.open("/genk/half.csv", "wb")
     handle.write(b"naam;voornaam\n" * 20000)
     handle.flush()
-    time.sleep(0.3)
-    assert any((server.data_dir / "tmp").iterdir())
+    wait_until(lambda: any((server.data_dir / "tmp").iterdir()), "the upload's temporary")
     assert server.stop(signal.SIGTERM) == 0
     with contextlib.suppress(EOFError, OSError):  # the server is gone: closing may fail either way
         client.close()

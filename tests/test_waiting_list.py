@@ -13,13 +13,15 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from paramiko.sftp import CMD_CLOSE
 
+from sluis.keydelivery.outbox import PENDING
 from tests.support.clients import require_binary
 from tests.support.server import SSH_OPTIONS, SluisServer
+from tests.support.sms import twilio_server
 from tests.support.twilio_standin import TwilioStandIn
 from tests.support.waiting import wait_until
 
@@ -28,23 +30,10 @@ WAIT = 20.0
 
 
 @pytest.fixture
-def twilio() -> Iterator[TwilioStandIn]:
-    with TwilioStandIn(polls_to_deliver=1) as standin:
-        yield standin
-
-
-@pytest.fixture
 def srv(make_server: Any, twilio: TwilioStandIn) -> SluisServer:
     require_binary("sftp")
-    server = make_server(
-        overrides={"sms": {"provider": "twilio", "account_sid": twilio.account_sid, "from_number": "+3228001234",
-                           "api_base": twilio.url, "retry_initial": "1s", "retry_max": "2s", "poll_interval": "1s"},
-                   "crypto": {"scrypt_log_n": 10}},
-        env={"SLUIS_TWILIO_AUTH_TOKEN": twilio.auth_token})
-    server.add_tenant("hasselt", phones=PHONES)
-    server.add_user("agency", "sender")
-    server.add_user("agency-2", "sender")
-    return server.start()
+    return twilio_server(make_server, twilio, tenant="hasselt", phones=PHONES, senders=("agency", "agency-2"),
+                         crypto={"scrypt_log_n": 10}).start()
 
 
 def _throttled_put(srv: SluisServer, user: str, source: Path, target: str) -> subprocess.Popen[str]:
@@ -66,7 +55,7 @@ def _one_set_of_sms(srv: SluisServer, twilio: TwilioStandIn, stored_name: str) -
     """Each phone got exactly one SMS, for `stored_name`, and no other delivery has key jobs."""
     messages = twilio.wait_for_messages(len(PHONES), timeout=WAIT)
     [delivery] = [d for d in _deliveries(srv) if d["state"] == "published"]
-    wait_until(lambda: all(j.state != "pending" for j in srv.app().outbox.jobs(delivery["id"])),
+    wait_until(lambda: all(j.state != PENDING for j in srv.app().outbox.jobs(delivery["id"])),
                "the key jobs to be handled", WAIT)
     time.sleep(1.5)  # more than a worker tick (and a retry interval): nothing more goes out
     messages = twilio.messages

@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from ...retention.alerts import quote
+from ..core.incidents import OPEN
 from .common import open_app, operator, print_json, print_table
 
 
@@ -52,7 +53,7 @@ def cmd_incidents(args: Any) -> int:
                  "DEADLINE", "LEFT", "DPO"],
                 [(i.id, i.state, i.kind, i.source or "-", _safe(i.account), i.tenant or "-", i.count,
                   i.first_seen[:19], i.last_seen[:19], i.deadline[:16],
-                  _left(i.time_left(now)) if i.state == "open" else f"reported {i.ack_at[:16]}",
+                  _left(i.time_left(now)) if i.state == OPEN else f"reported {i.ack_at[:16]}",
                   " ".join(p for p in (i.dpo_name, i.dpo_email, i.dpo_phone) if p) or "-")
                  for i in incidents])
     for i in incidents:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import asyncssh
 
 from ...config import render_config
 from ...keydelivery.sealing import create_key_file
-from ..core import receiptkey
+from ..core import keyfiles, receiptkey
 from ..formats import sshsig
 from ..core.audit import AuditLog
 from ..core.auditkey import create_audit_key
@@ -25,9 +24,7 @@ AUDIT_KEY_NAME = "audit.key"
 
 def write_private(path: Path, data: bytes) -> None:
     """Create a secret file with mode 0600 from the start (never chmod after the fact)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+    keyfiles.create_private(path, data, what="file")
 
 
 # What a new setup gets that differs from the settings' defaults (which are what a config file

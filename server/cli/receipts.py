@@ -48,10 +48,15 @@ def _allowed_line(public_line: str) -> str:
     return f'{SIGNER} namespaces="{NAMESPACE}" {public_line}'
 
 
+def _current_line(settings: Any) -> str:
+    """The receipt key's public line (from receipt.key.pub when the key itself is not readable)."""
+    return receiptkey.public_line(settings.resolve(settings.crypto.secret_key_file),
+                                  os.environ.get("CREDENTIALS_DIRECTORY"))
+
+
 def cmd_allowed_signers(args: Any) -> None:
     app = open_app(args)
-    current = receiptkey.public_line(app.settings.resolve(app.settings.crypto.secret_key_file),
-                                     os.environ.get("CREDENTIALS_DIRECTORY"))
+    current = _current_line(app.settings)
     lines = [current]
     if args.all:
         lines += [s for s in app.receipts.signers() if s != current]
@@ -90,8 +95,7 @@ def cmd_verify(args: Any) -> int:
         allowed = _read_allowed(args.allowed_signers)
     else:
         app = open_app(args)
-        lines = [receiptkey.public_line(app.settings.resolve(app.settings.crypto.secret_key_file),
-                                        os.environ.get("CREDENTIALS_DIRECTORY")), *app.receipts.signers()]
+        lines = [_current_line(app.settings), *app.receipts.signers()]
         allowed = [sshsig.parse_public_line(line) for line in lines]
     try:
         key = sshsig.verify(signature, message, NAMESPACE, allowed)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..logsafe import quoted
-from ...keydelivery.sealing import KeyFileError
+from .keyfiles import KeyFileError
 from .auditkey import AuditKey, create_audit_key, load_audit_key
 from .clock import Clock, iso
 from .state import Database, Tx

@@ -12,13 +12,13 @@ import base64
 import hashlib
 import hmac
 import os
-import stat
 from pathlib import Path
 
 import nacl.exceptions
 import nacl.signing
 
-from ...keydelivery.sealing import KeyFileError, create_key_file
+from . import keyfiles
+from .keyfiles import KeyFileError
 
 KEY_SIZE = 32
 CREDENTIAL_NAME = "sluis-audit-key"
@@ -81,49 +81,26 @@ class PublicKey:
 
 def load_audit_key(key_file: Path, credentials_dir: str | None) -> AuditKey | None:
     """The credential if passed, else the key file; None when neither exists (an old setup)."""
-    if credentials_dir:
-        credential = Path(credentials_dir) / CREDENTIAL_NAME
-        if credential.exists():
-            return AuditKey(_read(credential, strict_mode=False))
+    credential = keyfiles.credential(credentials_dir, CREDENTIAL_NAME)
+    if credential is not None:
+        return AuditKey(_read(credential, is_credential=True))
     if not os.path.lexists(key_file):
         return None
-    return AuditKey(_read(Path(key_file), strict_mode=True))
+    return AuditKey(_read(Path(key_file)))
 
 
 def create_audit_key(key_file: Path) -> AuditKey:
     """Create the key file (0600, O_EXCL); if another process just made it, use that one."""
     try:
-        create_key_file(Path(key_file))
+        keyfiles.create_private(Path(key_file), os.urandom(KEY_SIZE), what="audit key",
+                                hint="run the command once as a user who may write there, "
+                                     "or set [crypto] audit_key_file")
     except FileExistsError:
         pass
-    except OSError as exc:
-        raise KeyFileError(f"cannot create audit key {key_file}: {exc.strerror}; run the command once as "
-                           "a user who may write there, or set [crypto] audit_key_file") from exc
-    return AuditKey(_read(Path(key_file), strict_mode=True))
+    return AuditKey(_read(Path(key_file)))
 
 
-def _read(path: Path, *, strict_mode: bool) -> bytes:
-    """Exactly KEY_SIZE bytes from a regular file readable by its owner only (no symlinks)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError as exc:
-        raise KeyFileError(f"cannot open audit key {path}: {exc.strerror}") from exc
-    try:
-        info = os.fstat(fd)
-        mode = stat.S_IMODE(info.st_mode)
-        if not stat.S_ISREG(info.st_mode):
-            raise KeyFileError(f"audit key {path} is not a regular file")
-        if strict_mode and mode not in (0o600, 0o400):
-            raise KeyFileError(f"audit key {path} has mode {mode:04o}; it must be 0600 or 0400: "
-                               f"run `chmod 600 {path}`")
-        if not strict_mode and mode & 0o007:
-            raise KeyFileError(f"credential {path} has mode {mode:04o}: readable by others")
-        if info.st_size != KEY_SIZE:
-            raise KeyFileError(f"audit key {path} holds {info.st_size} bytes; it must be exactly "
-                               f"{KEY_SIZE} raw bytes")
-        key = os.read(fd, KEY_SIZE + 1)
-    finally:
-        os.close(fd)
-    if len(key) != KEY_SIZE:
-        raise KeyFileError(f"audit key {path} changed while being read")
-    return key
+def _read(path: Path, *, is_credential: bool = False) -> bytes:
+    """Exactly KEY_SIZE bytes from the key file or credential `path` (keyfiles' rules)."""
+    return keyfiles.read_private(path, what="credential" if is_credential else "audit key",
+                                 size=KEY_SIZE, is_credential=is_credential)

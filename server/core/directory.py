@@ -44,6 +44,20 @@ class Actor:
     source: str = "cli"
 
 
+def tenant_phones(conn: Tx | Database, tenant_id: int) -> list[str]:
+    """A tenant's registered phones (E.164), in order, read in `conn` (a transaction, or not)."""
+    return [r[0] for r in conn.execute("SELECT e164 FROM tenant_phones WHERE tenant_id = ? ORDER BY position",
+                                       (tenant_id,))]
+
+
+def tenant_name(conn: Tx | Database, tenant_id: int) -> str:
+    """A tenant's name by id, read in `conn` (NotFound if there is none)."""
+    row = conn.execute("SELECT name FROM tenants WHERE id = ?", (tenant_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no tenant with id {tenant_id}")
+    return row[0]
+
+
 def hash_password(password: str) -> bytes:
     """argon2id with libsodium's interactive limits: slow enough for guessing, fast enough to log in."""
     return nacl.pwhash.argon2id.str(password.encode())
@@ -174,8 +188,7 @@ class Directory:
         return [self._tenant(row) for row in self.db.query(sql)]
 
     def _tenant(self, row: sqlite3.Row) -> Tenant:
-        phones = tuple(r[0] for r in self.db.query(
-            "SELECT e164 FROM tenant_phones WHERE tenant_id = ? ORDER BY position", (row["id"],)))
+        phones = tuple(tenant_phones(self.db, row["id"]))
         return Tenant(id=row["id"], name=row["name"], nis=row["nis"], format=row["format"],
                       email=row["email"], active=bool(row["active"]), phones=phones,
                       dpo_name=row["dpo_name"], dpo_email=row["dpo_email"], dpo_phone=row["dpo_phone"])

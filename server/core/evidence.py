@@ -14,6 +14,8 @@ from typing import Any
 
 from .audit import AuditLog
 from .clock import Clock, iso
+from .directory import tenant_phones
+from .records import ROLE_RECIPIENT
 from .state import Database
 
 REPORT_VERSION = 1
@@ -45,8 +47,7 @@ class EvidenceStore:
         return [dict(r) for r in self.db.query(f"SELECT * FROM tenants {where} ORDER BY name", params)]
 
     def phones(self, tenant_id: int) -> list[str]:
-        return [r[0] for r in self.db.query("SELECT e164 FROM tenant_phones WHERE tenant_id = ? ORDER BY position",
-                                            (tenant_id,))]
+        return tenant_phones(self.db, tenant_id)
 
     def protocol(self, tenant_id: int) -> dict[str, Any] | None:
         row = self.db.query_one("SELECT signed, effective, reference, notice, ends FROM protocols"
@@ -122,7 +123,7 @@ class _Scope:
         self.store, self.row, self.period = store, row, period
         self.deliveries = store.deliveries(row["id"], period)
         self.accounts = store.accounts(row["id"], {d["sender_id"] for d in self.deliveries})
-        self.names = [a["name"] for a in self.accounts if a["role"] == "recipient"]
+        self.names = [a["name"] for a in self.accounts if a["role"] == ROLE_RECIPIENT]
         self.by_delivery: dict[str, list[dict[str, Any]]] = {d["id"]: [] for d in self.deliveries}
         self.events: list[dict[str, Any]] = []
 

@@ -175,8 +175,9 @@ class IncidentStore:
         return self._get(self.db, incident_id)
 
     def listing(self, *, include_reported: bool = False) -> list[Incident]:
-        where = "1 = 1" if include_reported else "state = 'open'"
-        return [_incident(r) for r in self.db.query(f"SELECT * FROM incidents WHERE {where} ORDER BY id")]
+        if include_reported:
+            return [_incident(r) for r in self.db.query("SELECT * FROM incidents ORDER BY id")]
+        return [_incident(r) for r in self.db.query("SELECT * FROM incidents WHERE state = ? ORDER BY id", (OPEN,))]
 
     def ack(self, incident_id: int, note: str, *, actor: str, source: str) -> Incident:
         """Record that the incident was reported (open -> reported), with who did it and a note."""

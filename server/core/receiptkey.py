@@ -7,8 +7,6 @@ O_EXCL, 0600) and the caller records it in the audit log with its fingerprint (d
 
 from __future__ import annotations
 
-import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..formats import sshsig
+from . import keyfiles
 
 CREDENTIAL_NAME = "sluis-receipt-key"
 KEY_FILE_NAME = "receipt.key"
@@ -50,24 +49,11 @@ def private_bytes(key: Ed25519PrivateKey) -> bytes:
 def create_key_file(path: Path) -> Ed25519PrivateKey:
     """Write a fresh ed25519 key with mode 0600 from the start; never overwrites anything."""
     key = Ed25519PrivateKey.generate()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        raise FileExistsError(f"refusing to overwrite the receipt key {path}: receipts signed with it "
-                              "could no longer be verified against a new key") from None
-    except OSError as exc:
-        raise ReceiptKeyError(f"cannot create the receipt key {path}: {exc.strerror}; run "
-                              f"`sluis receipt keygen` as a user who may write there, or pass the "
-                              f"systemd credential {CREDENTIAL_NAME}") from exc
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, private_bytes(key))
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        path.unlink(missing_ok=True)
-        raise
-    os.close(fd)
+    keyfiles.create_private(path, private_bytes(key), what="receipt key", error=ReceiptKeyError,
+                            keep_because="receipts signed with it could no longer be verified "
+                                         "against a new key",
+                            hint="run `sluis receipt keygen` as a user who may write there, or pass "
+                                 f"the systemd credential {CREDENTIAL_NAME}")
     pub = public_path(path)
     pub.unlink(missing_ok=True)
     pub.write_text(sshsig.public_line(key.public_key()) + " sluis receipt key\n")
@@ -92,24 +78,10 @@ def public_line(secret_key_file: Path, credentials_dir: str | None) -> str:
             raise ReceiptKeyError(f"cannot read the receipt key {key_path(secret_key_file)} nor {pub}") from None
 
 
-def load_key(path: Path, *, strict_mode: bool = True) -> Ed25519PrivateKey:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError as exc:
-        raise ReceiptKeyError(f"cannot open the receipt key {path}: {exc.strerror}") from exc
-    try:
-        info = os.fstat(fd)
-        mode = stat.S_IMODE(info.st_mode)
-        if not stat.S_ISREG(info.st_mode):
-            raise ReceiptKeyError(f"receipt key {path} is not a regular file")
-        if strict_mode and mode & 0o077:
-            raise ReceiptKeyError(f"receipt key {path} has mode {mode:04o}; it must be readable by its "
-                                  f"owner only: run `chmod 600 {path}`")
-        if not strict_mode and mode & 0o007:
-            raise ReceiptKeyError(f"credential {path} has mode {mode:04o}: readable by others")
-        data = os.read(fd, MAX_KEY_FILE + 1)
-    finally:
-        os.close(fd)
+def load_key(path: Path, *, is_credential: bool = False) -> Ed25519PrivateKey:
+    """The ed25519 key in the key file or credential `path` (keyfiles' rules)."""
+    data = keyfiles.read_private(path, what="credential" if is_credential else "receipt key",
+                                 max_size=MAX_KEY_FILE, is_credential=is_credential, error=ReceiptKeyError)
     try:
         key = serialization.load_ssh_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
@@ -121,10 +93,9 @@ def load_key(path: Path, *, strict_mode: bool = True) -> Ed25519PrivateKey:
 
 def load_or_create(secret_key_file: Path, credentials_dir: str | None, *, create: bool = True) -> LoadedKey:
     """The credential if systemd passes one, else the key file, created if missing (upgrade)."""
-    if credentials_dir:
-        credential = Path(credentials_dir) / CREDENTIAL_NAME
-        if credential.exists():
-            return LoadedKey(load_key(credential, strict_mode=False), str(credential), False)
+    credential = keyfiles.credential(credentials_dir, CREDENTIAL_NAME)
+    if credential is not None:
+        return LoadedKey(load_key(credential, is_credential=True), str(credential), False)
     path = key_path(secret_key_file)
     try:
         return LoadedKey(load_key(path), str(path), False)

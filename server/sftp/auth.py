@@ -13,8 +13,10 @@ from typing import Any
 
 import asyncssh
 
+from ..core.audit import AuditLog
 from ..core.defender import Penalty
 from ..core.directory import Directory, hash_password, verify_password
+from ..core.dropbox import DropBox
 from ..core.records import User
 from ..core.session import Session
 from ..logsafe import quoted
@@ -22,7 +24,7 @@ from ..core.workpool import BoundedPool, PoolBusy
 from .channel import SluisSession
 from .gate import EVENT_LIMIT, Gatekeeper
 from .handler import SluisSFTPServer
-from .limits import ConnectionLimits
+from .limits import ConnectionLimits, ProcessLimits
 
 log = logging.getLogger("sluis.auth")
 
@@ -53,8 +55,12 @@ class SluisSSHServer(asyncssh.SSHServer):
     """One instance per connection (the owner of a listener.SluisServerConnection)."""
 
     def __init__(self, app: Any, gate: Gatekeeper, passwords: BoundedPool) -> None:
-        self.app = app
+        # What this connection uses of the app, taken once here (not reached through it later).
         self.directory: Directory = app.directory
+        self.audit: AuditLog = app.audit
+        self.dropbox: DropBox = app.dropbox
+        self.process_limits: ProcessLimits = app.limits
+        self.max_sessions_per_user: int = app.settings.server.max_sessions_per_user
         self.gate = gate
         self.passwords = passwords
         self.max_auth_tries: int = app.settings.server.max_auth_tries
@@ -197,7 +203,7 @@ class SluisSSHServer(asyncssh.SSHServer):
         else:
             self.gate.penalise(self.host, self.source, penalty)
         tenant = await asyncio.to_thread(self._tenant_name, self._user)
-        await asyncio.to_thread(self.app.audit.record, "auth.failure", actor=username[:64],
+        await asyncio.to_thread(self.audit.record, "auth.failure", actor=username[:64],
                                 tenant=tenant, source=self.source, method=method, key=fingerprint,
                                 reason=why)
 
@@ -213,7 +219,7 @@ class SluisSSHServer(asyncssh.SSHServer):
             return False
         self._ended_by_server = True   # from here on the server decides how it ends
         if not self.gate.authenticate(self, user.name):
-            allowed = self.app.settings.server.max_sessions_per_user
+            allowed = self.max_sessions_per_user
             log.warning("login of %s from %s refused: %d sessions already", user.name, self.source, allowed)
             await asyncio.to_thread(self._record_limit, user, allowed)
             return False
@@ -228,13 +234,13 @@ class SluisSSHServer(asyncssh.SSHServer):
         return True
 
     def _record_success(self, session: Session) -> None:
-        self.app.audit.record("auth.success", actor=session.user.name, tenant=self._tenant_name(session.user),
+        self.audit.record("auth.success", actor=session.user.name, tenant=self._tenant_name(session.user),
                               source=self.source, method="publickey" if session.key else "password",
                               key=session.key, session=session.id)
 
     def _record_limit(self, user: User, allowed: int) -> None:
         try:
-            self.app.audit.record(EVENT_LIMIT, actor=user.name, tenant=self._tenant_name(user), source=self.source,
+            self.audit.record(EVENT_LIMIT, actor=user.name, tenant=self._tenant_name(user), source=self.source,
                                   limit="max_sessions_per_user", value=allowed + 1, allowed=allowed)
         except Exception as exc:
             log.error("could not record a refused login of %s: %s", user.name, exc)
@@ -244,8 +250,8 @@ class SluisSSHServer(asyncssh.SSHServer):
             return False
         session = self.session
         if self.limits is None:  # [limits] of this connection (server/sftp/limits.py)
-            self.limits = self.app.limits.connection(session, self.conn)
+            self.limits = self.process_limits.connection(session, self.conn)
         limits = self.limits
         limits.open_channel()  # ChannelOpenError beyond channels_per_connection
-        return SluisSession(lambda chan: SluisSFTPServer(chan, self.app.dropbox, session, limits),
+        return SluisSession(lambda chan: SluisSFTPServer(chan, self.dropbox, session, limits),
                             limits.close_channel)

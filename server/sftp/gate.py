@@ -14,6 +14,7 @@ from typing import Any, Callable
 from ..core.audit import AuditLog
 from ..core.clock import Clock, iso
 from ..core.defender import Defender, Penalty, Throttle, source_key
+from ..logsafe import quoted
 from .connections import ConnectionRegistry, Refusal
 
 log = logging.getLogger("sluis.gate")
@@ -74,7 +75,7 @@ class Gatekeeper:
         """A connection broke the SSH protocol, or left before trying to log in: an audit record
         (at most one per source per minute) and, before login, a penalty."""
         stage = "after authentication" if logged_in else "before authentication"
-        log.info("protocol error from %s %s: %s", source, stage, what)
+        log.info("protocol error from %s %s: %s", source, stage, quoted(what))
         if not logged_in:
             self.penalise(host, source, Penalty.PROTOCOL_ERROR)
         count = self._protocol_errors.hit(source_key(host))

@@ -22,6 +22,7 @@ from asyncssh.sftp import SFTPFailure, SFTPLimits
 
 from ...config.settings import LimitSettings, Settings
 from ..core.session import Session
+from ..logsafe import quoted
 
 log = logging.getLogger("sluis.limits")
 
@@ -182,8 +183,8 @@ class ConnectionLimits:
     def protocol_error(self, what: str) -> None:
         """A malformed SFTP packet: audit the first, disconnect after MAX_PROTOCOL_ERRORS."""
         self.protocol_errors += 1
-        log.warning("protocol error: user=%s session=%s from=%s what=%r count=%d",
-                    self.session.actor, self.session.id, self.session.source, what[:200], self.protocol_errors)
+        log.warning("protocol error: user=%s session=%s from=%s what=%s count=%d",
+                    self.session.actor, self.session.id, self.session.source, quoted(what[:200]), self.protocol_errors)
         if self.protocol_errors == 1:
             self._audit("protocol.error", what=what[:200], layer="sftp")
         if self.protocol_errors == MAX_PROTOCOL_ERRORS:

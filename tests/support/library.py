@@ -29,9 +29,11 @@ class FakeClock:
         self.t += timedelta(**delta)
 
 
-def sluis(config: Path, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def sluis(config: Path, *args: str, input: str | None = None,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `sluis -c CONFIG ARGS...` (with `env`, e.g. a server's, for the SMS provider's token)."""
     return subprocess.run([*SLUIS, "-c", str(config), *args], capture_output=True, text=True,
-                          timeout=60, input=input)
+                          timeout=60, input=input, env=env)
 
 
 def upload(app, name: str = "lijst.csv", data: bytes = b"naam;adres\nA;B\n", tenant: str = "genk",

@@ -15,8 +15,8 @@ import os
 from cryptography.exceptions import InvalidTag
 
 from . import bech32, hpke, xwing
-from .errors import AgeHeaderError
-from .header import FILE_KEY_SIZE, Stanza, b64decode, b64encode
+from .header import Stanza, b64encode
+from .stanzas import checked_argument, first_opening
 
 # Spec: "the first is the fixed string `mlkem768x25519`"; `MLKEM768X25519` is some other type.
 STANZA_TYPE = "mlkem768x25519"
@@ -25,8 +25,6 @@ HPKE_INFO = b"age-encryption.org/mlkem768x25519"
 # Spec: "encoded as Bech32 with HRP `AGE-SECRET-KEY-PQ-`" / "with HRP `age1pq`".
 IDENTITY_HRP = "AGE-SECRET-KEY-PQ-"
 RECIPIENT_HRP = "age1pq"
-TAG_SIZE = 16
-BODY_SIZE = FILE_KEY_SIZE + TAG_SIZE
 AVAILABLE = xwing.AVAILABLE
 
 
@@ -84,28 +82,17 @@ class HybridIdentity:
         return f"HybridIdentity({str(self.recipient)[:24]}...)"
 
     def unwrap(self, stanzas: tuple[Stanza, ...]) -> bytes | None:
-        """Return the file key from the first mlkem768x25519 stanza that opens, or None."""
-        for stanza in stanzas:
-            # Spec: "MUST ignore any stanza that does not have `mlkem768x25519` as the first argument".
-            if stanza.type == STANZA_TYPE:
-                file_key = self._unwrap_one(stanza)
-                if file_key is not None:
-                    return file_key
-        return None
+        """Return the file key from the first mlkem768x25519 stanza that opens, or None.
+
+        Spec: "MUST ignore any stanza that does not have `mlkem768x25519` as the first argument"."""
+        return first_opening(stanzas, STANZA_TYPE, self._unwrap_one)
 
     def _unwrap_one(self, stanza: Stanza) -> bytes | None:
         """Check the stanza strictly (a malformed one fails the file), then try to open it."""
         # Spec: "MUST otherwise reject any stanza that has more or less than two arguments, or
-        # where the second argument is not a canonical base64 encoding of a 1120-byte value."
-        if len(stanza.args) != 1:
-            raise AgeHeaderError(f"mlkem768x25519 stanza needs 1 argument after the type, has {len(stanza.args)}")
-        enc = b64decode(stanza.args[0].encode("ascii"))
-        if len(enc) != xwing.ENC_SIZE:
-            raise AgeHeaderError(f"mlkem768x25519 enc is {len(enc)} bytes, expected {xwing.ENC_SIZE}")
-        # Spec: "It MUST check that the body length is exactly 32 bytes before attempting to
-        # decrypt it, to mitigate partitioning oracle attacks."
-        if len(stanza.body) != BODY_SIZE:
-            raise AgeHeaderError(f"mlkem768x25519 body is {len(stanza.body)} bytes, expected {BODY_SIZE}")
+        # where the second argument is not a canonical base64 encoding of a 1120-byte value",
+        # and the body must be exactly 32 bytes (see stanzas.py).
+        enc = checked_argument(stanza, xwing.ENC_SIZE)
         secret = self._key.decapsulate(enc)
         try:
             return hpke.open_(xwing.KEM_ID, secret, HPKE_INFO, stanza.body)

@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from . import bech32
 from .errors import AgeHeaderError
-from .header import FILE_KEY_SIZE, Stanza, b64decode, b64encode
+from .header import Stanza, b64encode
+from .stanzas import checked_argument, first_opening
 
 # Spec: "The first is the fixed string `X25519`". Types are case-sensitive: `x25519` is not ours.
 STANZA_TYPE = "X25519"
@@ -36,18 +37,17 @@ WRAP_KEY_SIZE = 32
 # Spec: "the ChaCha20-Poly1305 nonce is fixed as 12 0x00 bytes" — each wrap key is used once,
 # because every stanza has a fresh ephemeral secret.
 WRAP_NONCE = b"\x00" * 12
-TAG_SIZE = 16
-BODY_SIZE = FILE_KEY_SIZE + TAG_SIZE
 _ALL_ZERO = b"\x00" * KEY_SIZE
 
 
-def _raw_public(key: X25519PrivateKey) -> bytes:
+def raw_public(key: X25519PrivateKey) -> bytes:
     """The 32-byte u-coordinate of `key`'s public point."""
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def shared_secret(private: X25519PrivateKey, public: bytes) -> bytes:
-    """X25519, refusing the all-zero result a low-order or identity point gives.
+def shared_secret(private: X25519PrivateKey, public: bytes, what: str = "X25519 share") -> bytes:
+    """X25519, refusing the all-zero result a low-order or identity point gives (`what` names
+    the public value in the error).
 
     Spec: "If the shared secret is all 0x00 bytes, the identity implementation MUST abort."
     """
@@ -56,7 +56,7 @@ def shared_secret(private: X25519PrivateKey, public: bytes) -> bytes:
     except ValueError:  # OpenSSL refuses the all-zero output itself
         secret = _ALL_ZERO
     if hmac.compare_digest(secret, _ALL_ZERO):
-        raise AgeHeaderError("X25519 share gives the all-zero shared secret (low-order point)")
+        raise AgeHeaderError(f"{what} gives the all-zero shared secret (low-order point)")
     return secret
 
 
@@ -89,7 +89,7 @@ class X25519Recipient:
         """Seal `file_key` with a fresh ephemeral secret. Spec: "A new ephemeral secret MUST be
         generated for each stanza and each file." """
         ephemeral = X25519PrivateKey.generate()
-        share = _raw_public(ephemeral)
+        share = raw_public(ephemeral)
         try:
             secret = shared_secret(ephemeral, self.public_key)
         except AgeHeaderError:
@@ -107,7 +107,7 @@ class X25519Identity:
             raise ValueError(f"an X25519 identity is {KEY_SIZE} bytes, not {len(secret_key)}")
         self._key = X25519PrivateKey.from_private_bytes(secret_key)
         self._secret_key = secret_key
-        self.recipient = X25519Recipient(_raw_public(self._key))
+        self.recipient = X25519Recipient(raw_public(self._key))
 
     @classmethod
     def generate(cls) -> X25519Identity:
@@ -129,29 +129,17 @@ class X25519Identity:
         return f"X25519Identity({self.recipient})"
 
     def unwrap(self, stanzas: tuple[Stanza, ...]) -> bytes | None:
-        """Return the file key from the first X25519 stanza that opens, or None."""
-        for stanza in stanzas:
-            # Spec: "MUST ignore any stanza that does not have `X25519` as the first argument".
-            if stanza.type == STANZA_TYPE:
-                file_key = self._unwrap_one(stanza)
-                if file_key is not None:
-                    return file_key
-        return None
+        """Return the file key from the first X25519 stanza that opens, or None.
+
+        Spec: "MUST ignore any stanza that does not have `X25519` as the first argument"."""
+        return first_opening(stanzas, STANZA_TYPE, self._unwrap_one)
 
     def _unwrap_one(self, stanza: Stanza) -> bytes | None:
         """Check the stanza strictly (a malformed one fails the file), then try to open it."""
         # Spec: "MUST otherwise reject any stanza that has more or less than two arguments [the
         # type and the share], or where the second argument is not a canonical base64 encoding
-        # of a 32-byte value."
-        if len(stanza.args) != 1:
-            raise AgeHeaderError(f"X25519 stanza needs 1 argument after the type, has {len(stanza.args)}")
-        share = b64decode(stanza.args[0].encode("ascii"))
-        if len(share) != KEY_SIZE:
-            raise AgeHeaderError(f"X25519 share is {len(share)} bytes, expected {KEY_SIZE}")
-        # Spec: "It MUST check that the body length is exactly 32 bytes before attempting to
-        # decrypt it, to mitigate partitioning oracle attacks."
-        if len(stanza.body) != BODY_SIZE:
-            raise AgeHeaderError(f"X25519 stanza body is {len(stanza.body)} bytes, expected {BODY_SIZE}")
+        # of a 32-byte value", and the body must be exactly 32 bytes (see stanzas.py).
+        share = checked_argument(stanza, KEY_SIZE)
         key = wrap_key(shared_secret(self._key, share), share, self.recipient.public_key)
         try:
             return ChaCha20Poly1305(key).decrypt(WRAP_NONCE, stanza.body, None)

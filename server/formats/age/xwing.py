@@ -13,12 +13,11 @@ ML-KEM-768 itself comes from `cryptography` (OpenSSL 3.5+); AVAILABLE says wheth
 from __future__ import annotations
 
 import hashlib
-import hmac
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .errors import AgeHeaderError
+from .x25519 import raw_public, shared_secret
 
 try:
     from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey, MLKEM768PublicKey
@@ -40,7 +39,6 @@ MLKEM_CIPHERTEXT_SIZE = 1088  # KEM.Nct
 X25519_SIZE = 32  # Group.Nelem
 PUBLIC_KEY_SIZE = MLKEM_PUBLIC_SIZE + X25519_SIZE  # Npk = 1216
 ENC_SIZE = MLKEM_CIPHERTEXT_SIZE + X25519_SIZE  # Nenc = 1120
-_ALL_ZERO = b"\x00" * X25519_SIZE
 
 
 def _require() -> None:
@@ -49,24 +47,9 @@ def _require() -> None:
         raise RuntimeError("ML-KEM-768 needs cryptography >= 47 on OpenSSL >= 3.5")
 
 
-def _x25519(private: X25519PrivateKey, public: bytes) -> bytes:
-    """X25519 refusing the all-zero secret (the vectors expect a header failure, as age gives)."""
-    try:
-        secret = private.exchange(X25519PublicKey.from_public_bytes(public))
-    except ValueError:  # OpenSSL refuses the all-zero output itself
-        secret = _ALL_ZERO
-    if hmac.compare_digest(secret, _ALL_ZERO):
-        raise AgeHeaderError("X25519 part of enc gives the all-zero shared secret (low-order point)")
-    return secret
-
-
 def _combine(ss_pq: bytes, ss_t: bytes, ct_t: bytes, ek_t: bytes) -> bytes:
     """hpke-pq: ss = SHA3-256(ss_PQ || ss_T || ct_T || ek_T || Label)."""
     return hashlib.sha3_256(ss_pq + ss_t + ct_t + ek_t + LABEL).digest()
-
-
-def _x25519_public(private: X25519PrivateKey) -> bytes:
-    return private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
 class PrivateKey:
@@ -81,7 +64,7 @@ class PrivateKey:
         self._mlkem = MLKEM768PrivateKey.from_seed_bytes(seed_full[:MLKEM_SEED_SIZE])
         # Curve25519: "Group.RandomScalar ... [is] the identity".
         self._x25519 = X25519PrivateKey.from_private_bytes(seed_full[MLKEM_SEED_SIZE:])
-        self._ek_t = _x25519_public(self._x25519)
+        self._ek_t = raw_public(self._x25519)
         self.public_key = self._mlkem.public_key().public_bytes_raw() + self._ek_t
 
     def decapsulate(self, enc: bytes) -> bytes:
@@ -90,7 +73,8 @@ class PrivateKey:
             raise ValueError(f"enc is {len(enc)} bytes, expected {ENC_SIZE}")
         ct_pq, ct_t = enc[:MLKEM_CIPHERTEXT_SIZE], enc[MLKEM_CIPHERTEXT_SIZE:]
         ss_pq = self._mlkem.decapsulate(ct_pq)
-        ss_t = _x25519(self._x25519, ct_t)
+        # age refuses an all-zero X25519 secret here too: the vectors expect a header failure.
+        ss_t = shared_secret(self._x25519, ct_t, "X25519 part of enc")
         return _combine(ss_pq, ss_t, ct_t, self._ek_t)
 
 
@@ -102,9 +86,9 @@ def encapsulate(public_key: bytes) -> tuple[bytes, bytes]:
     ek_pq, ek_t = public_key[:MLKEM_PUBLIC_SIZE], public_key[MLKEM_PUBLIC_SIZE:]
     ss_pq, ct_pq = MLKEM768PublicKey.from_public_bytes(ek_pq).encapsulate()
     ephemeral = X25519PrivateKey.generate()
-    ct_t = _x25519_public(ephemeral)
+    ct_t = raw_public(ephemeral)
     try:
-        ss_t = _x25519(ephemeral, ek_t)
+        ss_t = shared_secret(ephemeral, ek_t)
     except AgeHeaderError:
         raise ValueError("the recipient's X25519 key is a low-order point") from None
     return _combine(ss_pq, ss_t, ct_t, ek_t), ct_pq + ct_t
