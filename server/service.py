@@ -94,6 +94,9 @@ class Service:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
         log.info("sluis listening on %s:%d (sms provider: %s)", host, self.port, app.settings.sms.provider)
+        if app.settings.sms.provider == "console":
+            log.warning("[sms] provider = \"console\" writes every passphrase to this log: for a demo "
+                        "only; set provider = \"twilio\" before real lists are sent")
         if on_ready:
             on_ready(self.port)
         await self.stopping.wait()
