@@ -95,8 +95,8 @@ class Service:
             loop.add_signal_handler(signum, self.stopping.set)
         log.info("sluis listening on %s:%d (sms provider: %s)", host, self.port, app.settings.sms.provider)
         if app.settings.sms.provider == "console":
-            log.warning("[sms] provider = \"console\" writes every passphrase to this log: for a demo "
-                        "only; set provider = \"twilio\" before real lists are sent")
+            log.warning("SMS provider \"console\" writes every passphrase to this log: for a demo only; "
+                        "set provider = \"twilio\" under sms in the configuration before real lists are sent")
         if on_ready:
             on_ready(self.port)
         await self.stopping.wait()

@@ -232,7 +232,7 @@ def test_one_upload_sends_one_dutch_sms_per_phone_and_polls_to_delivered(make_se
         assert f"Beschikbaar tot {expires}." in body and "Deel deze code met niemand" in body
         assert passphrase in body
         assert CONTENT_MARKER not in body and "Janssens" not in body and "naam;voornaam" not in body
-    assert passphrase not in server.log and 'provider = "console"' not in server.log
+    assert passphrase not in server.log and 'SMS provider "console"' not in server.log
 
     jobs = _wait_states(server, delivery["id"], {p: "delivered" for p in HASSELT})
     assert all(j.attempts == 1 and j.provider_status == "delivered" and j.polls == 2 for j in jobs)

@@ -47,4 +47,4 @@ def test_restart_keeps_deliveries(server, tmp_path):
 
 def test_console_sms_provider_is_announced_as_demo_only(server):
     """The console provider writes passphrases to the log: serve says so at every start."""
-    server.wait_for(r'WARNING sluis: \[sms\] provider = "console" writes every passphrase to this log')
+    server.wait_for(r'WARNING sluis: SMS provider "console" writes every passphrase to this log')
