@@ -27,6 +27,7 @@ from .core.checkpoints import INTERVAL, SHUTDOWN, START
 from .core.session import Session
 from .sftp.auth import SluisSSHServer
 from .sftp.gate import EVENT_TERMINATED
+from .sftp import fastpath
 from .sftp.listener import listen
 from .sftp.limits import raise_descriptor_limit
 
@@ -42,6 +43,24 @@ def host_key_paths(app: App) -> list[Path]:
     if creds and (Path(creds) / HOST_KEY_CREDENTIAL).is_file():
         return [Path(creds) / HOST_KEY_CREDENTIAL]
     return [app.settings.resolve(p) for p in app.settings.server.host_keys]
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when it is installed (`pip install sluis[fast]`), else asyncio's default."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """`uvloop 0.23.0` or `asyncio` (the standard loop): logged at start."""
+    module = type(loop).__module__.split(".")[0]
+    if module == "uvloop":
+        import uvloop
+        return f"uvloop {uvloop.__version__}"
+    return "asyncio"
 
 
 class Service:
@@ -83,7 +102,9 @@ class Service:
                  asyncio.create_task(self._watch_loop(), name="watch")]
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
-        log.info("sluis listening on %s:%d (sms provider: %s)", host, self.port, app.settings.sms.provider)
+        log.info("sluis listening on %s:%d (sms provider: %s; event loop: %s; transport fast path: %s)",
+                 host, self.port, app.settings.sms.provider, loop_name(loop),
+                 ",".join(sorted(fastpath.installed())) or "off")
         if on_ready:
             on_ready(self.port)
         await self.stopping.wait()

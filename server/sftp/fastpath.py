@@ -1,0 +1,419 @@
+"""The transport fast path: a few asyncssh 2.24 internals replaced by cheaper equivalents.
+
+Installed once, by `sluis serve` (server/service.py), in the server process only. What goes on
+the wire is the same SSH protocol an unpatched peer expects; only the per-packet work of the
+server changes. Each override names the upstream behaviour it replaces, docs/sftp.md ("Fast
+path") says why it is safe, and tests/test_fastpath.py checks it against unpatched peers and
+fails loudly (digest tripwire) when an asyncssh upgrade changes an overridden internal.
+
+- `send_packet`: no empty MSG_IGNORE before each packet when the cipher is AEAD or
+  encrypt-then-MAC (kept for plain encrypt-and-MAC); the packet is built with one join
+  instead of three concatenations; AEAD packets are sealed by the contexts below.
+- Encryption: AES-GCM keeps one AESGCM object per direction and key; ChaCha20-Poly1305 uses one
+  ChaCha20 context per packet for the Poly1305 key and the data (upstream: two), Poly1305 fed
+  in pieces; encrypt-then-MAC HMAC starts from a keyed copy instead of re-keying per packet.
+- `_send`: the packets of one loop iteration leave in one transport write (bounded:
+  COALESCE_LIMIT bytes at most wait; the transport's own flow control still applies).
+- Channel data: `write` keeps the caller's bytes (a view, no bytearray copy) and
+  `_flush_send_buf` slices views and hands the pieces down unjoined.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import time
+from typing import Any, Callable, Optional, Sequence, Tuple
+
+import asyncssh.channel as _channel
+import asyncssh.connection as _connection
+import asyncssh.encryption as _encryption
+from asyncssh.constants import (
+    MSG_CHANNEL_DATA, MSG_CHANNEL_EOF, MSG_CHANNEL_EXTENDED_DATA, MSG_DEBUG, MSG_IGNORE, MSG_KEX_LAST, MSG_NEWKEYS,
+    MSG_SERVICE_ACCEPT, MSG_SERVICE_REQUEST, MSG_USERAUTH_BANNER, MSG_USERAUTH_LAST,
+)
+from asyncssh.encryption import (
+    BasicEncryption, ChachaEncryption, ETMEncryption, GCMEncryption,
+)
+from asyncssh.misc import CompressionError, ProtocolError
+from asyncssh.packet import Byte, String, UInt32
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
+from cryptography.hazmat.primitives.poly1305 import Poly1305
+
+COALESCE_LIMIT = 256 * 1024   # bytes of packets that may wait for the end of a loop iteration
+_GCM_TAG = 16
+_U64 = 0xFFFFFFFFFFFFFFFF
+_ZERO_BLOCK = bytes(64)       # one ChaCha20 block: its first 32 bytes key Poly1305
+_CTR0 = bytes(8)              # ChaCha20 block counter 0 (little-endian), cryptography's 16-byte nonce
+_Pieces = Tuple[bytes, ...]
+
+
+# --------------------------------------------------------------------------- encryption
+
+class FastGCMEncryption(GCMEncryption):
+    """Replaces GCMEncryption/GCMCipher, which build a new AESGCM (key schedule included) for
+    every packet: one AESGCM per direction and key, the invocation counter kept as an int."""
+
+    def __init__(self, key: bytes, iv: bytes) -> None:   # upstream takes a GCMCipher
+        self._aead = AESGCM(key)
+        self._fixed = iv[:4]
+        self._invocation = int.from_bytes(iv[4:], "big")
+
+    @classmethod
+    def new(cls, cipher_name: str, key: bytes, iv: bytes, mac_alg: bytes = b"",
+            mac_key: bytes = b"", etm: bool = False) -> "FastGCMEncryption":
+        return cls(key, iv)
+
+    def _nonce(self) -> bytes:
+        nonce = self._fixed + self._invocation.to_bytes(8, "big")
+        self._invocation = (self._invocation + 1) & _U64
+        return nonce
+
+    def seal(self, seq: int, header: bytes, packet: bytes) -> _Pieces:
+        """The packet's wire bytes, in pieces: the length in clear, then ciphertext and tag."""
+        return header, self._aead.encrypt(self._nonce(), packet, header)
+
+    def encrypt_packet(self, seq: int, header: bytes, packet: bytes) -> Tuple[bytes, bytes]:
+        sealed = self._aead.encrypt(self._nonce(), packet, header)
+        return header + sealed[:-_GCM_TAG], sealed[-_GCM_TAG:]
+
+    def decrypt_packet(self, seq: int, first: bytes, rest: bytes, header_len: int,
+                       mac: bytes) -> Optional[bytes]:
+        nonce = self._nonce()   # advanced on failure too, as upstream (the connection ends then)
+        try:
+            return self._aead.decrypt(nonce, b"".join((first[header_len:], rest, mac)), first[:header_len])
+        except InvalidTag:
+            return None
+
+
+class FastChachaEncryption(ChachaEncryption):
+    """Replaces ChachaEncryption/ChachaCipher, which create three ChaCha20 contexts per packet
+    (length, Poly1305 key, data) and concatenate header and data for Poly1305: here one context
+    yields the Poly1305 key (block 0) and then the data keystream (block 1 on), and Poly1305 is
+    fed the pieces. Same construction as OpenSSH's chacha20-poly1305@openssh.com (PROTOCOL.chacha20poly1305)."""
+
+    def __init__(self, key: bytes) -> None:   # upstream takes a ChachaCipher
+        self._key = key[:32]
+        self._adkey = key[32:]
+
+    @classmethod
+    def new(cls, cipher_name: str, key: bytes, iv: bytes, mac_alg: bytes = b"",
+            mac_key: bytes = b"", etm: bool = False) -> "FastChachaEncryption":
+        return cls(key)
+
+    def _contexts(self, seq: int) -> tuple[Any, bytes]:
+        nonce = _CTR0 + seq.to_bytes(8, "big")
+        stream = Cipher(ChaCha20(self._key, nonce), mode=None).encryptor()
+        return stream, stream.update(_ZERO_BLOCK)[:32]
+
+    def seal(self, seq: int, header: bytes, packet: bytes) -> _Pieces:
+        length = Cipher(ChaCha20(self._adkey, _CTR0 + seq.to_bytes(8, "big")), mode=None).encryptor().update(header)
+        stream, poly_key = self._contexts(seq)
+        data = stream.update(packet)
+        tag = Poly1305(poly_key)
+        tag.update(length)
+        tag.update(data)
+        return length, data, tag.finalize()
+
+    def encrypt_packet(self, seq: int, header: bytes, packet: bytes) -> Tuple[bytes, bytes]:
+        length, data, tag = self.seal(seq, header, packet)
+        return length + data, tag
+
+    def decrypt_header(self, seq: int, first_block: bytes, header_len: int) -> Tuple[bytes, bytes]:
+        length = Cipher(ChaCha20(self._adkey, _CTR0 + seq.to_bytes(8, "big")), mode=None).encryptor()
+        return first_block, length.update(first_block[:header_len])
+
+    def decrypt_packet(self, seq: int, first: bytes, rest: bytes, header_len: int,
+                       mac: bytes) -> Optional[bytes]:
+        stream, poly_key = self._contexts(seq)
+        check = Poly1305(poly_key)
+        check.update(first)
+        check.update(rest)
+        try:
+            check.verify(mac)   # the tag is checked before anything is decrypted
+        except InvalidSignature:
+            return None
+        return stream.update(first[header_len:] + rest)
+
+
+class FastETMEncryption(ETMEncryption):
+    """Replaces ETMEncryption's MAC, which runs `hmac.new(key, UInt32(seq) + packet)` (key
+    schedule and a copy of the packet) per packet: a keyed HMAC is copied and fed the pieces."""
+
+    def __init__(self, cipher: Any, mac: Any) -> None:
+        super().__init__(cipher, mac)
+        self._keyed = hmac.new(mac._key, digestmod=mac._hash_alg)
+        self._mac_size = mac._hash_size
+
+    def _sign(self, seq: int, *pieces: bytes) -> bytes:
+        h = self._keyed.copy()
+        h.update(seq.to_bytes(4, "big"))
+        for piece in pieces:
+            h.update(piece)
+        return h.digest()[:self._mac_size]
+
+    def seal(self, seq: int, header: bytes, packet: bytes) -> _Pieces:
+        data = self._cipher.encrypt(packet)
+        return header, data, self._sign(seq, header, data)
+
+    def encrypt_packet(self, seq: int, header: bytes, packet: bytes) -> Tuple[bytes, bytes]:
+        data = self._cipher.encrypt(packet)
+        return header + data, self._sign(seq, header, data)
+
+    def decrypt_packet(self, seq: int, first: bytes, rest: bytes, header_len: int,
+                       mac: bytes) -> Optional[bytes]:
+        if not hmac.compare_digest(self._sign(seq, first, rest), mac):
+            return None
+        return self._cipher.decrypt(first[header_len:] + rest)
+
+
+class FastBasicEncryption(BasicEncryption):
+    """Registered for the CTR ciphers in place of BasicEncryption: `new` is upstream's except
+    that encrypt-then-MAC with an HMAC gets FastETMEncryption (everything else is unchanged)."""
+
+    @classmethod
+    def new(cls, cipher_name: str, key: bytes, iv: bytes, mac_alg: bytes = b"",
+            mac_key: bytes = b"", etm: bool = False) -> BasicEncryption:
+        made = BasicEncryption.new(cipher_name, key, iv, mac_alg, mac_key, etm)
+        if type(made) is ETMEncryption and hasattr(made._mac, "_hash_alg"):
+            return FastETMEncryption(made._cipher, made._mac)
+        return made
+
+
+# Ciphers whose packets need no MSG_IGNORE in front: AEAD, and encrypt-then-MAC.
+_NO_IGNORE = (GCMEncryption, ChachaEncryption, ETMEncryption)
+_SEALS = (FastGCMEncryption, FastChachaEncryption, FastETMEncryption)
+
+
+# --------------------------------------------------------------------------- connection
+
+def send_packet(self: Any, pkttype: int, *args: bytes, handler: Any = None) -> None:
+    """Replaces SSHConnection.send_packet. Upstream sends an empty MSG_IGNORE before every
+    packet once encryption is on (a CBC-era countermeasure: it randomises the first block an
+    attacker could predict); with AEAD or encrypt-then-MAC ciphers it protects nothing and costs
+    a second encryption and send per packet, so it is sent only for encrypt-and-MAC ciphers.
+    Upstream also builds the packet with three concatenations and appends the MAC with a fourth;
+    here one join, and the sealed pieces go to `_send` unjoined. Rekeying, deferral before
+    kex/auth, sequence numbers (strict kex included) and logging are upstream's."""
+    if (self._auth_complete and self._kex_complete and
+            (self._rekey_bytes_sent >= self._rekey_bytes or
+             (self._rekey_seconds and time.monotonic() >= self._rekey_time))):
+        self._send_kexinit()
+        self._kexinit_sent = True
+
+    if (((pkttype in {MSG_DEBUG, MSG_SERVICE_REQUEST, MSG_SERVICE_ACCEPT} or
+          pkttype > MSG_KEX_LAST) and not self._kex_complete) or
+            (pkttype == MSG_USERAUTH_BANNER and
+             not (self._auth_in_progress or self._auth_complete)) or
+            (pkttype > MSG_USERAUTH_LAST and not self._auth_complete)):
+        self._deferred_packets.append((pkttype, args))
+        return
+
+    encryption = self._send_encryption
+    if encryption and pkttype > MSG_KEX_LAST and not isinstance(encryption, _no_ignore):
+        send_packet(self, MSG_IGNORE, String(b""))
+
+    kind = Byte(pkttype)
+    if self._compressor and (self._auth_complete or not self._compress_after_auth):
+        payload = self._compressor.compress(kind + b"".join(args))
+        if payload is None:  # pragma: no cover
+            raise CompressionError("Compression failed")
+        parts: Sequence[bytes] = (payload,)
+        size = len(payload)
+    else:
+        parts = (kind, *args)
+        size = 1 + sum(map(len, args))
+
+    padlen = -(self._send_enchdrlen + size) % self._send_blocksize
+    if padlen < 4:
+        padlen += self._send_blocksize
+    packet = b"".join((Byte(padlen), *parts, os.urandom(padlen)))
+    pktlen = len(packet)
+    hdr = UInt32(pktlen)
+    seq = self._send_seq
+
+    if isinstance(encryption, _SEALS):
+        self._send(*encryption.seal(seq, hdr, packet))
+    elif encryption:
+        data, mac = encryption.encrypt_packet(seq, hdr, packet)
+        self._send(data, mac)
+    else:
+        self._send(hdr, packet)
+
+    if self._send_seq == 0xffffffff and not encryption:
+        self._send_seq = 0
+        raise ProtocolError("Sequence rollover before kex complete")
+
+    if pkttype == MSG_NEWKEYS and self._strict_kex:
+        self._send_seq = 0
+    else:
+        self._send_seq = (seq + 1) & 0xffffffff
+
+    if self._kex_complete:
+        self._rekey_bytes_sent += pktlen
+
+    if not handler:
+        handler = self
+    if handler.logger._debug_level >= 3:   # upstream builds the payload for this log line always
+        handler.log_sent_packet(pkttype, seq, kind + b"".join(args))
+
+
+def _send(self: Any, *pieces: bytes) -> None:
+    """Replaces SSHConnection._send, one `transport.write` per packet (one send() system call
+    each, twice with MSG_IGNORE): the packets of one loop iteration are joined and written once,
+    at the end of the iteration, or at once when COALESCE_LIMIT bytes wait. Order is kept; the
+    transport's buffer limits and pause_writing apply to every write as before."""
+    if not self._transport:
+        return
+    pending = self.__dict__.get("_fp_pending")
+    if pending is None:
+        pending = self._fp_pending = []
+        self._fp_pending_len = 0
+    pending.extend(pieces)
+    self._fp_pending_len += sum(map(len, pieces))
+    if self._fp_pending_len >= COALESCE_LIMIT:
+        _flush(self)
+    elif not self.__dict__.get("_fp_scheduled"):
+        self._fp_scheduled = True
+        self._loop.call_soon(_flush, self)
+
+
+def _flush(self: Any) -> None:
+    """Write what `_send` collected (also called before the transport is closed)."""
+    self._fp_scheduled = False
+    pending = self.__dict__.get("_fp_pending")
+    if not pending:
+        return
+    data = b"".join(pending)
+    pending.clear()
+    self._fp_pending_len = 0
+    if self._transport:
+        try:
+            self._transport.write(data)
+        except ConnectionError:  # pragma: no cover  (as upstream _send)
+            pass
+
+
+_upstream_force_close = _connection.SSHConnection._force_close
+
+
+def _force_close(self: Any, exc: Optional[Exception]) -> None:
+    """Wraps SSHConnection._force_close (which aborts the transport): what `_send` still holds
+    (a DISCONNECT, the last replies) is written first, as upstream had written it already."""
+    _flush(self)
+    _upstream_force_close(self, exc)
+
+
+# --------------------------------------------------------------------------- channel
+
+def channel_write(self: Any, data: Any, datatype: Any = None) -> None:
+    """Replaces SSHChannel.write, which copies every write into a bytearray (so it can `del`
+    what was sent): bytes are kept as they are, behind a memoryview; other buffers are copied
+    once into bytes. Checks and logging are upstream's."""
+    if self._send_state != "open":
+        raise BrokenPipeError("Channel not open for sending")
+    if datatype is not None and datatype not in self._write_datatypes:
+        raise OSError("Invalid extended data type")
+    if not data:
+        return
+    if self._encoding:
+        data = self._encoder.encode(data)
+    elif type(data) is not bytes:
+        data = bytes(data)
+    datalen = len(data)
+    self.logger.debug2("Sending %d data byte%s%s", datalen, "s" if datalen > 1 else "",
+                       f" to {_channel._data_type_names[datatype]}" if datatype else "")
+    self._send_buf.append((memoryview(data), datatype))
+    self._send_buf_len += datalen
+    self._flush_send_buf()
+
+
+def channel_flush_send_buf(self: Any) -> None:
+    """Replaces SSHChannel._flush_send_buf, which slices a bytearray (a copy), deletes the sent
+    part and wraps the data in String() (another copy): views are sliced and the length and
+    data go down as separate pieces, joined once when the packet is built."""
+    send_buf = self._send_buf
+    while send_buf and self._send_window:
+        pktsize = min(self._send_window, self._send_pktsize)
+        buf, datatype = send_buf[0]
+        if len(buf) > pktsize:
+            data = buf[:pktsize]
+            send_buf[0] = (buf[pktsize:], datatype)
+        else:
+            data = buf
+            del send_buf[0]
+        size = len(data)
+        self._send_buf_len -= size
+        self._send_window -= size
+        if datatype is None:
+            self.send_packet(MSG_CHANNEL_DATA, UInt32(size), data)
+        else:
+            self.send_packet(MSG_CHANNEL_EXTENDED_DATA, UInt32(datatype), UInt32(size), data)
+
+    self._pause_resume_writing()
+
+    if not send_buf:
+        if self._send_state == "eof_pending":
+            self.send_packet(MSG_CHANNEL_EOF)
+            self._send_state = "eof"
+        elif self._send_state == "close_pending":
+            self._close_send()
+
+
+def channel_send_packet(self: Any, pkttype: int, *args: bytes) -> None:
+    """Replaces SSHChannel.send_packet, which joins the channel number and the arguments into
+    one payload (a copy of the data): the pieces go to the connection, which joins them once."""
+    if self._send_chan is None:  # pragma: no cover
+        return
+    self._conn.send_packet(pkttype, UInt32(self._send_chan), *args, handler=self)
+
+
+# --------------------------------------------------------------------------- install
+
+# (owner, attribute) -> replacement. tests/test_fastpath.py keeps the digests of the upstream
+# originals; asyncssh is pinned to the 2.24 minor series in pyproject.toml.
+_ENCRYPTIONS = {b"chacha20-poly1305@openssh.com": FastChachaEncryption,
+                b"aes256-gcm@openssh.com": FastGCMEncryption, b"aes128-gcm@openssh.com": FastGCMEncryption,
+                b"aes256-ctr": FastBasicEncryption, b"aes192-ctr": FastBasicEncryption,
+                b"aes128-ctr": FastBasicEncryption}
+_METHODS: dict[tuple[type, str], Callable[..., Any]] = {
+    (_connection.SSHConnection, "send_packet"): send_packet,
+    (_connection.SSHConnection, "_send"): _send,
+    (_connection.SSHConnection, "_force_close"): _force_close,
+    (_channel.SSHChannel, "write"): channel_write,
+    (_channel.SSHChannel, "_flush_send_buf"): channel_flush_send_buf,
+    (_channel.SSHChannel, "send_packet"): channel_send_packet,
+}
+_PARTS = {"packet": [(_connection.SSHConnection, "send_packet")],
+          "coalesce": [(_connection.SSHConnection, "_send"), (_connection.SSHConnection, "_force_close")],
+          "channel": [(_channel.SSHChannel, name) for name in ("write", "_flush_send_buf", "send_packet")]}
+PARTS = frozenset({"packet", "no-ignore", "ciphers", "coalesce", "channel"})
+_installed: frozenset[str] = frozenset()
+_no_ignore: tuple[type, ...] = ()   # set by install: the encryptions sent without MSG_IGNORE
+
+
+def install(parts: frozenset[str] = PARTS) -> None:
+    """Put the fast path in place, once. Only `sluis serve` calls this, with every part; a
+    subset ("no-ignore" needs "packet") is for measuring each part's effect (bench/)."""
+    global _installed, _no_ignore
+    if _installed:
+        return
+    if "no-ignore" in parts:
+        _no_ignore = _NO_IGNORE
+    for alg, fast in _ENCRYPTIONS.items() if "ciphers" in parts else ():
+        upstream, cipher_name = _encryption._enc_params[alg]
+        if not issubclass(fast, upstream):
+            raise RuntimeError(f"asyncssh registers {alg!r} as {upstream.__name__}; fastpath expects a base of {fast.__name__}")
+        _encryption._enc_params[alg] = (fast, cipher_name)
+    for part in sorted(parts & _PARTS.keys()):
+        for owner, name in _PARTS[part]:
+            setattr(owner, name, _METHODS[owner, name])
+    _installed = frozenset(parts)
+
+
+def installed() -> frozenset[str]:
+    """The parts in place (empty: none)."""
+    return _installed
