@@ -14,6 +14,8 @@ fails loudly (digest tripwire) when an asyncssh upgrade changes an overridden in
   in pieces; encrypt-then-MAC HMAC starts from a keyed copy instead of re-keying per packet.
 - `_send`: the packets of one loop iteration leave in one transport write (bounded:
   COALESCE_LIMIT bytes at most wait; the transport's own flow control still applies).
+- Flow control: the transport's pause_writing (ignored upstream) pauses the channels' sessions,
+  so SFTP replies wait (channel.py's drain) instead of piling up in the transport buffer.
 - Channel data: `write` keeps the caller's bytes (a view, no bytearray copy) and
   `_flush_send_buf` slices views and hands the pieces down unjoined.
 """
@@ -307,7 +309,42 @@ def _force_close(self: Any, exc: Optional[Exception]) -> None:
     _upstream_force_close(self, exc)
 
 
+def pause_writing(self: Any) -> None:
+    """Replaces SSHConnection.pause_writing, a no-op upstream ("Do nothing with this for now"),
+    so the transport's buffer grew as far as the peer's channel windows allow (PuTTY opens
+    2 GiB): every channel's session is paused, and SFTP replies wait in `drain`
+    (server/sftp/channel.py) until the transport is below its low-water mark."""
+    self._fp_transport_paused = True
+    for chan in list(self._channels.values()):
+        if chan._session is not None and not chan._send_paused:
+            chan._session.pause_writing()
+
+
+def resume_writing(self: Any) -> None:
+    """Replaces SSHConnection.resume_writing (a no-op upstream): the sessions paused by
+    pause_writing resume, unless their own channel is still paused by its window."""
+    self._fp_transport_paused = False
+    for chan in list(self._channels.values()):
+        if chan._session is not None and not chan._send_paused:
+            chan._session.resume_writing()
+
+
 # --------------------------------------------------------------------------- channel
+
+def channel_pause_resume_writing(self: Any) -> None:
+    """Replaces SSHChannel._pause_resume_writing: as upstream, except that a channel whose
+    buffer drained does not resume its session while the transport itself is paused."""
+    if self._send_paused:
+        if self._send_buf_len <= self._send_low_water:
+            self.logger.debug2("Writing from session resumed")
+            self._send_paused = False
+            if not self._conn.__dict__.get("_fp_transport_paused"):
+                self._session.resume_writing()
+    elif self._send_buf_len > self._send_high_water:
+        self.logger.debug2("Writing from session paused")
+        self._send_paused = True
+        self._session.pause_writing()
+
 
 def channel_write(self: Any, data: Any, datatype: Any = None) -> None:
     """Replaces SSHChannel.write, which copies every write into a bytearray (so it can `del`
@@ -383,14 +420,21 @@ _METHODS: dict[tuple[type, str], Callable[..., Any]] = {
     (_connection.SSHConnection, "send_packet"): send_packet,
     (_connection.SSHConnection, "_send"): _send,
     (_connection.SSHConnection, "_force_close"): _force_close,
+    (_connection.SSHConnection, "pause_writing"): pause_writing,
+    (_connection.SSHConnection, "resume_writing"): resume_writing,
+    (_channel.SSHChannel, "_pause_resume_writing"): channel_pause_resume_writing,
     (_channel.SSHChannel, "write"): channel_write,
     (_channel.SSHChannel, "_flush_send_buf"): channel_flush_send_buf,
     (_channel.SSHChannel, "send_packet"): channel_send_packet,
 }
 _PARTS = {"packet": [(_connection.SSHConnection, "send_packet")],
           "coalesce": [(_connection.SSHConnection, "_send"), (_connection.SSHConnection, "_force_close")],
+          "flow": [(_connection.SSHConnection, "pause_writing"), (_connection.SSHConnection, "resume_writing"),
+                   (_channel.SSHChannel, "_pause_resume_writing")],
           "channel": [(_channel.SSHChannel, name) for name in ("write", "_flush_send_buf", "send_packet")]}
-PARTS = frozenset({"packet", "no-ignore", "ciphers", "coalesce", "channel"})
+PARTS = frozenset({"packet", "no-ignore", "ciphers", "coalesce", "flow", "channel"})
+# The upstream originals, taken at import (before any install): tests/test_fastpath.py digests them.
+UPSTREAM = {key: key[0].__dict__[key[1]] for key in _METHODS}
 _installed: frozenset[str] = frozenset()
 _no_ignore: tuple[type, ...] = ()   # set by install: the encryptions sent without MSG_IGNORE
 
