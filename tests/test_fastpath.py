@@ -16,6 +16,7 @@ import hashlib
 import inspect
 import logging
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any, Iterator
@@ -304,10 +305,9 @@ class PacketCounter(logging.Handler):
         self.received: dict[str, int] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if message.startswith("Received MSG_"):
-            name = message.split()[1]
-            self.received[name] = self.received.get(name, 0) + 1
+        found = re.search(r"\bReceived (MSG_[A-Z_]+) \(", record.getMessage())
+        if found:
+            self.received[found.group(1)] = self.received.get(found.group(1), 0) + 1
 
 
 @pytest.fixture
