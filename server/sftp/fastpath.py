@@ -299,7 +299,13 @@ def _flush(self: Any) -> None:
             pass
 
 
+_upstream_send = _connection.SSHConnection._send
 _upstream_force_close = _connection.SSHConnection._force_close
+
+
+def _send_joined(self: Any, *pieces: bytes) -> None:
+    """`_send` for send_packet's pieces when writes are not coalesced: one write per packet."""
+    _upstream_send(self, b"".join(pieces))
 
 
 def _force_close(self: Any, exc: Optional[Exception]) -> None:
@@ -455,6 +461,8 @@ def install(parts: frozenset[str] = PARTS) -> None:
     for part in sorted(parts & _PARTS.keys()):
         for owner, name in _PARTS[part]:
             setattr(owner, name, _METHODS[owner, name])
+    if "packet" in parts and "coalesce" not in parts:
+        _connection.SSHConnection._send = _send_joined
     _installed = frozenset(parts)
 
 
