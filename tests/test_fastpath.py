@@ -59,6 +59,7 @@ REPLACED = {
     "SSHChannel.write": "1045e20008469933",                # bytearray copy
     "SSHChannel._flush_send_buf": "3f11e9dc27c58b18",      # slices, String()
     "SSHChannel.send_packet": "00e81b763c8f3dd2",          # joined payload
+    "SFTPHandler.send_packet": "0c22ab5cc5f282e9",         # reply built by two concatenations
 }
 RELIED_ON = {
     upstream_encryption.GCMEncryption: "d255f9e6b1fa73ee",
@@ -176,8 +177,9 @@ class RecordingTransport:
     def __init__(self) -> None:
         self.writes: list[bytes] = []
 
-    def write(self, data: bytes) -> None:
-        self.writes.append(bytes(data))
+    def writelines(self, pieces: list[bytes]) -> None:
+        """One call, one write (uvloop: one writev)."""
+        self.writes.append(b"".join(pieces))
 
 
 class Conn:

@@ -17,7 +17,8 @@ fails loudly (digest tripwire) when an asyncssh upgrade changes an overridden in
 - Flow control: the transport's pause_writing (ignored upstream) pauses the channels' sessions,
   so SFTP replies wait (channel.py's drain) instead of piling up in the transport buffer.
 - Channel data: `write` keeps the caller's bytes (a view, no bytearray copy) and
-  `_flush_send_buf` slices views and hands the pieces down unjoined.
+  `_flush_send_buf` slices views and hands the pieces down unjoined; SFTP replies are built
+  with one join instead of two concatenations.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 import asyncssh.channel as _channel
 import asyncssh.connection as _connection
 import asyncssh.encryption as _encryption
+import asyncssh.sftp as _sftp
 from asyncssh.constants import (
     MSG_CHANNEL_DATA, MSG_CHANNEL_EOF, MSG_CHANNEL_EXTENDED_DATA, MSG_DEBUG, MSG_IGNORE, MSG_KEX_LAST, MSG_NEWKEYS,
     MSG_SERVICE_ACCEPT, MSG_SERVICE_REQUEST, MSG_USERAUTH_BANNER, MSG_USERAUTH_LAST,
@@ -289,12 +291,13 @@ def _flush(self: Any) -> None:
     pending = self.__dict__.get("_fp_pending")
     if not pending:
         return
-    data = b"".join(pending)
+    pieces = list(pending)
     pending.clear()
     self._fp_pending_len = 0
     if self._transport:
         try:
-            self._transport.write(data)
+            # uvloop hands the pieces to writev (no join); asyncio 3.11 joins them itself.
+            self._transport.writelines(pieces)
         except ConnectionError:  # pragma: no cover  (as upstream _send)
             pass
 
@@ -414,6 +417,23 @@ def channel_send_packet(self: Any, pkttype: int, *args: bytes) -> None:
     self._conn.send_packet(pkttype, UInt32(self._send_chan), *args, handler=self)
 
 
+# --------------------------------------------------------------------------- SFTP replies
+
+def sftp_send_packet(self: Any, pkttype: int, pktid: Optional[int], *args: bytes) -> None:
+    """Replaces SFTPHandler.send_packet, which builds each reply with two concatenations (type
+    and arguments, then the length in front: two copies of a READ's data) and formats a log
+    line for it whatever the debug level: one join, and the line only at debug level 3, where
+    asyncssh prints packets."""
+    if not self._writer:
+        raise _sftp.SFTPNoConnection("Connection not open")
+    if self._writer.channel.is_closing():
+        return
+    size = 1 + sum(map(len, args))
+    self._writer.write(b"".join((UInt32(size), Byte(pkttype), *args)))
+    if self.logger._debug_level >= 3:
+        self.log_sent_packet(pkttype, pktid, Byte(pkttype) + b"".join(args))
+
+
 # --------------------------------------------------------------------------- install
 
 # (owner, attribute) -> replacement. tests/test_fastpath.py keeps the digests of the upstream
@@ -432,12 +452,14 @@ _METHODS: dict[tuple[type, str], Callable[..., Any]] = {
     (_channel.SSHChannel, "write"): channel_write,
     (_channel.SSHChannel, "_flush_send_buf"): channel_flush_send_buf,
     (_channel.SSHChannel, "send_packet"): channel_send_packet,
+    (_sftp.SFTPHandler, "send_packet"): sftp_send_packet,
 }
 _PARTS = {"packet": [(_connection.SSHConnection, "send_packet")],
           "coalesce": [(_connection.SSHConnection, "_send"), (_connection.SSHConnection, "_force_close")],
           "flow": [(_connection.SSHConnection, "pause_writing"), (_connection.SSHConnection, "resume_writing"),
                    (_channel.SSHChannel, "_pause_resume_writing")],
-          "channel": [(_channel.SSHChannel, name) for name in ("write", "_flush_send_buf", "send_packet")]}
+          "channel": [(_channel.SSHChannel, name) for name in ("write", "_flush_send_buf", "send_packet")]
+          + [(_sftp.SFTPHandler, "send_packet")]}
 PARTS = frozenset({"packet", "no-ignore", "ciphers", "coalesce", "flow", "channel"})
 # The upstream originals, taken at import (before any install): tests/test_fastpath.py digests them.
 UPSTREAM = {key: key[0].__dict__[key[1]] for key in _METHODS}
