@@ -232,12 +232,13 @@ def test_server_runs_the_fast_path(server: SluisServer) -> None:
 
 @pytest.mark.parametrize("enc,mac", OPENSSH, ids=[c[0] for c in OPENSSH])
 def test_openssh_each_cipher_byte_for_byte(server: SluisServer, tmp_path: Path, enc: str, mac: str) -> None:
-    """Upload and download (several MiB: many packets, window adjusts, coalesced writes)."""
+    """Upload and download (several MiB: many packets, window adjusts, coalesced writes), with
+    the client rekeying every MiB (new fast cipher objects, strict-kex sequence resets)."""
     require_binary("sftp")
     data = blob(3 * 1024 * 1024 + 12345, seed=len(enc))
     src = tmp_path / "lijst.bin"
     src.write_bytes(data)
-    opts = ("-o", f"Ciphers={enc}", "-o", f"MACs={mac}")
+    opts = ("-o", f"Ciphers={enc}", "-o", f"MACs={mac}", "-o", "RekeyLimit=1M")
     sftp(server, "agency", f"put {src} /genk/lijst.bin\n", *opts)
     got = tmp_path / "got.age"
     sftp(server, "genk-clerk", f"get lijst.bin.age {got}\n", *opts)
