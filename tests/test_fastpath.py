@@ -1,4 +1,4 @@
-"""The transport fast path (server/sftp/fastpath.py) against unpatched peers.
+"""The transport fast path (server/sftp/fastpath.py, fastciphers.py) against unpatched peers.
 
 The test process never installs the fast path: its asyncssh, paramiko, OpenSSH and PuTTY are
 the unpatched peers. The fast encryptions are checked byte for byte against asyncssh's own
@@ -23,7 +23,6 @@ from typing import Any, Iterator
 
 import asyncssh
 import pytest
-from asyncssh import channel as upstream_channel
 from asyncssh import connection as upstream_connection
 from asyncssh import encryption as upstream_encryption
 from asyncssh import mac as upstream_mac
