@@ -1,10 +1,11 @@
 """The transport fast path: a few asyncssh 2.24 internals replaced by cheaper equivalents.
 
-Installed once, by `sluis serve` (server/service.py), in the server process only. What goes on
+Installed once, by `sluis serve` (server/cli/ops.py), in the server process only. What goes on
 the wire is the same SSH protocol an unpatched peer expects; only the per-packet work of the
 server changes. Each override names the upstream behaviour it replaces, docs/sftp.md ("Fast
-path") says why it is safe, and tests/test_fastpath.py checks it against unpatched peers and
-fails loudly (digest tripwire) when an asyncssh upgrade changes an overridden internal.
+path") says why it is safe, tests/test_fastpath_wire.py checks it with real unpatched clients,
+and tests/test_fastpath.py checks the encryptions byte for byte and fails loudly (digest
+tripwire) when an asyncssh upgrade changes an overridden internal.
 
 - `send_packet`: no empty MSG_IGNORE before each packet when the cipher is AEAD or
   encrypt-then-MAC (kept for plain encrypt-and-MAC); the packet is built with one join
