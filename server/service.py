@@ -27,6 +27,7 @@ from .core.checkpoints import INTERVAL, SHUTDOWN, START
 from .core.session import Session
 from .sftp.auth import SluisSSHServer
 from .sftp.gate import EVENT_TERMINATED
+from .sftp import fastpath
 from .sftp.listener import listen
 from .sftp.limits import raise_descriptor_limit
 
@@ -51,6 +52,24 @@ def announce_receipt_key(app: App) -> None:
         log.warning("created the receipt signing key %s (%s): copy it to every other node and publish "
                     "`sluis receipt allowed-signers` to whoever verifies receipts", loaded.origin,
                     loaded.fingerprint)
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when it is installed (`pip install sluis[fast]`), else asyncio's default."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """`uvloop 0.23.0` or `asyncio` (the standard loop): logged at start."""
+    module = type(loop).__module__.split(".")[0]
+    if module == "uvloop":
+        import uvloop
+        return f"uvloop {uvloop.__version__}"
+    return "asyncio"
 
 
 class Service:
@@ -93,7 +112,9 @@ class Service:
                  asyncio.create_task(self._watch_loop(), name="watch")]
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
-        log.info("sluis listening on %s:%d (sms provider: %s)", host, self.port, app.settings.sms.provider)
+        log.info("sluis listening on %s:%d (sms provider: %s; event loop: %s; transport fast path: %s)",
+                 host, self.port, app.settings.sms.provider, loop_name(loop),
+                 ",".join(sorted(fastpath.installed())) or "off")
         if app.settings.sms.provider == "console":
             log.warning("SMS provider \"console\" writes every passphrase to this log: for a demo only; "
                         "set provider = \"twilio\" under sms in the configuration before real lists are sent")

@@ -14,7 +14,8 @@ from ..core.clock import iso
 from ..core.deliveries import REMOVED, fetch
 from ..errors import InvalidInput
 from ..hardening import forbid_core_dumps
-from ..service import Service
+from ..service import Service, event_loop_factory
+from ..sftp import fastpath
 from .common import open_app, operator, print_json, print_table
 from .init import init_setup
 
@@ -29,7 +30,9 @@ def cmd_serve(args: Any) -> None:
     forbid_core_dumps()  # before any key or upload is in memory
     app = open_app(args)
     try:
-        asyncio.run(Service(app).run())
+        fastpath.install()  # the transport fast path (server/sftp/fastpath.py), this process only
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(Service(app).run())
     finally:
         app.close()
 

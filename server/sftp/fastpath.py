@@ -1,0 +1,350 @@
+"""The transport fast path: a few asyncssh 2.24 internals replaced by cheaper equivalents.
+
+Installed once, by `sluis serve` (server/cli/ops.py), in the server process only. What goes on
+the wire is the same SSH protocol an unpatched peer expects; only the per-packet work of the
+server changes. Each override names the upstream behaviour it replaces, docs/sftp.md ("Fast
+path") says why it is safe, tests/test_fastpath_wire.py checks it with real unpatched clients,
+and tests/test_fastpath.py checks the encryptions byte for byte and fails loudly (digest
+tripwire) when an asyncssh upgrade changes an overridden internal.
+
+- `send_packet`: no empty MSG_IGNORE before each packet when the cipher is AEAD or
+  encrypt-then-MAC (kept for plain encrypt-and-MAC); the packet is built with one join
+  instead of three concatenations; AEAD packets are sealed by the contexts below.
+- Encryption (server/sftp/fastciphers.py): AES-GCM keeps one AESGCM object per direction and key; ChaCha20-Poly1305 uses one
+  ChaCha20 context per packet for the Poly1305 key and the data (upstream: two), Poly1305 fed
+  in pieces; encrypt-then-MAC HMAC starts from a keyed copy instead of re-keying per packet.
+- `_send`: the packets of one loop iteration leave in one transport write (bounded:
+  COALESCE_LIMIT bytes at most wait; the transport's own flow control still applies).
+- Flow control: the transport's pause_writing (ignored upstream) pauses the channels' sessions,
+  so SFTP replies wait (channel.py's drain) instead of piling up in the transport buffer.
+- Channel data: `write` keeps the caller's bytes (a view, no bytearray copy) and
+  `_flush_send_buf` slices views and hands the pieces down unjoined; SFTP replies are built
+  with one join instead of two concatenations.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import asyncssh.channel as _channel
+import asyncssh.connection as _connection
+import asyncssh.encryption as _encryption
+import asyncssh.sftp as _sftp
+from asyncssh.constants import (
+    MSG_CHANNEL_DATA, MSG_CHANNEL_EOF, MSG_CHANNEL_EXTENDED_DATA, MSG_DEBUG, MSG_IGNORE, MSG_KEX_LAST, MSG_NEWKEYS,
+    MSG_SERVICE_ACCEPT, MSG_SERVICE_REQUEST, MSG_USERAUTH_BANNER, MSG_USERAUTH_LAST,
+)
+from asyncssh.encryption import ChachaEncryption, ETMEncryption, GCMEncryption
+from asyncssh.misc import CompressionError, ProtocolError
+from asyncssh.packet import Byte, String, UInt32
+
+from .fastciphers import FastBasicEncryption, FastChachaEncryption, FastETMEncryption, FastGCMEncryption
+
+COALESCE_LIMIT = 256 * 1024   # bytes of packets that may wait for the end of a loop iteration
+
+# Ciphers whose packets need no MSG_IGNORE in front: AEAD, and encrypt-then-MAC.
+_NO_IGNORE = (GCMEncryption, ChachaEncryption, ETMEncryption)
+_SEALS = (FastGCMEncryption, FastChachaEncryption, FastETMEncryption)
+
+
+# --------------------------------------------------------------------------- connection
+
+def send_packet(self: Any, pkttype: int, *args: bytes, handler: Any = None) -> None:
+    """Replaces SSHConnection.send_packet. Upstream sends an empty MSG_IGNORE before every
+    packet once encryption is on (a CBC-era countermeasure: it randomises the first block an
+    attacker could predict); with AEAD or encrypt-then-MAC ciphers it protects nothing and costs
+    a second encryption and send per packet, so it is sent only for encrypt-and-MAC ciphers.
+    Upstream also builds the packet with three concatenations and appends the MAC with a fourth;
+    here one join, and the sealed pieces go to `_send` unjoined. Rekeying, deferral before
+    kex/auth, sequence numbers (strict kex included) and logging are upstream's."""
+    if (self._auth_complete and self._kex_complete and
+            (self._rekey_bytes_sent >= self._rekey_bytes or
+             (self._rekey_seconds and time.monotonic() >= self._rekey_time))):
+        self._send_kexinit()
+        self._kexinit_sent = True
+
+    if (((pkttype in {MSG_DEBUG, MSG_SERVICE_REQUEST, MSG_SERVICE_ACCEPT} or
+          pkttype > MSG_KEX_LAST) and not self._kex_complete) or
+            (pkttype == MSG_USERAUTH_BANNER and
+             not (self._auth_in_progress or self._auth_complete)) or
+            (pkttype > MSG_USERAUTH_LAST and not self._auth_complete)):
+        self._deferred_packets.append((pkttype, args))
+        return
+
+    encryption = self._send_encryption
+    if encryption and pkttype > MSG_KEX_LAST and not isinstance(encryption, _no_ignore):
+        send_packet(self, MSG_IGNORE, String(b""))
+
+    kind = Byte(pkttype)
+    if self._compressor and (self._auth_complete or not self._compress_after_auth):
+        payload = self._compressor.compress(kind + b"".join(args))
+        if payload is None:  # pragma: no cover
+            raise CompressionError("Compression failed")
+        parts: Sequence[bytes] = (payload,)
+        size = len(payload)
+    else:
+        parts = (kind, *args)
+        size = 1 + sum(map(len, args))
+
+    padlen = -(self._send_enchdrlen + size) % self._send_blocksize
+    if padlen < 4:
+        padlen += self._send_blocksize
+    packet = b"".join((Byte(padlen), *parts, os.urandom(padlen)))
+    pktlen = len(packet)
+    hdr = UInt32(pktlen)
+    seq = self._send_seq
+
+    if isinstance(encryption, _SEALS):
+        self._send(*encryption.seal(seq, hdr, packet))
+    elif encryption:
+        data, mac = encryption.encrypt_packet(seq, hdr, packet)
+        self._send(data, mac)
+    else:
+        self._send(hdr, packet)
+
+    if self._send_seq == 0xffffffff and not encryption:
+        self._send_seq = 0
+        raise ProtocolError("Sequence rollover before kex complete")
+
+    if pkttype == MSG_NEWKEYS and self._strict_kex:
+        self._send_seq = 0
+    else:
+        self._send_seq = (seq + 1) & 0xffffffff
+
+    if self._kex_complete:
+        self._rekey_bytes_sent += pktlen
+
+    if not handler:
+        handler = self
+    if handler.logger._debug_level >= 3:   # upstream builds the payload for this log line always
+        handler.log_sent_packet(pkttype, seq, kind + b"".join(args))
+
+
+def _send(self: Any, *pieces: bytes) -> None:
+    """Replaces SSHConnection._send, one `transport.write` per packet (one send() system call
+    each, twice with MSG_IGNORE): the packets of one loop iteration are joined and written once,
+    at the end of the iteration, or at once when COALESCE_LIMIT bytes wait. Order is kept; the
+    transport's buffer limits and pause_writing apply to every write as before."""
+    if not self._transport:
+        return
+    pending = self.__dict__.get("_fp_pending")
+    if pending is None:
+        pending = self._fp_pending = []
+        self._fp_pending_len = 0
+    pending.extend(pieces)
+    self._fp_pending_len += sum(map(len, pieces))
+    if self._fp_pending_len >= COALESCE_LIMIT:
+        _flush(self)
+    elif not self.__dict__.get("_fp_scheduled"):
+        self._fp_scheduled = True
+        self._loop.call_soon(_flush, self)
+
+
+def _flush(self: Any) -> None:
+    """Write what `_send` collected (also called before the transport is closed)."""
+    self._fp_scheduled = False
+    pending = self.__dict__.get("_fp_pending")
+    if not pending:
+        return
+    pieces = list(pending)
+    pending.clear()
+    self._fp_pending_len = 0
+    if self._transport:
+        try:
+            # uvloop hands the pieces to writev (no join); asyncio 3.11 joins them itself.
+            self._transport.writelines(pieces)
+        except ConnectionError:  # pragma: no cover  (as upstream _send)
+            pass
+
+
+_upstream_send = _connection.SSHConnection._send
+_upstream_force_close = _connection.SSHConnection._force_close
+
+
+def _send_joined(self: Any, *pieces: bytes) -> None:
+    """`_send` for send_packet's pieces when writes are not coalesced: one write per packet."""
+    _upstream_send(self, b"".join(pieces))
+
+
+def _force_close(self: Any, exc: Optional[Exception]) -> None:
+    """Wraps SSHConnection._force_close (which aborts the transport): what `_send` still holds
+    (a DISCONNECT, the last replies) is written first, as upstream had written it already."""
+    _flush(self)
+    _upstream_force_close(self, exc)
+
+
+def pause_writing(self: Any) -> None:
+    """Replaces SSHConnection.pause_writing, a no-op upstream ("Do nothing with this for now"),
+    so the transport's buffer grew as far as the peer's channel windows allow (PuTTY opens
+    2 GiB): every channel's session is paused, and SFTP replies wait in `drain`
+    (server/sftp/channel.py) until the transport is below its low-water mark."""
+    self._fp_transport_paused = True
+    for chan in list(self._channels.values()):
+        if chan._session is not None and not chan._send_paused:
+            chan._session.pause_writing()
+
+
+def resume_writing(self: Any) -> None:
+    """Replaces SSHConnection.resume_writing (a no-op upstream): the sessions paused by
+    pause_writing resume, unless their own channel is still paused by its window."""
+    self._fp_transport_paused = False
+    for chan in list(self._channels.values()):
+        if chan._session is not None and not chan._send_paused:
+            chan._session.resume_writing()
+
+
+# --------------------------------------------------------------------------- channel
+
+def channel_pause_resume_writing(self: Any) -> None:
+    """Replaces SSHChannel._pause_resume_writing: as upstream, except that a channel whose
+    buffer drained does not resume its session while the transport itself is paused."""
+    if self._send_paused:
+        if self._send_buf_len <= self._send_low_water:
+            self.logger.debug2("Writing from session resumed")
+            self._send_paused = False
+            if not self._conn.__dict__.get("_fp_transport_paused"):
+                self._session.resume_writing()
+    elif self._send_buf_len > self._send_high_water:
+        self.logger.debug2("Writing from session paused")
+        self._send_paused = True
+        self._session.pause_writing()
+
+
+def channel_write(self: Any, data: Any, datatype: Any = None) -> None:
+    """Replaces SSHChannel.write, which copies every write into a bytearray (so it can `del`
+    what was sent): bytes are kept as they are, behind a memoryview; other buffers are copied
+    once into bytes. Checks and logging are upstream's."""
+    if self._send_state != "open":
+        raise BrokenPipeError("Channel not open for sending")
+    if datatype is not None and datatype not in self._write_datatypes:
+        raise OSError("Invalid extended data type")
+    if not data:
+        return
+    if self._encoding:
+        data = self._encoder.encode(data)
+    elif type(data) is not bytes:
+        data = bytes(data)
+    datalen = len(data)
+    self.logger.debug2("Sending %d data byte%s%s", datalen, "s" if datalen > 1 else "",
+                       f" to {_channel._data_type_names[datatype]}" if datatype else "")
+    self._send_buf.append((memoryview(data), datatype))
+    self._send_buf_len += datalen
+    self._flush_send_buf()
+
+
+def channel_flush_send_buf(self: Any) -> None:
+    """Replaces SSHChannel._flush_send_buf, which slices a bytearray (a copy), deletes the sent
+    part and wraps the data in String() (another copy): views are sliced and the length and
+    data go down as separate pieces, joined once when the packet is built."""
+    send_buf = self._send_buf
+    while send_buf and self._send_window:
+        pktsize = min(self._send_window, self._send_pktsize)
+        buf, datatype = send_buf[0]
+        if len(buf) > pktsize:
+            data = buf[:pktsize]
+            send_buf[0] = (buf[pktsize:], datatype)
+        else:
+            data = buf
+            del send_buf[0]
+        size = len(data)
+        self._send_buf_len -= size
+        self._send_window -= size
+        if datatype is None:
+            self.send_packet(MSG_CHANNEL_DATA, UInt32(size), data)
+        else:
+            self.send_packet(MSG_CHANNEL_EXTENDED_DATA, UInt32(datatype), UInt32(size), data)
+
+    self._pause_resume_writing()
+
+    if not send_buf:
+        if self._send_state == "eof_pending":
+            self.send_packet(MSG_CHANNEL_EOF)
+            self._send_state = "eof"
+        elif self._send_state == "close_pending":
+            self._close_send()
+
+
+def channel_send_packet(self: Any, pkttype: int, *args: bytes) -> None:
+    """Replaces SSHChannel.send_packet, which joins the channel number and the arguments into
+    one payload (a copy of the data): the pieces go to the connection, which joins them once."""
+    if self._send_chan is None:  # pragma: no cover
+        return
+    self._conn.send_packet(pkttype, UInt32(self._send_chan), *args, handler=self)
+
+
+# --------------------------------------------------------------------------- SFTP replies
+
+def sftp_send_packet(self: Any, pkttype: int, pktid: Optional[int], *args: bytes) -> None:
+    """Replaces SFTPHandler.send_packet, which builds each reply with two concatenations (type
+    and arguments, then the length in front: two copies of a READ's data) and formats a log
+    line for it whatever the debug level: one join, and the line only at debug level 3, where
+    asyncssh prints packets."""
+    if not self._writer:
+        raise _sftp.SFTPNoConnection("Connection not open")
+    if self._writer.channel.is_closing():
+        return
+    size = 1 + sum(map(len, args))
+    self._writer.write(b"".join((UInt32(size), Byte(pkttype), *args)))
+    if self.logger._debug_level >= 3:
+        self.log_sent_packet(pkttype, pktid, Byte(pkttype) + b"".join(args))
+
+
+# --------------------------------------------------------------------------- install
+
+# (owner, attribute) -> replacement. tests/test_fastpath.py keeps the digests of the upstream
+# originals; asyncssh is pinned to the 2.24 minor series in pyproject.toml.
+_ENCRYPTIONS = {b"chacha20-poly1305@openssh.com": FastChachaEncryption,
+                b"aes256-gcm@openssh.com": FastGCMEncryption, b"aes128-gcm@openssh.com": FastGCMEncryption,
+                b"aes256-ctr": FastBasicEncryption, b"aes192-ctr": FastBasicEncryption,
+                b"aes128-ctr": FastBasicEncryption}
+_METHODS: dict[tuple[type, str], Callable[..., Any]] = {
+    (_connection.SSHConnection, "send_packet"): send_packet,
+    (_connection.SSHConnection, "_send"): _send,
+    (_connection.SSHConnection, "_force_close"): _force_close,
+    (_connection.SSHConnection, "pause_writing"): pause_writing,
+    (_connection.SSHConnection, "resume_writing"): resume_writing,
+    (_channel.SSHChannel, "_pause_resume_writing"): channel_pause_resume_writing,
+    (_channel.SSHChannel, "write"): channel_write,
+    (_channel.SSHChannel, "_flush_send_buf"): channel_flush_send_buf,
+    (_channel.SSHChannel, "send_packet"): channel_send_packet,
+    (_sftp.SFTPHandler, "send_packet"): sftp_send_packet,
+}
+_PARTS = {"packet": [(_connection.SSHConnection, "send_packet")],
+          "coalesce": [(_connection.SSHConnection, "_send"), (_connection.SSHConnection, "_force_close")],
+          "flow": [(_connection.SSHConnection, "pause_writing"), (_connection.SSHConnection, "resume_writing"),
+                   (_channel.SSHChannel, "_pause_resume_writing")],
+          "channel": [(_channel.SSHChannel, name) for name in ("write", "_flush_send_buf", "send_packet")]
+          + [(_sftp.SFTPHandler, "send_packet")]}
+PARTS = frozenset({"packet", "no-ignore", "ciphers", "coalesce", "flow", "channel"})
+# The upstream originals, taken at import (before any install): tests/test_fastpath.py digests them.
+UPSTREAM = {key: key[0].__dict__[key[1]] for key in _METHODS}
+_installed: frozenset[str] = frozenset()
+_no_ignore: tuple[type, ...] = ()   # set by install: the encryptions sent without MSG_IGNORE
+
+
+def install(parts: frozenset[str] = PARTS) -> None:
+    """Put the fast path in place, once. Only `sluis serve` calls this, with every part; a
+    subset ("no-ignore" needs "packet") serves to measure each part's effect (docs/sftp.md)."""
+    global _installed, _no_ignore
+    if _installed:
+        return
+    if "no-ignore" in parts:
+        _no_ignore = _NO_IGNORE
+    for alg, fast in _ENCRYPTIONS.items() if "ciphers" in parts else ():
+        upstream, cipher_name = _encryption._enc_params[alg]
+        if not issubclass(fast, upstream):
+            raise RuntimeError(f"asyncssh registers {alg!r} as {upstream.__name__}; fastpath expects a base of {fast.__name__}")
+        _encryption._enc_params[alg] = (fast, cipher_name)
+    for part in sorted(parts & _PARTS.keys()):
+        for owner, name in _PARTS[part]:
+            setattr(owner, name, _METHODS[owner, name])
+    if "packet" in parts and "coalesce" not in parts:
+        _connection.SSHConnection._send = _send_joined
+    _installed = frozenset(parts)
+
+
+def installed() -> frozenset[str]:
+    """The parts in place (empty: none)."""
+    return _installed

@@ -1,0 +1,195 @@
+"""The transport fast path (server/sftp/fastpath.py, fastciphers.py) against unpatched peers.
+
+The test process never installs the fast path: its asyncssh is the unpatched peer. The fast
+encryptions are checked byte for byte against asyncssh's own (same key, IV and sequence number
+give the same wire bytes, and each side decrypts the other); coalesced writes against a
+recording transport. The digests fail loudly when an asyncssh upgrade changes an internal the
+fast path replaces or relies on. tests/test_fastpath_wire.py runs the server with real clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import os
+from typing import Any, Iterator
+
+import asyncssh
+import pytest
+from asyncssh import connection as upstream_connection
+from asyncssh import encryption as upstream_encryption
+from asyncssh import mac as upstream_mac
+from asyncssh import stream as upstream_stream
+from asyncssh.crypto import chacha as upstream_chacha
+from asyncssh.crypto import cipher as upstream_cipher
+
+from sluis.server.sftp import fastpath
+from sluis.server.sftp.algorithms import ENCRYPTION, MACS
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()[:16]
+
+
+# --- tripwire: the asyncssh 2.24 internals the fast path replaces or relies on ------------------
+# sha256 (first 16 hex digits) of each upstream source. When an upgrade changes one, re-read the
+# override in server/sftp/fastpath.py that names it (and docs/sftp.md "Fast path"), then update.
+REPLACED = {
+    "SSHConnection.send_packet": "fb9da7bec6dd395a",       # MSG_IGNORE, packet build, seq, rekey
+    "SSHConnection._send": "c6698a37eb80f574",             # one write per packet
+    "SSHConnection._force_close": "264b4367525f4f86",      # flushed first
+    "SSHConnection.pause_writing": "a69ec7dae4f504a2",     # a no-op upstream
+    "SSHConnection.resume_writing": "a324675672f6b924",
+    "SSHChannel._pause_resume_writing": "b05e507ca9fdeec9",
+    "SSHChannel.write": "1045e20008469933",                # bytearray copy
+    "SSHChannel._flush_send_buf": "3f11e9dc27c58b18",      # slices, String()
+    "SSHChannel.send_packet": "00e81b763c8f3dd2",          # joined payload
+    "SFTPHandler.send_packet": "0c22ab5cc5f282e9",         # reply built by two concatenations
+}
+RELIED_ON = {
+    upstream_encryption.GCMEncryption: "d255f9e6b1fa73ee",
+    upstream_encryption.ChachaEncryption: "5902581e97e59135",
+    upstream_encryption.ETMEncryption: "ea0121ae1d035bc2",
+    upstream_encryption.BasicEncryption: "15eeacf63ec90d6f",
+    upstream_cipher.GCMCipher: "e389d2b5bed8eb41",
+    upstream_chacha.ChachaCipher: "e678065d67f48c01",
+    upstream_chacha.chacha20: "8fd99dfce8c7c885",
+    upstream_chacha.poly1305_key: "c8627dfb53b0c702",
+    upstream_mac._HMAC: "1de8e893cd46a29c",                # _key, _hash_alg, _hash_size, sign
+    upstream_connection.SSHConnection.send_newkeys: "0b41234420373618",   # _send_enchdrlen/_blocksize
+    upstream_connection.SSHConnection._recv_packet: "b3daa22e9763eee9",   # decrypt_packet(seq, first, rest, 4, mac)
+    upstream_connection.SSHConnection._recv_pkthdr: "7adc4d88fe20593c",   # decrypt_header
+    upstream_stream.SSHStreamSession.pause_writing: "938c7d566804ea04",
+    upstream_stream.SSHStreamSession.resume_writing: "879610913ac64f92",
+}
+
+
+def test_asyncssh_internals_fastpath() -> None:
+    assert asyncssh.__version__.startswith("2.24."), asyncssh.__version__
+    upstream = {f"{owner.__name__}.{name}": func for (owner, name), func in fastpath.UPSTREAM.items()}
+    assert set(upstream) == set(REPLACED)
+    changed = [name for name, func in upstream.items() if digest(func) != REPLACED[name]]
+    changed += [getattr(obj, "__qualname__", str(obj)) for obj, want in RELIED_ON.items() if digest(obj) != want]
+    assert not changed, f"asyncssh changed internals that server/sftp/fastpath.py overrides or relies on: {changed}"
+    # Each fast encryption replaces the class asyncssh registers for that algorithm.
+    for alg, fast in fastpath._ENCRYPTIONS.items():
+        registered, _ = upstream_encryption._enc_params[alg]
+        assert issubclass(fast, registered) and registered is not fast, alg
+    # Every cipher sluis offers is covered, so none of them gets the MSG_IGNORE-free path unsealed.
+    assert {alg.encode() for alg in ENCRYPTION} == set(fastpath._ENCRYPTIONS)
+
+
+# --- the fast encryptions against asyncssh's own, byte for byte -----------------------------------
+CASES = [("chacha20-poly1305@openssh.com", ""), ("aes128-gcm@openssh.com", ""), ("aes256-gcm@openssh.com", ""),
+         ("aes128-ctr", "hmac-sha2-256-etm@openssh.com"), ("aes256-ctr", "hmac-sha2-512-etm@openssh.com")]
+
+
+def encryptions(enc: str, mac: str) -> tuple[Any, Any, int]:
+    """Makers of upstream and fast encryption objects that share one key, IV and MAC key, and
+    the block size the connection reads first."""
+    enc_b, mac_b = enc.encode(), mac.encode()
+    key_size, iv_size, block_size, mac_key_size, _, etm = upstream_encryption.get_encryption_params(enc_b, mac_b)
+    key, iv, mac_key = os.urandom(key_size), os.urandom(iv_size), os.urandom(mac_key_size)
+    cipher_name = upstream_encryption._enc_params[enc_b][1]
+
+    def upstream() -> Any:
+        return upstream_encryption.get_encryption(enc_b, key, iv, mac_b, mac_key, etm)
+
+    def fast() -> Any:
+        made = fastpath._ENCRYPTIONS[enc_b].new(cipher_name, key, iv, mac_b, mac_key, etm)
+        assert type(made).__name__.startswith("Fast"), type(made)
+        return made
+    return upstream, fast, max(8, block_size)
+
+
+def packets() -> Iterator[tuple[int, bytes]]:
+    """Packets as the connection builds them (padlen byte, payload, padding: a whole number of
+    16-byte blocks), at sequence numbers up to the wrap."""
+    for seq, blocks in zip((0, 1, 2, 7, 0xFFFFFFFE, 0xFFFFFFFF), (1, 2, 2049, 3, 63, 7)):
+        yield seq, bytes([4]) + os.urandom(16 * blocks - 1)
+
+
+def receive(dec: Any, seq: int, wire: bytes, block: int) -> bytes | None:
+    """What SSHConnection._recv_pkthdr/_recv_packet do with one packet's wire bytes."""
+    first, header = dec.decrypt_header(seq, wire[:block], 4)
+    length = int.from_bytes(header[:4], "big")
+    rest, mac = wire[block:4 + length], wire[4 + length:]
+    return dec.decrypt_packet(seq, first, rest, 4, mac)
+
+
+@pytest.mark.parametrize("enc,mac", CASES, ids=[c[0] for c in CASES])
+def test_fast_encryption_matches_upstream(enc: str, mac: str) -> None:
+    upstream, fast, block = encryptions(enc, mac)
+    send_up, send_fast, send_fast2, recv_up, recv_fast = upstream(), fast(), fast(), upstream(), fast()
+    for seq, packet in packets():
+        header = len(packet).to_bytes(4, "big")
+        data, tag = send_up.encrypt_packet(seq, header, packet)
+        sealed = b"".join(send_fast.seal(seq, header, packet))
+        assert sealed == data + tag                                      # the same wire bytes
+        assert send_fast2.encrypt_packet(seq, header, packet) == (data, tag)
+        assert receive(recv_up, seq, sealed, block) == packet            # upstream reads the fast path's
+        assert receive(recv_fast, seq, data + tag, block) == packet      # and the fast path upstream's
+
+
+@pytest.mark.parametrize("enc,mac", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("where", ["length", "data", "tag"])
+def test_fast_encryption_refuses_tampering(enc: str, mac: str, where: str) -> None:
+    upstream, fast, block = encryptions(enc, mac)
+    send, recv = upstream(), fast()
+    packet = bytes([4]) + os.urandom(47)
+    header = len(packet).to_bytes(4, "big")
+    data, tag = send.encrypt_packet(5, header, packet)
+    wire = bytearray(data + tag)
+    wire[{"length": 3, "data": block + 1, "tag": -1}[where]] ^= 1
+    assert receive(recv, 5, bytes(wire), block) is None
+
+
+def test_aead_and_etm_are_the_ciphers_without_ignore() -> None:
+    """MSG_IGNORE stays for encrypt-and-MAC (not offered) and goes for AEAD and encrypt-then-MAC."""
+    assert all(mac.endswith("-etm@openssh.com") for mac in MACS)
+    for enc, mac in CASES:
+        upstream, fast, _ = encryptions(enc, mac)
+        assert isinstance(upstream(), fastpath._NO_IGNORE) and isinstance(fast(), fastpath._NO_IGNORE)
+    key = os.urandom(16)
+    plain = upstream_encryption.get_encryption(b"aes128-ctr", key, os.urandom(16), b"hmac-sha2-256", os.urandom(32), False)
+    assert not isinstance(plain, fastpath._NO_IGNORE)
+
+
+# --- coalesced writes -----------------------------------------------------------------------------
+class RecordingTransport:
+    """A transport stand-in that records what is written to it."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def writelines(self, pieces: list[bytes]) -> None:
+        """One call, one write (uvloop: one writev)."""
+        self.writes.append(b"".join(pieces))
+
+
+class Conn:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._transport = RecordingTransport()
+
+
+def test_one_write_per_loop_iteration_and_bounded() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        conn = Conn(loop)
+        fastpath._send(conn, b"a" * 10, b"b")
+        fastpath._send(conn, b"c" * 5)
+        assert conn._transport.writes == []                  # nothing yet: same iteration
+        turned = loop.create_future()
+        loop.call_soon(turned.set_result, None)               # runs after the flush callback
+        await turned
+        assert conn._transport.writes == [b"a" * 10 + b"b" + b"c" * 5]
+        big = b"x" * (fastpath.COALESCE_LIMIT // 2)
+        fastpath._send(conn, big)
+        fastpath._send(conn, big)                              # reaches the limit: written now
+        assert conn._transport.writes[1:] == [big + big]
+        fastpath._send(conn, b"tail")
+        fastpath._flush(conn)                                  # what _force_close does first
+        assert conn._transport.writes[2:] == [b"tail"]
+    asyncio.run(main())
