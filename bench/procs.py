@@ -189,7 +189,12 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return res
 
 
+SLUIS_EXE: str | None = None   # --sluis-exe: another build to measure (a before/after comparison)
+
+
 def sluis_exe() -> str:
+    if SLUIS_EXE:
+        return SLUIS_EXE
     cand = REPO / ".venv" / "bin" / "sluis"
     if cand.exists():
         return str(cand)

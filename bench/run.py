@@ -208,8 +208,8 @@ def markdown(result: dict) -> str:
                      f"| {s['kib_per_session'] / o['kib_per_session']:.3f} |")
     if "logins" in extra:
         s, o = extra["logins"]["sluis"], extra["logins"]["openssh"]
-        sm, om = statistics.median(s["server_cpu_ms"]), statistics.median(o["server_cpu_ms"])
-        lines.append(f"| login (connect, auth, `pwd`, exit): server CPU ms, median of {len(s['server_cpu_ms'])} "
+        sm, om = s["server_cpu_ms_per_login"], o["server_cpu_ms_per_login"]
+        lines.append(f"| login (connect, auth, `pwd`, exit): server CPU ms, mean of {s['logins']} "
                      f"| {sm:.1f} | {om:.1f} | {sm / om:.2f} |")
     if "concurrent" in extra:
         c = extra["concurrent"]
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parts", default=",".join(PARTS),
                     help=f"comma list of {', '.join(PARTS)} (default all)")
     ap.add_argument("--sessions", type=int, default=IDLE_SESSIONS, help="idle sessions held open (default 100)")
-    ap.add_argument("--logins", type=int, default=10, help="logins measured per server (default 10)")
+    ap.add_argument("--logins", type=int, default=20, help="logins measured per server (default 20)")
     ap.add_argument("--streams", type=int, default=8, help="concurrent downloads (default 8)")
     ap.add_argument("--concurrent-mib", type=int, default=64, help="size of each concurrent download (default 64)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "latest.json"),
@@ -248,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", metavar="DIR", default=None,
                     help="after the rounds, one extra sluis upload + download under py-spy")
     ap.add_argument("--py-spy", default="py-spy", help="py-spy executable (for --profile)")
+    ap.add_argument("--sluis-exe", default=None,
+                    help="the sluis command to measure (default .venv/bin/sluis): compare two builds")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs) afterwards")
     args = ap.parse_args(argv)
     chosen = [c for c in args.clients.split(",") if c]
@@ -264,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     if "psftp" in chosen and not Psftp.available():
         sys.exit("bench: psftp/puttygen missing: apt-get install putty-tools (or --clients chacha,gcm)")
 
+    if args.sluis_exe:
+        import procs
+        procs.SLUIS_EXE = args.sluis_exe
     lock = take_bench_lock()
 
     def _terminate(signum, frame):   # SIGTERM/SIGHUP: unwind through the finally below
@@ -305,6 +310,17 @@ def main(argv: list[str] | None = None) -> int:
 
         rounds: list[dict] = []
         extras: dict = {}
+        # Before any transfer: a heap that large transfers grew (and freed) would hide the
+        # sessions' memory.
+        if "sessions" in parts:
+            extras["sessions"] = {srv.name: idle_sessions(srv, args.sessions) for srv in (down, ossh)}
+            log("idle sessions: KiB each " + ", ".join(
+                f"{k} {v['kib_per_session']:.0f}" for k, v in extras["sessions"].items()))
+        if "logins" in parts:
+            extras["logins"] = {srv.name: login_cpu(default_client, srv, cwd, args.logins) for srv in (down, ossh)}
+            log("logins: server CPU ms per login " + ", ".join(
+                f"{k} {v['server_cpu_ms_per_login']:.1f}" for k, v in extras["logins"].items()))
+
         conc_name = "concurrent.bin"
         if "concurrent" in parts:
             conc_src = cwd / "concurrent-source.bin"
@@ -344,14 +360,6 @@ def main(argv: list[str] | None = None) -> int:
                         concurrent_downloads(default_client, srv, conc_name, args.concurrent_mib * MIB, cwd,
                                              args.streams))
             rounds.append(rnd)
-        if "logins" in parts:
-            extras["logins"] = {srv.name: login_cpu(default_client, srv, cwd, args.logins) for srv in (down, ossh)}
-            log("logins: server CPU ms " + ", ".join(
-                f"{k} {statistics.median(v['server_cpu_ms']):.1f}" for k, v in extras["logins"].items()))
-        if "sessions" in parts:
-            extras["sessions"] = {srv.name: idle_sessions(srv, args.sessions) for srv in (down, ossh)}
-            log("idle sessions: KiB each " + ", ".join(
-                f"{k} {v['kib_per_session']:.0f}" for k, v in extras["sessions"].items()))
 
         profile = None
         if args.profile:
@@ -372,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             "openssh": subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip(),
             "putty": _putty_version(), "sluis_version": _version("sluis"),
             "asyncssh_version": _version("asyncssh"), "uvloop": _version("uvloop"),
+            "sluis_exe": sluis_exe(),
             "order": "each round: for each client, sluis upload + download, then OpenSSH upload + download; "
                      "then the concurrent downloads, sluis then OpenSSH",
             "timing": "wall clock of the whole client run (connect, auth, transfer, exit)",

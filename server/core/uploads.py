@@ -60,8 +60,11 @@ class Upload:
 
     # --- in the at-rest worker, in order --------------------------------------------------
     def _start(self) -> None:
-        """Derive the key (scrypt) and write the stored format's header."""
+        """Derive the key (scrypt) and write the stored format's header (to storage at once: a
+        temporary with a header is one whose key derivation has finished)."""
         self._encryptor = self._open_encryptor()
+        self._open_encryptor = _started   # it holds the passphrase: keep it no longer
+        self.temp.flush()
 
     def _feed(self, data: bytes) -> None:
         """The one in-order plaintext hook: every byte of the upload passes here exactly once, in
@@ -124,3 +127,7 @@ class Upload:
             self._window.discard()
             self.temp.close()
             self.passphrase = ""
+
+
+def _started() -> Encryptor:
+    raise RuntimeError("the upload's encryptor was already opened")
