@@ -22,10 +22,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from paramiko.sftp import SFTP_FAILURE
 
 from sluis.server.core.pipeline import BATCH, PER_UPLOAD, AtRestWorkers
 from tests.support.clients import require_binary
-from tests.support.clients_extra import audit, decrypt_file, deliveries
+from tests.support.clients_extra import audit, close_raw, decrypt_file, deliveries
 from tests.support.waiting import wait_until
 
 MIB = 1 << 20
@@ -193,47 +194,39 @@ def _check_delivered(server, name: str, data: bytes, got: Path) -> None:
     assert row["stored_size"] == got.stat().st_size
 
 
-def test_multi_batch_files_byte_for_byte_with_openssh_psftp_and_paramiko(server, tmp_path):
-    require_binary("sftp")
-    require_binary("psftp")
-    require_binary("puttygen")
+@pytest.mark.parametrize("client", ["openssh", "psftp", "paramiko"])
+def test_multi_batch_files_byte_for_byte(server, tmp_path, client):
     size = 3 * BATCH + 54321             # several batches and a short last one
-    # OpenSSH sftp: 64 requests in flight, so writes also arrive out of order
     data = _data(size, 10)
-    (tmp_path / "a.csv").write_bytes(data)
-    server.sftp("agency", f"put {tmp_path / 'a.csv'} /genk/a.csv\n")
-    server.sftp("genk-clerk", f"get a.csv.age {tmp_path / 'a.age'}\n")
-    _check_delivered(server, "a.csv", data, tmp_path / "a.age")
-
-    # psftp (the engine of WinSCP and FileZilla)
-    data = _data(size, 11)
-    (tmp_path / "b.csv").write_bytes(data)
-    batch = tmp_path / "psftp.txt"
-    for user, script in (("agency", f"put {tmp_path / 'b.csv'} /genk/b.csv\n"),
-                         ("genk-clerk", f"get b.csv.age {tmp_path / 'b.age'}\n")):
-        batch.write_text(script)
-        subprocess.run(["psftp", "-batch", "-b", str(batch), "-P", str(server.port), "-noagent",
-                        "-i", str(server.accounts[user].ppk()), "-hostkey", server.host_key_fingerprint(),
-                        f"{user}@127.0.0.1"], check=True, capture_output=True, timeout=120,
-                       stdin=subprocess.DEVNULL)
-    _check_delivered(server, "b.csv", data, tmp_path / "b.age")
-
-    # paramiko, pipelined writes, and reads of 200 KiB (served on the event loop)
-    data = _data(size, 12)
-    client = server.paramiko("agency")
-    with client.open("/genk/c.csv", "wb") as handle:
-        handle.set_pipelined(True)
-        for at in range(0, size, 100_000):
-            handle.write(data[at:at + 100_000])
-    client.close()
-    client = server.paramiko("genk-clerk")
-    with client.open("c.csv.age", "rb") as handle:
-        stored = b""
-        while chunk := handle.read(200 * 1024):
-            stored += chunk
-    client.close()
-    (tmp_path / "c.age").write_bytes(stored)
-    _check_delivered(server, "c.csv", data, tmp_path / "c.age")
+    src, got = tmp_path / "a.csv", tmp_path / "a.age"
+    src.write_bytes(data)
+    if client == "openssh":              # 64 requests in flight: writes also arrive out of order
+        require_binary("sftp")
+        server.sftp("agency", f"put {src} /genk/a.csv\n")
+        server.sftp("genk-clerk", f"get a.csv.age {got}\n")
+    elif client == "psftp":              # the engine of WinSCP and FileZilla
+        require_binary("psftp")
+        require_binary("puttygen")
+        batch = tmp_path / "psftp.txt"
+        for user, script in (("agency", f"put {src} /genk/a.csv\n"), ("genk-clerk", f"get a.csv.age {got}\n")):
+            batch.write_text(script)
+            subprocess.run(["psftp", "-batch", "-b", str(batch), "-P", str(server.port), "-noagent",
+                            "-i", str(server.accounts[user].ppk()), "-hostkey", server.host_key_fingerprint(),
+                            f"{user}@127.0.0.1"], check=True, capture_output=True, timeout=120,
+                           stdin=subprocess.DEVNULL)
+    else:                                # pipelined writes; reads of 200 KiB (on the event loop)
+        sender = server.paramiko("agency")
+        with sender.open("/genk/a.csv", "wb") as handle:
+            handle.set_pipelined(True)
+            for at in range(0, size, 100_000):
+                handle.write(data[at:at + 100_000])
+        sender.close()
+        reader = server.paramiko("genk-clerk")
+        with reader.open("a.csv.age", "rb") as handle, open(got, "wb") as out:
+            while chunk := handle.read(200 * 1024):
+                out.write(chunk)
+        reader.close()
+    _check_delivered(server, "a.csv", data, got)
 
 
 def test_open_is_answered_before_the_key_derivation_ends(make_server):
@@ -278,7 +271,7 @@ def test_writes_queued_before_the_key_is_ready_arrive(make_server):
 
 def test_a_full_disk_fails_every_later_write_and_the_close(make_server):
     """The at-rest worker meets a full disk (the server's file size limit is 1 MiB): the error
-    reaches the client on a later write or at the latest at CLOSE, which never answers OK; the
+    reaches the client on a later write and at CLOSE, which never answers OK; the
     upload is aborted with the reason and nothing is published."""
     server = make_server().standard()
     server.popen_extra["preexec_fn"] = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
@@ -286,18 +279,19 @@ def test_a_full_disk_fails_every_later_write_and_the_close(make_server):
     client = server.paramiko("agency")
     handle = client.open("/genk/full.csv", "wb")
     results = []
-    for at in range(0, 4 * MIB, 64 * 1024):
+    # More than the pipeline holds (PER_UPLOAD + a batch): the writes must wait for the worker,
+    # which fails after 1 MiB, so a write surely sees the error
+    for at in range(0, 3 * PER_UPLOAD, 64 * 1024):
         try:
             handle.write(_data(64 * 1024, at))
             results.append("ok")
         except OSError as exc:
             results.append(str(exc))
     failed = [i for i, r in enumerate(results) if r != "ok"]
-    if failed:   # once a write failed, every later one fails too
-        assert all(r != "ok" for r in results[failed[0]:]), results
-    with pytest.raises(OSError):
-        handle.close()
+    assert failed and all(r != "ok" for r in results[failed[0]:]), results   # and every later one
+    code, text = close_raw(client, handle)  # paramiko's own close() swallows a failed CLOSE
     client.close()
+    assert code == SFTP_FAILURE and "no space" in text, (code, text)
     aborts = wait_until(lambda: audit(server, "upload.abort"), "upload.abort")
     assert "no space" in aborts[-1]["detail"]["error"]
     assert deliveries(server) == []
