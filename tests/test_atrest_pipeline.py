@@ -6,6 +6,7 @@ hashing, encryption) in a bounded worker.
 - a slow disk (a feed that blocks) bounds what is queued, per upload and for all uploads: the
   writer waits instead;
 - an error in the worker is raised by the next write and by the drain (the close), never lost;
+- the stored digest: for age the SHA-256 of header, nonce and chunk tags, for zip of every byte;
 - against a real server: files of several batches arrive byte for byte with OpenSSH sftp, psftp
   and paramiko; the OPEN is answered before the key derivation has finished; a disk that fills
   up fails the writes after it and the CLOSE, and nothing is published.
@@ -24,6 +25,7 @@ from pathlib import Path
 import pytest
 from paramiko.sftp import SFTP_FAILURE
 
+from sluis.server.core.encryption import age_stored_digest
 from sluis.server.core.pipeline import BATCH, PER_UPLOAD, AtRestWorkers
 from tests.support.clients import require_binary
 from tests.support.clients_extra import audit, close_raw, decrypt_file, deliveries
@@ -190,7 +192,7 @@ def _check_delivered(server, name: str, data: bytes, got: Path) -> None:
     [row] = [r for r in deliveries(server) if r["name"] == name]
     assert row["plain_size"] == len(data)
     assert row["plain_sha256"] == hashlib.sha256(data).hexdigest()
-    assert row["stored_sha256"] == hashlib.sha256(got.read_bytes()).hexdigest()
+    assert row["stored_sha256"] == age_stored_digest(got.read_bytes())
     assert row["stored_size"] == got.stat().st_size
 
 
@@ -297,3 +299,33 @@ def test_a_full_disk_fails_every_later_write_and_the_close(make_server):
     assert deliveries(server) == []
     assert not list((server.data_dir / "tmp").iterdir())
     assert "[sms" not in server.log
+
+
+def test_the_stored_digest_names_the_stored_file(make_server, tmp_path):
+    """age: SHA-256 over header, nonce and every chunk's tag (what authenticates the file), so a
+    changed tag or header changes it, and a changed ciphertext byte fails decryption instead;
+    zip: SHA-256 of every stored byte."""
+    server = make_server().standard()
+    server.add_tenant("hasselt", fmt="zip")
+    server.add_user("hasselt-clerk", "recipient", "hasselt")
+    server.start()
+    data = _data(2 * BATCH + 777, 20)
+    client = server.paramiko("agency")
+    for tenant in ("genk", "hasselt"):
+        with client.open(f"/{tenant}/d.csv", "wb") as handle:
+            handle.write(data)
+    client.close()
+    rows = {r["format"]: r for r in deliveries(server)}
+    age = (server.data_dir / "boxes" / rows["age"]["blob_key"]).read_bytes()
+    zipped = (server.data_dir / "boxes" / rows["zip"]["blob_key"]).read_bytes()
+    assert rows["age"]["stored_sha256"] == age_stored_digest(age)
+    assert rows["zip"]["stored_sha256"] == hashlib.sha256(zipped).hexdigest()
+    assert rows["age"]["plain_sha256"] == rows["zip"]["plain_sha256"] == hashlib.sha256(data).hexdigest()
+    tag_changed = bytearray(age)
+    tag_changed[-1] ^= 1
+    assert age_stored_digest(bytes(tag_changed)) != rows["age"]["stored_sha256"]
+    body_changed = bytearray(age)
+    body_changed[len(age) // 2] ^= 1
+    (tmp_path / "changed.age").write_bytes(bytes(body_changed))
+    with pytest.raises(Exception, match="authentication|chunk"):
+        decrypt_file(tmp_path / "changed.age", server.passphrase("d.csv.age"))

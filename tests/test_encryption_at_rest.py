@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from paramiko.sftp import CMD_CLOSE
 
+from sluis.server.core.encryption import age_stored_digest
 from tests.support.clients import require_binary
 from tests.support.pty_age import run_age
 from tests.support.waiting import wait_until
@@ -117,7 +118,7 @@ def test_no_plaintext_on_disk_during_and_after_upload(server, tmp_path):
     row = app.db.query_one("SELECT * FROM deliveries WHERE name = 'scan.csv'")
     stored = (server.data_dir / "boxes" / row["blob_key"]).read_bytes()
     assert row["plain_sha256"] == hashlib.sha256(data).hexdigest()
-    assert row["stored_sha256"] == hashlib.sha256(stored).hexdigest()
+    assert row["stored_sha256"] == age_stored_digest(stored)   # header and chunk tags (issue 12)
     assert row["stored_size"] == len(stored) and row["plain_size"] == len(data)
     audit = [r for r in app.audit.records() if r.event == "delivery.publish"][-1]
     assert audit.detail["plain_sha256"] == row["plain_sha256"]
