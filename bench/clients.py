@@ -40,11 +40,29 @@ class Client:
         return self.batch(srv, ["pwd"], cwd)[:2]
 
 
+TIMEOUT = 180.0   # seconds for one client run; see TransferTimeout
+
+
+class TransferTimeout(RuntimeError):
+    """A client run took longer than TIMEOUT and was killed. Seen once with psftp uploading to
+    OpenSSH's sftp-server on a loaded machine: sftp-server's input buffer grew to 170 MB and it
+    crawled at 0.4 MB/s. The round records the time as a lower bound and goes on."""
+
+    def __init__(self, wall: float, cpu: float, what: str) -> None:
+        super().__init__(f"{what} killed after {wall:.0f} s")
+        self.wall, self.cpu = wall, cpu
+
+
 def _timed(cmd: list[str], cwd: Path, what: str) -> tuple[float, float, str]:
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=CLIENT_ENV,
-                         stdin=subprocess.DEVNULL)
+    try:
+        res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=CLIENT_ENV,
+                             stdin=subprocess.DEVNULL, timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        raise TransferTimeout(time.perf_counter() - t0, (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
+                              what) from None
     wall = time.perf_counter() - t0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)

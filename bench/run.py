@@ -32,13 +32,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from clients import Client, OpenSSH, Psftp
+from clients import Client, OpenSSH, Psftp, TransferTimeout
 from extras import concurrent_downloads, idle_sessions, login_cpu
 from procs import GIB, MIB, REPO, TreeSampler, cpu_seconds, idle_rss_mib, log, run, sluis_exe, \
     stop_group, wait_no_descendants
 from servers import IDLE_SESSIONS, TENANT, Server, start_openssh, start_sluis
 
 LOCK = Path("/tmp/sluis-bench.lock")
+TIMEOUT_NOTE = "180"
 CLIENTS = {"chacha": "chacha20-poly1305@openssh.com", "gcm": "aes128-gcm@openssh.com", "psftp": ""}
 PARTS = ("transfers", "sessions", "logins", "concurrent")
 
@@ -88,14 +89,20 @@ def take_bench_lock():
 def timed(srv: Server, action, nbytes: int) -> dict:
     wait_no_descendants(srv.pid)
     cpu0 = cpu_seconds(srv.pid)
+    timed_out = False
     with TreeSampler(srv.pid) as sampler:
-        wall, client_cpu = action()
+        try:
+            wall, client_cpu = action()
+        except TransferTimeout as slow:
+            log(f"WARNING: {slow}; recorded as a lower bound")
+            wall, client_cpu, timed_out = slow.wall, slow.cpu, True
     wait_no_descendants(srv.pid)
     time.sleep(0.05)
     cpu = cpu_seconds(srv.pid) - cpu0
     return {"seconds": wall, "mb_per_s": nbytes / 1e6 / wall, "server_cpu_s_per_gib": cpu / (nbytes / GIB),
             "client_cpu_s_per_gib": client_cpu / (nbytes / GIB),
-            "peak_hwm_mib": sampler.peak_hwm_kib / 1024, "peak_rss_mib": sampler.peak_rss_kib / 1024}
+            "peak_hwm_mib": sampler.peak_hwm_kib / 1024, "peak_rss_mib": sampler.peak_rss_kib / 1024,
+            "timed_out": timed_out}
 
 
 def passphrase(logfile: Path, name: str, timeout: float = 60.0) -> str:
@@ -156,7 +163,8 @@ def summarise(rounds: list[dict], clients: list[Client]) -> dict:
             row: dict = {}
             for srv in ("sluis", "openssh"):
                 rs = [r[c.name][srv][op] for r in rounds]
-                row[srv] = {k: stats([x[k] for x in rs]) for k in rs[0]}
+                row[srv] = {k: stats([x[k] for x in rs]) for k in rs[0] if k != "timed_out"}
+                row[srv]["timed_out"] = sum(x["timed_out"] for x in rs)
             row["ratio"] = {
                 "mb_per_s": stats([r[c.name]["sluis"][op]["mb_per_s"] / r[c.name]["openssh"][op]["mb_per_s"]
                                    for r in rounds]),
@@ -191,8 +199,10 @@ def markdown(result: dict) -> str:
             label = cname + (f" ({meta['negotiated'].get(cname, '')})" if cname.startswith("PuTTY") else "")
             for op, row in ops.items():
                 s, o, r = row["sluis"], row["openssh"], row["ratio"]
+                killed = s["timed_out"] + o["timed_out"]
+                note = f" ({killed} run{'s' if killed > 1 else ''} killed after {TIMEOUT_NOTE} s)" if killed else ""
                 lines.append(
-                    f"| {label} | {op} | {rng(s['mb_per_s'])} | {rng(o['mb_per_s'])} | {rng(r['mb_per_s'], 2)} "
+                    f"| {label}{note} | {op} | {rng(s['mb_per_s'])} | {rng(o['mb_per_s'])} | {rng(r['mb_per_s'], 2)} "
                     f"| {s['server_cpu_s_per_gib']['median']:.2f} | {o['server_cpu_s_per_gib']['median']:.2f} "
                     f"| {r['server_cpu_s_per_gib']['median']:.2f} | {s['peak_hwm_mib']['median']:.0f} "
                     f"| {o['peak_hwm_mib']['median']:.0f} |")
@@ -277,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
     nbytes = args.size_mib * MIB
+    import clients as clients_module
+    clients_module.TIMEOUT = max(180.0, nbytes / 2e6)   # slower than 2 MB/s is broken, not slow
+    global TIMEOUT_NOTE
+    TIMEOUT_NOTE = f"{clients_module.TIMEOUT:.0f}"
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="sluis-bench-", dir=args.workdir))
     log(f"work dir {work}")
@@ -344,11 +358,13 @@ def main(argv: list[str] | None = None) -> int:
                         got = cwd / f"got-{srv_up.name}-{name}"
                         res_up = timed(srv_up, lambda: c.upload(srv_up, src, name, cwd), nbytes)
                         res_down = timed(srv_down, lambda: c.download(srv_down, name, got, cwd), nbytes)
-                        if i == 1:
+                        if res_up["timed_out"] or res_down["timed_out"]:
+                            got.unlink(missing_ok=True)   # a killed transfer: nothing to check
+                        elif i == 1:
                             check_download(srv_up, got, name, src_sha)
-                        got.unlink()
+                        got.unlink(missing_ok=True)
                         if srv_up.name == "openssh":
-                            Path(srv_up.remote(name)).unlink()
+                            Path(srv_up.remote(name)).unlink(missing_ok=True)
                         rnd[c.name][srv_up.name] = {"upload": res_up, "download": res_down}
                         log(f"round {i} {c.name:28s} {srv_up.name:7s}: up {res_up['mb_per_s']:6.1f} MB/s "
                             f"cpu {res_up['server_cpu_s_per_gib']:5.2f} s/GiB peak {res_up['peak_hwm_mib']:5.1f} MiB | "

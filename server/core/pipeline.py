@@ -108,7 +108,8 @@ class Pipeline:
             raise self.error
 
     async def room(self) -> None:
-        """Wait while this upload, or all uploads together, have more queued than allowed."""
+        """Wait while this upload, or all uploads together, have more queued than allowed; raise
+        the worker's error, if any."""
         while self.error is None and not self._cancelled and (
                 self._queued > PER_UPLOAD or (self._workers.queued > self._workers.total and self._queued)):
             self._progress.clear()
@@ -117,6 +118,7 @@ class Pipeline:
                 await self._progress.wait()
             finally:
                 self._workers._blocked.discard(self)
+        self.check()   # the worker failed while this write waited: it fails too
 
     async def drain(self) -> None:
         """Hand over the last, short batch and wait until the worker has fed everything."""
