@@ -61,6 +61,7 @@ class Pipeline:
 
     `start` runs in the worker before the first batch (it derives the upload's key), so the OPEN
     that created the upload answers without waiting for it; `key_ready` resolves when it is done.
+    Used without `begin` (no event loop: the library, the CLI), `put` does the work at once.
     """
 
     def __init__(self, workers: AtRestWorkers, start: Callable[[], None], feed: Callable[[bytes], None]) -> None:
@@ -98,6 +99,9 @@ class Pipeline:
     def put(self, data: bytes) -> None:
         """Take the next in-order bytes (kept by reference); raise the worker's error, if any."""
         self.check()
+        if self._loop is None:   # not begun on an event loop (the library, the CLI): work here
+            self._inline(data)
+            return
         self._parts.append(data)
         self._parts_size += len(data)
         if self._parts_size >= BATCH:
@@ -148,6 +152,12 @@ class Pipeline:
         self._running = True
         self._idle.clear()
         self._workers._executor.submit(self._work)
+
+    def _inline(self, data: bytes) -> None:
+        start, self._start = self._start, None
+        if start is not None:
+            start()
+        self._feed(data)
 
     # --- any thread -----------------------------------------------------------------------
     def drained(self) -> bool:

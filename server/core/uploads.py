@@ -5,7 +5,9 @@ Nothing is visible until `DropBox.publish`; `abort` leaves nothing behind. `begi
 `room` and `drain` run on the event loop and cost microseconds: the key derivation, hashing,
 encryption and disk writes run in order in an at-rest worker (pipeline.py). `seal` and
 `release` block (fsync, waiting for the worker) and are called off the event loop. One SFTP
-session sends one upload's requests one at a time, so the window needs no lock.
+session sends one upload's requests one at a time, so the window needs no lock. Without an
+event loop (the library: `write` then `DropBox.publish`, never `begin`) the work is done inside
+`write`.
 """
 
 from __future__ import annotations
