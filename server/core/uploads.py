@@ -77,6 +77,12 @@ class Upload:
         self._encryptor.write(data)
 
     @property
+    def failed(self) -> bool:
+        """The at-rest worker failed (disk full, a refusal raised in `_feed`): nothing of this
+        upload can be published any more."""
+        return self._pipeline.error is not None
+
+    @property
     def size(self) -> int:
         """Plaintext bytes received in order so far (what the sender sees as the file's size)."""
         return self.sealed.plain_size if self.sealed else self._window.position

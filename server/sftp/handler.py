@@ -240,6 +240,9 @@ class SluisSFTPServer(asyncssh.SFTPServer):
             handle.upload.write(offset, data)
             await handle.upload.room()
         except (UploadRejected, Busy) as exc:
+            if handle.upload.failed:   # raised in the at-rest worker (Upload._feed): final
+                await asyncio.to_thread(self._drop, handle, "write failed", exc)
+                raise
             if isinstance(exc, LimitReached):
                 self.limits.breach(exc.limit, exc.value, exc.allowed)
             # The client may still fix this (a retry of the same write, once the shared reorder
