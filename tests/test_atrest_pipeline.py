@@ -329,3 +329,76 @@ def test_the_stored_digest_names_the_stored_file(make_server, tmp_path):
     (tmp_path / "changed.age").write_bytes(bytes(body_changed))
     with pytest.raises(Exception, match="authentication|chunk"):
         decrypt_file(tmp_path / "changed.age", server.passphrase("d.csv.age"))
+
+
+class SlowTemp:
+    """A storage stand-in for one temporary whose writes block until `gate` opens (a slow disk)."""
+
+    def __init__(self) -> None:
+        self.key = "u-slow"
+        self.gate = threading.Event()
+        self.data = bytearray()
+        self.synced = False
+
+    def write(self, data: bytes) -> int:
+        self.gate.wait()
+        self.data += data
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def sync(self) -> None:
+        self.synced = True
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_upload_over_a_slow_disk_holds_bounded_memory_and_arrives_whole():
+    """Upload, reorder window, pipeline, age encryptor and a disk that stalls, composed as
+    DropBox.start_upload does: while the disk stalls the writes wait with at most PER_UPLOAD
+    (plus the batch being filled) in memory; once it moves, the file decrypts to what was sent
+    and the recorded hashes match."""
+    from sluis.server.core.encryption import HashingOutput, open_encryptor
+    from sluis.server.core.uploads import Upload
+    from sluis.server.core.window import MemoryBudget, ReorderWindow
+
+    data = _data(20 * MIB + 4321, 30)
+    temp = SlowTemp()
+    out = HashingOutput(temp)
+    workers = AtRestWorkers(64 * MIB)
+    budget = MemoryBudget(64 * MIB)
+    upload = Upload(upload_id="u-slow", session=None, tenant=None, name="slow.csv", temp=temp, out=out,
+                    passphrase="pass", workers=workers,
+                    encryptor=lambda: open_encryptor("age", out, "pass", name="slow.csv", scrypt_log_n=10),
+                    window_factory=lambda sink: ReorderWindow(sink, window=8 * MIB, budget=budget,
+                                                              max_size=1 << 30))
+
+    async def main() -> None:
+        key_ready = upload.begin()                  # its header write stalls on the disk too
+
+        async def sender() -> None:
+            for at in range(0, len(data), 32768):
+                upload.write(at, data[at:at + 32768])
+                await upload.room()
+
+        task = asyncio.create_task(sender())
+        while upload._pipeline not in workers._blocked:
+            await asyncio.sleep(0)
+        assert upload.size < len(data)
+        assert upload._pipeline.queued <= PER_UPLOAD + BATCH
+        assert not temp.data                        # the disk has taken nothing yet
+        assert not key_ready.done()
+        temp.gate.set()
+        await task
+        await upload.drain()
+        assert key_ready.done()
+
+    asyncio.run(main())
+    sealed = upload.seal()
+    assert temp.synced and sealed.plain_size == len(data)
+    assert sealed.plain_sha256 == hashlib.sha256(data).hexdigest()
+    assert sealed.stored_sha256 == age_stored_digest(bytes(temp.data))
+    from tests.support.clients_extra import decrypt_bytes
+    assert decrypt_bytes(bytes(temp.data), "pass") == data
