@@ -1,4 +1,5 @@
-# sluis — `make demo` runs a demo server, `make test` runs the whole suite.
+# sluis — `make demo` runs a demo server, `make test` runs the whole suite, `make bench` compares
+# with OpenSSH (bench/README.md; e.g. make bench BENCH_ARGS="--clients chacha --rounds 3")
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -22,7 +23,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO) build *.egg-info .pytest_cache

@@ -107,6 +107,9 @@ class UploadSettings:
     sender_window: int = setting("64MiB", parse_size,
                                  "one sender's uploads together: their share of total_window, so one cannot take it all")
     max_file_size: int = setting("4GiB", parse_size, "largest file a sender may upload")
+    atrest_memory: int = setting("64MiB", size_range(1 << 20, 1 << 40),
+                                 "all uploads together: plaintext queued for encryption and hashing "
+                                 "(4 MiB at most per upload); writes past it wait")
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from .deliveries import (
 from .directory import Directory
 from .encryption import SUFFIXES, HashingOutput, open_encryptor
 from .names import check_name, staged_base
+from .pipeline import AtRestWorkers
 from .records import Delivery, Tenant
 from .session import Session
 from .state import Database, Tx
@@ -102,6 +103,7 @@ class DropBox:
         self.content = content
         self.receipts = receipts
         self.budget = MemoryBudget(settings.upload.total_window)
+        self.atrest = AtRestWorkers(settings.upload.atrest_memory)  # hashing + encryption threads
         # Each sender's share of it, alive while one of its uploads holds it.
         self._sender_budgets: WeakValueDictionary[int, MemoryBudget] = WeakValueDictionary()
         self._budgets_lock = threading.Lock()
@@ -146,7 +148,8 @@ class DropBox:
 
     # --- uploads -------------------------------------------------------------------------------
     def start_upload(self, session: Session, tenant_name: str, name: str) -> Upload:
-        """Check name, tenant and policy, then open an encrypted temporary. Blocks (scrypt)."""
+        """Check name, tenant and policy, then open the temporary (blocks: SQLite, disk). The key
+        derivation is not done here: `Upload.begin` starts it in the at-rest worker."""
         if not session.is_sender:
             raise PermissionDenied("only senders upload")
         name = check_name(name)
@@ -169,17 +172,19 @@ class DropBox:
         try:
             out = HashingOutput(temp)
             passphrase = self.passphrases()
-            member = staged_base(name) or name
-            encryptor = open_encryptor(tenant.format, out, passphrase, name=member,
-                                       scrypt_log_n=self.settings.crypto.scrypt_log_n)
         except BaseException:
             temp.close()
             self._forget_upload(upload_id, tenant, session, "failed to start", "encryptor")
             raise
+        member = staged_base(name) or name
+        log_n = self.settings.crypto.scrypt_log_n
         upload_settings = self.settings.upload
         budget = self._sender_budget(session)
+        # The key derivation (scrypt) runs later, in the upload's at-rest worker (Upload.begin).
         return Upload(upload_id=upload_id, session=session, tenant=tenant, name=name, temp=temp,
-                      out=out, encryptor=encryptor, passphrase=passphrase, check=check,
+                      out=out, passphrase=passphrase, workers=self.atrest, check=check,
+                      encryptor=lambda: open_encryptor(tenant.format, out, passphrase, name=member,
+                                                       scrypt_log_n=log_n),
                       window_factory=lambda sink: ReorderWindow(
                           sink, window=upload_settings.window, budget=budget,
                           max_size=upload_settings.max_file_size))

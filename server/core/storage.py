@@ -29,6 +29,7 @@ class TempBlob(Protocol):
     key: str
 
     def write(self, data: bytes) -> int: ...
+    def flush(self) -> None: ...   # hand buffered bytes to the store (not durable: that is sync)
     def sync(self) -> None: ...
     def close(self) -> None: ...
 
@@ -62,6 +63,12 @@ class _LocalTemp:
     def write(self, data: bytes) -> int:
         try:
             return self._file.write(data)
+        except OSError as exc:
+            raise StorageFull("no space left for the upload") if is_storage_full(exc) else exc
+
+    def flush(self) -> None:
+        try:
+            self._file.flush()
         except OSError as exc:
             raise StorageFull("no space left for the upload") if is_storage_full(exc) else exc
 

@@ -1,12 +1,15 @@
 """The SFTP server a logged-in user talks to. It only checks and delegates: every request is
 normalised (paths.py), authorised (requests.py), resolved in the user's view (views.py) and
-handed to the drop-box core off the event loop; core errors become SFTP errors in status.py.
+handed to the drop-box core; core errors become SFTP errors in status.py. Reads and writes
+cost microseconds and run on the event loop (an upload's hashing, encryption and disk writes
+go to its at-rest worker); everything else (SQLite, open, close, fsync) runs in a thread.
 Every request leaves one log line (reads and writes at debug level).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from dataclasses import dataclass, field
@@ -66,10 +69,21 @@ class SluisSFTPServer(asyncssh.SFTPServer):
 
     # --- the one wrapper every request goes through ---------------------------------------------
     async def _run(self, op: str, target: str, func: Callable[..., T], *args: Any) -> T:
+        """Run `func` in a thread (it may block: SQLite, disk, fsync)."""
+        return await self._call(op, target, asyncio.to_thread, func, *args)
+
+    async def _run_here(self, op: str, target: str, func: Callable[..., Any], *args: Any) -> Any:
+        """Run `func` on the event loop: only for what costs microseconds (reads, writes)."""
+        return await self._call(op, target, _direct, func, *args)
+
+    async def _call(self, op: str, target: str, runner: Callable[..., Any], func: Callable[..., Any],
+                    *args: Any) -> Any:
         started = time.monotonic()
         try:
             authorise(self.session, op)
-            result = await asyncio.to_thread(func, *args)
+            result = runner(func, *args)
+            if inspect.isawaitable(result):
+                result = await result
         except Exception as exc:
             error = to_sftp_error(exc)
             self._log(op, target, started, f"{type(error).__name__}: {error.reason}", logging.INFO)
@@ -83,6 +97,8 @@ class SluisSFTPServer(asyncssh.SFTPServer):
         return result
 
     def _log(self, op: str, target: str, started: float, outcome: str, level: int) -> None:
+        if not log.isEnabledFor(level):
+            return
         log.log(level, "sftp user=%s session=%s from=%s op=%s path=%s result=%s ms=%.1f",
                 quoted(self.session.actor), self.session.id, quoted(self.session.source), op, quoted(target),
                 quoted(outcome),
@@ -172,9 +188,20 @@ class SluisSFTPServer(asyncssh.SFTPServer):
         shown = self._show(path)
         if pflags & (FXF_WRITE | FXF_APPEND):
             self.limits.check_uploads(len(self.uploads))
-            # Each upload open derives a key with scrypt (32 MiB): a few at a time, process-wide.
-            async with self.limits.key_derivation():
-                return await self._run("open_write", shown, self._open_write, path, pflags)
+            # Each upload derives a key with scrypt (32 MiB): a few at a time, process-wide. The
+            # slot is held from the open until the derivation ends, but the OPEN is answered as
+            # soon as the checks pass: the derivation runs in the upload's at-rest worker, and
+            # the first writes queue (bounded) until the key is ready.
+            slots = self.limits.key_derivation()
+            await slots.acquire()
+            try:
+                handle = await self._run("open_write", shown, self._open_write, path, pflags)
+                key_ready = handle.upload.begin()
+            except BaseException:
+                slots.release()
+                raise
+            key_ready.add_done_callback(lambda _: slots.release())
+            return handle
         if pflags & FXF_READ and self.view.is_receipt(path):  # a sender's only read (requests.py)
             return await self._run("read_receipt", shown, lambda: self.view.open_receipt(split_path(path)))
         if pflags & FXF_READ:
@@ -210,18 +237,22 @@ class SluisSFTPServer(asyncssh.SFTPServer):
             raise to_sftp_error(PermissionDenied("this handle was not opened for reading"))
         # A longer READ gets at most the cap, as from OpenSSH's sftp-server (a short read is legal).
         size = min(size, self.limits.max_read)
-        return await self._run("read", "<handle>", file_obj.download.read, offset, size)
+        return await self._run_here("read", "<handle>", file_obj.download.read, offset, size)
 
     async def write(self, file_obj: object, offset: int, data: bytes) -> int:
         if not isinstance(file_obj, UploadHandle):
             raise to_sftp_error(PermissionDenied("this handle was not opened for writing"))
-        await self._run("write", "<handle>", self._write, file_obj, offset, data)
+        await self._run_here("write", "<handle>", self._write, file_obj, offset, data)
         return len(data)
 
-    def _write(self, handle: UploadHandle, offset: int, data: bytes) -> None:
+    async def _write(self, handle: UploadHandle, offset: int, data: bytes) -> None:
         try:
             handle.upload.write(offset, data)
+            await handle.upload.room()
         except (UploadRejected, Busy) as exc:
+            if handle.upload.failed:   # raised in the at-rest worker (Upload._feed): final
+                await asyncio.to_thread(self._drop, handle, "write failed", exc)
+                raise
             if isinstance(exc, LimitReached):
                 self.limits.breach(exc.limit, exc.value, exc.allowed)
             # The client may still fix this (a retry of the same write, once the shared reorder
@@ -229,8 +260,8 @@ class SluisSFTPServer(asyncssh.SFTPServer):
             # publish what arrived so far.
             handle.refused.add((offset, len(data)))
             raise
-        except Exception as exc:
-            self._drop(handle, "write failed", exc)
+        except Exception as exc:   # the at-rest worker failed (disk full...): nothing will be published
+            await asyncio.to_thread(self._drop, handle, "write failed", exc)
             raise
         handle.refused.discard((offset, len(data)))
 
@@ -239,7 +270,18 @@ class SluisSFTPServer(asyncssh.SFTPServer):
             await self._run("close", file_obj.download.delivery.stored_name,
                             self.dropbox.close_download, self.session, file_obj.download)
         elif isinstance(file_obj, UploadHandle):
-            await self._run("close", "/".join(file_obj.key), self._close_upload, file_obj)
+            await self._run_here("close", "/".join(file_obj.key), self._close_upload_async, file_obj)
+
+    async def _close_upload_async(self, handle: UploadHandle) -> None:
+        """Wait (on the loop) for the at-rest worker to catch up, then seal and publish in a thread."""
+        upload = handle.upload
+        if not (self.lost or upload.finished or handle.refused):
+            try:
+                await upload.drain()
+            except Exception as exc:
+                await asyncio.to_thread(self._drop, handle, "could not be completed", exc)
+                raise
+        await asyncio.to_thread(self._close_upload, handle)
 
     def _close_upload(self, handle: UploadHandle) -> None:
         upload = handle.upload
@@ -328,6 +370,11 @@ class SluisSFTPServer(asyncssh.SFTPServer):
         for key, upload in list(self.uploads.items()):
             self.uploads.pop(key, None)
             await asyncio.to_thread(self.dropbox.abort, upload, "session ended before the upload was complete")
+
+
+def _direct(func: Callable[..., Any], *args: Any) -> Any:
+    """The `_call` runner for work done on the event loop itself."""
+    return func(*args)
 
 
 def _only_times(attrs: SFTPAttrs) -> None:

@@ -159,7 +159,8 @@ class ConnectionLimits:
                               "session; finish one first ([limits] uploads_per_session)")
 
     def key_derivation(self) -> asyncio.Semaphore:
-        """Hold one of the process's key-derivation slots (`async with`) while an upload opens."""
+        """The process's key-derivation slots: an upload open holds one from before its checks
+        until its key derivation (in the at-rest worker) has ended."""
         return self._process.key_derivations
 
     def message_too_long(self, length: int) -> None:

@@ -58,7 +58,7 @@ class StreamSealer:
         self._counter = 0
         self._finished = False
 
-    def seal(self, chunk: bytes, *, last: bool) -> bytes:
+    def seal(self, chunk: bytes | memoryview, *, last: bool) -> bytes:
         """Encrypt the next chunk; every chunk but the final one must be exactly 64 KiB."""
         if self._finished:
             raise ValueError("the final chunk has already been sealed")

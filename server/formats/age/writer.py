@@ -86,6 +86,11 @@ class AgeWriter:
             raise ValueError("write to a closed AgeWriter")
         view = memoryview(data).cast("B")
         self._plaintext_bytes += len(view)
+        # Fast path for large writes (the upload pipeline hands over 1 MiB at a time): whole
+        # chunks with more data after them are sealed straight from the caller's buffer.
+        while not self._buffer and len(view) > CHUNK_SIZE:
+            self._emit(self._sealer.seal(view[:CHUNK_SIZE], last=False))
+            view = view[CHUNK_SIZE:]
         while view:
             if len(self._buffer) == CHUNK_SIZE:
                 # More data follows, so the buffered chunk is not the final one. We cannot seal
