@@ -64,6 +64,8 @@ def start_sluis(work: Path, keys: dict[str, Path]) -> tuple[Server, Server]:
     text = _set(text, "listen", f'"127.0.0.1:{port}"')
     # Every round collects its delivery; each new upload then counts against the yearly limit.
     text = _set(text, "yearly_limit", "366")
+    # The transfers are random bytes, not a list: `sluis init` sets up "kbi-list" for real use.
+    text = _set(text, "content", '"any"')
     # 100 idle sessions of one user, and 8 concurrent downloads.
     text = _set(text, "max_sessions_per_user", str(IDLE_SESSIONS + 20))
     conf.write_text(text)
