@@ -19,7 +19,7 @@ from ..server.core.clock import Clock, iso
 from ..server.core.deliveries import PUBLISHED, fetch
 from ..server.core.directory import tenant_name, tenant_phones
 from ..server.core.records import Delivery, Tenant
-from ..server.core.state import Database, Tx
+from ..server.core.store import Store, Tx
 from ..server.errors import Busy, InvalidInput, NotFound
 from .sealing import Sealer
 
@@ -83,7 +83,7 @@ def job_from_row(row: Any) -> Job:
 class Outbox:
     """KeyHandoff for the drop-box core, and the job store the worker drains."""
 
-    def __init__(self, settings: Settings, db: Database, audit: AuditLog, clock: Clock,
+    def __init__(self, settings: Settings, db: Store, audit: AuditLog, clock: Clock,
                  sealer: Callable[[], Sealer]) -> None:
         """`sealer` is called on first use, so that commands which never touch a passphrase
         (tenant, user, status) run without access to the secret key."""
@@ -123,7 +123,7 @@ class Outbox:
         self.destroy_if_done(tx, delivery_id)
 
     # --- SMS attempts: bound to the tenant's phones, recorded before the provider call ----------
-    def phones(self, conn: Tx | Database, tenant_id: int) -> list[str]:
+    def phones(self, conn: Tx | Store, tenant_id: int) -> list[str]:
         """The tenant's registered phones now, in order."""
         return tenant_phones(conn, tenant_id)
 
@@ -135,7 +135,7 @@ class Outbox:
         tenant's (cancelled; operator alerted). Phones added to the tenant since publishing do not
         get the key automatically: the operator is alerted once per phone and may resend.
         """
-        with self.db.transaction() as tx:
+        with self.db.writer() as tx:
             row = tx.execute("SELECT * FROM outbox WHERE id = ?", (job.id,)).fetchone()
             if row is None or row["state"] != PENDING:
                 return None
@@ -190,7 +190,7 @@ class Outbox:
         operator alerted. Audited as `key.sms.interrupted` either way. Returns (job, new state)."""
         settled: list[tuple[Job, str]] = []
         for row in self.db.query("SELECT id FROM outbox WHERE state = ? ORDER BY id", (SENDING,)):
-            with self.db.transaction() as tx:
+            with self.db.writer() as tx:
                 current = tx.execute("SELECT * FROM outbox WHERE id = ?", (row[0],)).fetchone()
                 if current is None or current["state"] != SENDING:
                     continue
@@ -225,9 +225,9 @@ class Outbox:
     def _insert(self, tx: Tx, delivery_id: str, kind: str, target: str, **payload: Any) -> int:
         now = self._now()
         cur = tx.execute("INSERT INTO outbox (delivery_id, kind, target, state, next_attempt_at,"
-                         " payload, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         " payload, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                          (delivery_id, kind, target, PENDING, now, json.dumps(payload), now, now))
-        return cur.lastrowid
+        return int(cur.fetchone()[0])
 
     def alert(self, tx: Tx, delivery_id: str, *, to: str | None = None, **details: Any) -> None:
         """Queue an alert for the operator (or `to`): mailed when e-mail is on; always logged and audited."""
@@ -288,7 +288,7 @@ class Outbox:
     # --- operator actions ---------------------------------------------------------------------------
     def resend(self, delivery_id: str, *, actor: str, phone: str | None = None, source: str = "cli") -> list[str]:
         """Send the key again to every phone of the tenant (or one), at most once per interval."""
-        with self.db.transaction() as tx:
+        with self.db.writer() as tx:
             found = fetch(tx, "id = ?", (delivery_id,))
             if not found:
                 raise NotFound(f"no delivery {delivery_id!r}")

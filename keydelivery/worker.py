@@ -114,7 +114,7 @@ class OutboxWorker:
             log.exception("SMS to %s: unexpected error from the provider", job.target)
             self._retry(job, tenant, TransientProviderError(f"unexpected error: {exc!r}"[:300]), claim.attempt)
         else:
-            with self.outbox.db.transaction() as tx:
+            with self.outbox.db.writer() as tx:
                 # Revocation leaves a `sending` job alone, so even for a delivery replaced or
                 # withdrawn meanwhile the job records what the provider accepted.
                 self.outbox.update(tx, job, state=self.outbox.settle_sent(tx, job), attempts=claim.attempt,
@@ -137,7 +137,7 @@ class OutboxWorker:
     def _retry(self, job: Job, tenant: str, exc: TransientProviderError, attempts: int | None = None) -> None:
         """`attempts`: the attempt already recorded (an SMS claim), else this one counts now."""
         attempts = attempts if attempts is not None else job.attempts + 1
-        with self.outbox.db.transaction() as tx:
+        with self.outbox.db.writer() as tx:
             self.outbox.update(tx, job, state=PENDING, attempts=attempts, last_error=str(exc)[:500],
                                next_attempt_at=self.outbox.backoff(attempts, exc.retry_after, self.rng.random()))
             self.outbox.audit.append(tx, "key.retry", actor="sluis", tenant=tenant, delivery=job.delivery_id,
@@ -148,7 +148,7 @@ class OutboxWorker:
         log.warning("%s to %s failed (attempt %d), retrying: %s", job.kind, job.target, attempts, exc)
 
     def _fail(self, job: Job, tenant: str, delivery: Any, reason: str, attempts: int | None = None) -> None:
-        with self.outbox.db.transaction() as tx:
+        with self.outbox.db.writer() as tx:
             self.outbox.update(tx, job, state=FAILED, last_error=reason[:500],
                                attempts=attempts if attempts is not None else job.attempts + 1)
             self.outbox.destroy_if_done(tx, job.delivery_id)
@@ -169,7 +169,7 @@ class OutboxWorker:
         else:
             error = None
         _, tenant = self._context(job)
-        with self.outbox.db.transaction() as tx:
+        with self.outbox.db.writer() as tx:
             if status in FINAL_STATUSES:
                 state = UNDELIVERED if status in FAILED_STATUSES else DELIVERED
                 self.outbox.update(tx, job, state=state, provider_status=status, polls=job.polls + 1,
@@ -196,7 +196,7 @@ class OutboxWorker:
         except PermanentProviderError as exc:
             state, error = REDACT_GAVE_UP, str(exc)
         _, tenant = self._context(job)
-        with self.outbox.db.transaction() as tx:
+        with self.outbox.db.writer() as tx:
             self.outbox.update(tx, job, redacted=state, redact_attempts=attempts,
                                next_attempt_at=self.outbox.backoff(attempts, None, self.rng.random()))
             if state == REDACT_DONE:
@@ -218,7 +218,7 @@ class OutboxWorker:
         except PermanentProviderError as exc:
             self._fail(job, tenant, delivery, str(exc))
         else:
-            with self.outbox.db.transaction() as tx:
+            with self.outbox.db.writer() as tx:
                 self.outbox.update(tx, job, state=SENT, attempts=job.attempts + 1, last_error=None)
                 event = f"{job.kind}.sent" if mailed else f"{job.kind}.logged"
                 self.outbox.audit.append(tx, event, actor="sluis", tenant=tenant,

@@ -20,7 +20,7 @@ from ..server.core.clock import Clock, iso, parse_iso
 from ..server.core.incidents import Entry, Incident, IncidentStore
 from ..server.core.notifications import EMAIL, SMS, NotificationQueue
 from ..server.core.records import ROLE_RECIPIENT
-from ..server.core.state import Tx
+from ..server.core.store import Tx
 from ..server.logsafe import quoted
 from .alerts import alert, describe, dpo_notice
 
@@ -71,7 +71,7 @@ class IncidentTracker:
         """Process what is new (up to MAX_BATCHES batches); returns how many records were read."""
         read = 0
         for _ in range(MAX_BATCHES):
-            with self.store.transaction() as tx:
+            with self.store.writer() as tx:
                 done = self._batch(tx)
             read += done
             if done < BATCH:

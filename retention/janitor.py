@@ -67,7 +67,7 @@ class Janitor:
         sender = self.dropbox.db.query_one("SELECT name, email FROM users WHERE id = ?", (delivery.sender_id,))
         reason = (f"not collected before {delivery.expires_at}; the file expired and was removed "
                   f"(sender {sender['name']})")
-        with self.dropbox.db.transaction() as tx:
+        with self.dropbox.db.writer() as tx:
             self.outbox.alert(tx, delivery.id, phone="-", sender=sender["name"], reason=reason)
             if sender["email"]:
                 self.outbox.alert(tx, delivery.id, to=sender["email"], phone="-", sender=sender["name"],
@@ -77,6 +77,6 @@ class Janitor:
     def _destroy_keys(self) -> int:
         destroyed = 0
         for row in self.dropbox.db.query("SELECT delivery_id FROM secrets"):
-            with self.dropbox.db.transaction() as tx:
+            with self.dropbox.db.writer() as tx:
                 destroyed += self.outbox.destroy_if_done(tx, row[0])
         return destroyed

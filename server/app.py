@@ -30,7 +30,8 @@ from .core.notifications import NotificationQueue
 from .core.receiptkey import load_or_create
 from .core.receipts import ReceiptStore
 from .core.review import AccountReview
-from .core.state import Database, open_database
+from .core.state import open_database
+from .core.store import Store
 from .core.storage import LocalStorage, Storage
 from .core.workpool import BoundedPool
 from .sftp.connections import ConnectionRegistry
@@ -42,7 +43,7 @@ from .sftp.limits import ProcessLimits
 class App:
     settings: Settings
     clock: Clock
-    db: Database
+    db: Store
     audit: AuditLog
     directory: Directory
     storage: Storage

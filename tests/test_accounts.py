@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import sqlite3
 import subprocess
 from datetime import datetime, timedelta, timezone
 
 import asyncssh
 import pytest
 
+from sluis.server.core.store import Conflict
 from sluis.server.cli.common import operator
 from sluis.server.core.directory import Actor
 from sluis.server.errors import AlreadyExists, InvalidInput
@@ -74,8 +74,8 @@ def test_one_account_is_never_both_sender_and_recipient(lib):
                 "UPDATE users SET tenant_id = 1 WHERE name = 'agency'",           # a sender with a tenant
                 "UPDATE users SET role = 'sender,recipient' WHERE name = 'agency'",
                 "INSERT INTO users (name, role, tenant_id, created_at) VALUES ('agency', 'recipient', 1, 'x')"):
-        with pytest.raises(sqlite3.IntegrityError):
-            with app.db.transaction() as tx:
+        with pytest.raises(Conflict):
+            with app.db.writer() as tx:
                 tx.execute(sql)
 
 

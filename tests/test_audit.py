@@ -167,7 +167,7 @@ def test_prune_keeps_the_chain_verifiable(lib):
     assert app.janitor.run_once().audit_pruned == 0
 
     # deleting the prune record leaves the cut unexplained
-    with app.db.transaction() as tx:
+    with app.db.writer() as tx:
         tx.execute("DELETE FROM audit WHERE event = 'audit.prune'")
     assert_broken_at(server, kept_from, "no audit.prune record accounts for them")
 

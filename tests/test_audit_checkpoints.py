@@ -194,7 +194,7 @@ def test_checkpoint_refuses_a_truncated_chain_and_records_audit_broken(lib, capl
         app.audit.record("test.event", actor="test", n=n)
     second = app.checkpoints.checkpoint("interval")
     assert second is not None and second.seq == first.seq + 5  # the five records, and nothing else
-    with app.db.transaction() as tx:
+    with app.db.writer() as tx:
         tx.execute("DELETE FROM audit WHERE seq > ?", (second.seq - 3,))
     with caplog.at_level(logging.ERROR, logger="sluis.audit"):
         assert app.checkpoints.checkpoint("interval") is None
@@ -214,7 +214,7 @@ def test_checkpoint_refuses_an_edited_record_since_the_last_one(lib):
     _server, app, _clock = lib
     first = app.checkpoints.checkpoint("interval")
     app.audit.record("test.event", actor="test")
-    with app.db.transaction() as tx:
+    with app.db.writer() as tx:
         tx.execute("UPDATE audit SET actor = 'someone else' WHERE seq = ?", (first.seq + 1,))
     assert app.checkpoints.checkpoint("interval") is None
     [broken] = [r for r in app.audit.records() if r.event == "audit.broken"]

@@ -14,6 +14,7 @@ from contextlib import closing
 
 import pytest
 
+from sluis.server.core.store import Conflict
 from sluis.server.core.audit import GENESIS, record_hash
 from tests.support.library import FAST, download, has_secret, sluis, state_of, upload
 
@@ -76,7 +77,7 @@ def test_orphan_sweep_removes_nothing_it_cannot_record(lib):
     orphan.parent.mkdir(parents=True, exist_ok=True)
     orphan.write_bytes(b"x")
     fail_audit(server, "storage.orphan.remove")
-    with pytest.raises(sqlite3.IntegrityError, match="disk is full"):
+    with pytest.raises(Conflict, match="disk is full"):
         app.dropbox.sweep_orphans()
     assert orphan.exists(), "the orphan was removed without a record"
     heal(server)
@@ -164,10 +165,10 @@ def test_systemd_credential_wins_over_the_key_file(make_server, tmp_path):
 def test_key_destruction_is_recorded_or_does_not_happen(lib):
     server, app, _clock = lib
     delivery = upload(app)
-    with app.db.transaction() as tx:   # the SMS went out: nothing needs the key once collected
+    with app.db.writer() as tx:   # the SMS went out: nothing needs the key once collected
         tx.execute("UPDATE outbox SET state = 'delivered' WHERE delivery_id = ?", (delivery.id,))
     fail_audit(server, "key.destroy")
-    with pytest.raises(sqlite3.IntegrityError, match="disk is full"):
+    with pytest.raises(Conflict, match="disk is full"):
         download(app, delivery)
     assert has_secret(app, delivery) and state_of(app, delivery).state == "published"
     heal(server)

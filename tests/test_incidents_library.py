@@ -195,7 +195,7 @@ def test_a_truncated_or_rewritten_audit_log_opens_an_audit_broken_incident(sec):
         app.audit.record("test.event", actor="sluis", n=n)
     app.tracker.run_once()
     head, _ = app.audit.head()
-    with app.db.transaction() as tx:
+    with app.db.writer() as tx:
         tx.execute("DELETE FROM audit WHERE seq > ?", (head - 3,))
     app.tracker.run_once()
     [incident] = app.incidents.listing()

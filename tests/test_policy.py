@@ -31,7 +31,7 @@ def try_upload(app, name: str = "lijst.csv", tenant: str = "genk"):
 def set_protocol(app, tenant: str, *, signed: str, effective: str, notice: str | None = None) -> None:
     tenant_id = app.directory.tenant(tenant).id
     ends = notice_end(date.fromisoformat(notice)).isoformat() if notice else None
-    with app.db.transaction() as tx:
+    with app.db.writer() as tx:
         tx.execute("INSERT OR REPLACE INTO protocols (tenant_id, signed, effective, reference, notice, ends)"
                    " VALUES (?, ?, ?, '', ?, ?)", (tenant_id, signed, effective, notice, ends))
 
@@ -216,7 +216,7 @@ def test_new_delivery_with_name_of_collected_one_is_reachable(lib):
     """A collected file in its grace period leaves when a new delivery takes its name."""
     _srv, app, clock = lib
     assert download(app, upload(app, "lijst.csv", b"first\n"))
-    with app.db.transaction() as tx:
+    with app.db.writer() as tx:
         tx.execute("INSERT INTO allowances (tenant_id, granted_at, granted_by, reason) VALUES (?, ?, 'op', 'x')",
                    (app.directory.tenant("genk").id, clock.now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")))
     clock.advance(hours=1)
@@ -233,7 +233,7 @@ def test_new_delivery_with_name_of_collected_one_is_reachable(lib):
 def test_allowance_grants_exactly_one_more(lib):
     _srv, app, clock = lib
     assert download(app, upload(app))
-    with app.db.transaction() as tx:
+    with app.db.writer() as tx:
         tx.execute("INSERT INTO allowances (tenant_id, granted_at, granted_by, reason) VALUES (?, ?, 'op', 'x')",
                    (app.directory.tenant("genk").id, clock.now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")))
     clock.advance(days=1)
@@ -261,7 +261,7 @@ def test_disabled_tenant_is_refused_and_standing_says_so(lib):
 # --- the protocol ----------------------------------------------------------------------------------
 def test_no_protocol_refused(lib):
     _srv, app, _clock = lib
-    with app.db.transaction() as tx:
+    with app.db.writer() as tx:
         tx.execute("DELETE FROM protocols")
     with pytest.raises(PolicyRefused, match="no data-sharing protocol is registered for genk"):
         try_upload(app)
@@ -376,7 +376,7 @@ def test_protocol_cli_future_and_notice(make_server, tmp_path):
     assert events.count("protocol.register") == 2 and events.count("protocol.notice") == 2
 
     # notice without a protocol, bad dates: refused clearly
-    with srv.app().db.transaction() as tx:
+    with srv.app().db.writer() as tx:
         tx.execute("DELETE FROM protocols WHERE tenant_id = ?", (srv.app().directory.tenant("gent").id,))
     nothing = sluis(srv.config, "tenant", "protocol", "gent", "--notice", "2021-01-01")
     assert nothing.returncode == 1 and "no protocol is registered for gent" in nothing.stderr

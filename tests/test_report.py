@@ -141,7 +141,7 @@ def _distinct_bytes(png: bytes) -> int:
 def test_a_broken_chain_is_reported_as_broken(history, tmp_path):
     server = history
     [collect] = audit(server, "delivery.collect")
-    with server.app().db.transaction() as tx:      # someone edits the log behind sluis's back
+    with server.app().db.writer() as tx:      # someone edits the log behind sluis's back
         tx.execute("UPDATE audit SET actor = 'iemand-anders' WHERE seq = ?", (collect["seq"],))
     report = json.loads(_report(server, tmp_path, "json").read_text())
     assert report["audit_chain"]["ok"] is False and report["audit_chain"]["bad_seq"] == collect["seq"]

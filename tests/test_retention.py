@@ -136,7 +136,7 @@ def test_key_destroyed_once_collected_and_sms_done(lib):
     delivery = upload(app)
     assert download(app, delivery)
     assert has_secret(app, delivery)             # the SMS is still pending: keep the key for it
-    with app.db.transaction() as tx:
+    with app.db.writer() as tx:
         tx.execute("UPDATE outbox SET state = 'delivered' WHERE delivery_id = ?", (delivery.id,))
     report = app.janitor.run_once()
     assert report.keys_destroyed == 1
@@ -203,7 +203,7 @@ def test_recipient_deletes_with_sftp_rm(make_server, tmp_path):
 
 def test_expiry_alert_also_goes_to_a_sender_with_an_address(lib):
     _srv, app, clock = lib
-    with app.db.transaction() as tx:
+    with app.db.writer() as tx:
         tx.execute("UPDATE users SET email = 'batch@agentschap.test' WHERE name = 'agency'")
     delivery = upload(app)
     clock.advance(days=31)

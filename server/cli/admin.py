@@ -150,7 +150,7 @@ def cmd_tenant_protocol(args: Any) -> None:
     app = open_app(args)
     tenant = app.directory.tenant(args.name)
     actor = operator()
-    with app.db.transaction() as tx:
+    with app.db.writer() as tx:
         if args.notice:
             if load_protocol(tx, tenant.id) is None:
                 raise NotFound(f"no protocol is registered for {tenant.name}")
@@ -167,8 +167,10 @@ def cmd_tenant_protocol(args: Any) -> None:
             signed, effective = _date(args.signed, "--signed"), _date(args.effective, "--effective")
             if effective < signed:
                 raise InvalidInput("--effective cannot be before --signed")
-            tx.execute("INSERT OR REPLACE INTO protocols (tenant_id, signed, effective, reference, notice, ends)"
-                       " VALUES (?, ?, ?, ?, NULL, NULL)",
+            tx.execute("INSERT INTO protocols (tenant_id, signed, effective, reference, notice, ends)"
+                       " VALUES (?, ?, ?, ?, NULL, NULL) ON CONFLICT (tenant_id) DO UPDATE SET"
+                       " signed = excluded.signed, effective = excluded.effective,"
+                       " reference = excluded.reference, notice = NULL, ends = NULL",
                        (tenant.id, signed.isoformat(), effective.isoformat(), args.reference))
             app.audit.append(tx, "protocol.register", actor=actor.name, tenant=tenant.name, source=actor.source,
                              signed=signed.isoformat(), effective=effective.isoformat(), reference=args.reference)

@@ -33,7 +33,7 @@ def setup(directory: Path) -> Path:
     for name, nis, phone, fmt in TENANTS:
         app.directory.add_tenant(actor, name, nis=nis, phones=[phone], fmt=fmt)
         tenant = app.directory.tenant(name)
-        with app.db.transaction() as tx:
+        with app.db.writer() as tx:
             tx.execute("INSERT INTO protocols (tenant_id, signed, effective, reference) VALUES (?, ?, ?, ?)",
                        (tenant.id, "2021-05-01", "2021-06-02", f"demo protocol {name}"))
             app.audit.append(tx, "protocol.register", actor=actor.name, tenant=name, source="demo",

@@ -223,7 +223,7 @@ def cmd_delivery_allow(args: Any) -> None:
     app = open_app(args)
     tenant = app.directory.tenant(args.tenant)
     actor = operator()
-    with app.db.transaction() as tx:
+    with app.db.writer() as tx:
         tx.execute("INSERT INTO allowances (tenant_id, granted_at, granted_by, reason) VALUES (?, ?, ?, ?)",
                    (tenant.id, iso(app.clock.now()), actor.name, args.reason))
         app.audit.append(tx, "policy.allow", actor=actor.name, tenant=tenant.name, source=actor.source,

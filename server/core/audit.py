@@ -23,7 +23,7 @@ from ..logsafe import quoted
 from .keyfiles import KeyFileError
 from .auditkey import AuditKey, create_audit_key, load_audit_key
 from .clock import Clock, iso
-from .state import Database, Tx
+from .store import Store, Tx
 
 GENESIS = "0" * 64
 REKEY = "audit.rekey"
@@ -107,13 +107,14 @@ class Verification:
 class AuditLog:
     """Appends records inside the caller's transaction, so state and its record commit together."""
 
-    def __init__(self, db: Database, clock: Clock, key: AuditKey) -> None:
+    def __init__(self, db: Store, clock: Clock, key: AuditKey) -> None:
         self.db = db
         self.clock = clock
         self.key = key
 
     def append(self, tx: Tx, event: str, *, actor: str, tenant: str | None = None,
                delivery: str | None = None, source: str | None = None, **detail: Any) -> int:
+        tx.lock_audit()
         last = tx.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
         ts = iso(self.clock.now())
@@ -130,7 +131,7 @@ class AuditLog:
 
     def record(self, event: str, **kwargs: Any) -> int:
         """Append one record in a transaction of its own."""
-        with self.db.transaction() as tx:
+        with self.db.writer() as tx:
             return self.append(tx, event, **kwargs)
 
     def records(self, since: str | None = None, tenant: str | None = None) -> Iterator[AuditRecord]:
@@ -141,7 +142,7 @@ class AuditLog:
         if tenant:
             where.append("tenant = ?")
             params.append(tenant)
-        for row in self.db.utils["audit"].rows_where(" AND ".join(where), params, order_by="seq"):
+        for row in self.db.query(f"SELECT * FROM audit WHERE {' AND '.join(where)} ORDER BY seq", params):
             yield _row_record(row)
 
     def verify(self) -> Verification:
@@ -208,7 +209,7 @@ class AuditLog:
 
     def prune(self, before: str, *, actor: str) -> int:
         """Delete records older than `before`, leaving an audit.prune record that vouches for the cut."""
-        with self.db.transaction() as tx:
+        with self.db.writer() as tx:
             last = tx.execute("SELECT seq, hash FROM audit WHERE ts < ? ORDER BY seq DESC LIMIT 1",
                               (before,)).fetchone()
             if last is None:
@@ -259,14 +260,14 @@ class AuditLog:
         return found
 
 
-def open_audit_log(db: Database, clock: Clock, key_file: Path,
+def open_audit_log(db: Store, clock: Clock, key_file: Path,
                    credentials_dir: str | None) -> tuple[AuditLog, AuditKey]:
     """The audit log with its key; an old setup without a key gets one (and an audit.rekey record)."""
     key = load_audit_key(key_file, credentials_dir) or _upgrade(db, clock, key_file)
     return AuditLog(db, clock, key), key
 
 
-def _upgrade(db: Database, clock: Clock, key_file: Path) -> AuditKey:
+def _upgrade(db: Store, clock: Clock, key_file: Path) -> AuditKey:
     """Create the audit key for a chain that has none, and append `audit.rekey` (keyed, linked to
     the last plain-SHA-256 hash) so every later record is keyed.
 
@@ -277,7 +278,7 @@ def _upgrade(db: Database, clock: Clock, key_file: Path) -> AuditKey:
     """
     created = False
     try:
-        with db.transaction() as tx:
+        with db.writer() as tx:
             if os.path.lexists(key_file):          # another process upgraded while we waited
                 return create_audit_key(key_file)
             row = tx.execute("SELECT * FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
@@ -298,7 +299,7 @@ def _upgrade(db: Database, clock: Clock, key_file: Path) -> AuditKey:
     return key
 
 
-def _unkeyed_head(db: Database | Tx, row: Any) -> bool:
+def _unkeyed_head(db: Store | Tx, row: Any) -> bool:
     """True for a chain from before the audit key: no audit.rekey yet and a plain-SHA-256 head."""
     if db.execute("SELECT 1 FROM audit WHERE event = ? LIMIT 1", (REKEY,)).fetchone():
         return False

@@ -13,7 +13,7 @@ from typing import Any
 
 from .audit import AuditLog
 from .clock import iso, parse_iso
-from .state import Database
+from .store import Store
 
 EVENT_BAN = "auth.ban"
 EVENT_UNBAN = "auth.unban"
@@ -38,15 +38,17 @@ class Ban:
 class BanStore:
     """Reads and writes the `bans` table; every ban and lift is audited in the same transaction."""
 
-    def __init__(self, db: Database, audit: AuditLog) -> None:
+    def __init__(self, db: Store, audit: AuditLog) -> None:
         self._db = db
         self._audit = audit
 
     def save(self, ban: Ban, *, source: str | None) -> None:
         """Store a new ban (replacing the source's earlier row) with its `auth.ban` record."""
-        with self._db.transaction() as tx:
-            tx.execute("INSERT OR REPLACE INTO bans (address, banned_at, until, offences, score, reasons, forget_at)"
-                       " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        with self._db.writer() as tx:
+            tx.execute("INSERT INTO bans (address, banned_at, until, offences, score, reasons, forget_at)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (address) DO UPDATE SET"
+                       " banned_at = excluded.banned_at, until = excluded.until, offences = excluded.offences,"
+                       " score = excluded.score, reasons = excluded.reasons, forget_at = excluded.forget_at",
                        (ban.address, iso(ban.banned_at), iso(ban.until), ban.offences, ban.score,
                         json.dumps(ban.reasons, sort_keys=True), iso(ban.forget_at)))
             self._audit.append(tx, EVENT_BAN, actor="-", source=source, address=ban.address, score=ban.score,
@@ -55,7 +57,7 @@ class BanStore:
     def known(self, now: datetime, limit: int) -> list[Ban]:
         """Rows not yet forgotten, the latest-ending first (at most `limit`); forgotten rows are dropped."""
         if self._db.query_one("SELECT 1 FROM bans WHERE forget_at < ? LIMIT 1", (iso(now),)):
-            with self._db.transaction() as tx:   # only then: serve calls this every few seconds
+            with self._db.writer() as tx:   # only then: serve calls this every few seconds
                 tx.execute("DELETE FROM bans WHERE forget_at < ?", (iso(now),))
         rows = self._db.query("SELECT * FROM bans ORDER BY until DESC LIMIT ?", (limit,))
         return [_ban(row) for row in rows]
@@ -68,7 +70,7 @@ class BanStore:
 
     def lift(self, address: str, now: datetime, *, actor: str, source: str) -> bool:
         """End a ban now (its offence count stays, so a repeat still lasts longer); audited."""
-        with self._db.transaction() as tx:
+        with self._db.writer() as tx:
             row = tx.execute("SELECT until FROM bans WHERE address = ?", (address,)).fetchone()
             if row is None or parse_iso(row[0]) <= now:
                 return False

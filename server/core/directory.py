@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-import sqlite3
+
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterable
@@ -16,7 +16,7 @@ from ..errors import AlreadyExists, InvalidInput, NotFound
 from .audit import AuditLog
 from .clock import Clock, iso
 from .records import FORMATS, ROLE_RECIPIENT, ROLES, Tenant, User, UserKey
-from .state import Database, Tx
+from .store import Conflict, Row, Store, Tx
 
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 USER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -44,13 +44,13 @@ class Actor:
     source: str = "cli"
 
 
-def tenant_phones(conn: Tx | Database, tenant_id: int) -> list[str]:
+def tenant_phones(conn: Tx | Store, tenant_id: int) -> list[str]:
     """A tenant's registered phones (E.164), in order, read in `conn` (a transaction, or not)."""
     return [r[0] for r in conn.execute("SELECT e164 FROM tenant_phones WHERE tenant_id = ? ORDER BY position",
                                        (tenant_id,))]
 
 
-def tenant_name(conn: Tx | Database, tenant_id: int) -> str:
+def tenant_name(conn: Tx | Store, tenant_id: int) -> str:
     """A tenant's name by id, read in `conn` (NotFound if there is none)."""
     row = conn.execute("SELECT name FROM tenants WHERE id = ?", (tenant_id,)).fetchone()
     if row is None:
@@ -88,7 +88,7 @@ def parse_public_keys(text: str, origin: str) -> list[asyncssh.SSHKey]:
 class Directory:
     """Reads and changes tenants, users and keys; every change leaves an audit record."""
 
-    def __init__(self, db: Database, audit: AuditLog, clock: Clock) -> None:
+    def __init__(self, db: Store, audit: AuditLog, clock: Clock) -> None:
         self.db = db
         self.audit = audit
         self.clock = clock
@@ -110,15 +110,15 @@ class Directory:
         phones = list(phones)
         if not phones:
             raise InvalidInput("a tenant needs at least one --phone for key delivery")
-        with self.db.transaction() as tx:
+        with self.db.writer() as tx:
             try:
                 cur = tx.execute("INSERT INTO tenants (name, nis, format, email, active, created_at,"
-                                 " dpo_name, dpo_email, dpo_phone) VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?)",
+                                 " dpo_name, dpo_email, dpo_phone) VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?) RETURNING id",
                                  (name, nis, fmt, email, iso(self.clock.now()), dpo_name or None,
                                   dpo_email or None, dpo_phone or None))
-            except sqlite3.IntegrityError:
+                tenant_id = int(cur.fetchone()[0])
+            except Conflict:
                 raise AlreadyExists(f"tenant {name!r} exists already") from None
-            tenant_id = cur.lastrowid
             self._set_phones(tx, tenant_id, phones)
             self.audit.append(tx, "tenant.add", actor=actor.name, tenant=name, source=actor.source,
                               nis=nis, format=fmt, phones=len(phones), email=bool(email),
@@ -140,7 +140,7 @@ class Directory:
         _check_email(dpo_email, "--dpo-email")
         if fmt is not None and fmt not in FORMATS:
             raise InvalidInput(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
-        with self.db.transaction() as tx:
+        with self.db.writer() as tx:
             if phones:
                 self._set_phones(tx, tenant.id, phones)
             for column, value in (("dpo_name", dpo_name), ("dpo_email", dpo_email), ("dpo_phone", dpo_phone)):
@@ -160,7 +160,7 @@ class Directory:
 
     def disable_tenant(self, actor: Actor, name: str) -> None:
         tenant = self.tenant(name)
-        with self.db.transaction() as tx:
+        with self.db.writer() as tx:
             tx.execute("UPDATE tenants SET active = 0 WHERE id = ?", (tenant.id,))
             self.audit.append(tx, "tenant.disable", actor=actor.name, tenant=name, source=actor.source)
 
@@ -187,7 +187,7 @@ class Directory:
         sql = "SELECT * FROM tenants" + (" WHERE active = 1" if active_only else "") + " ORDER BY name"
         return [self._tenant(row) for row in self.db.query(sql)]
 
-    def _tenant(self, row: sqlite3.Row) -> Tenant:
+    def _tenant(self, row: Row) -> Tenant:
         phones = tuple(tenant_phones(self.db, row["id"]))
         return Tenant(id=row["id"], name=row["name"], nis=row["nis"], format=row["format"],
                       email=row["email"], active=bool(row["active"]), phones=phones,
@@ -211,16 +211,17 @@ class Directory:
         if not parsed and not password:
             raise InvalidInput(f"user {name!r} needs at least one --key or a password (--password-stdin)")
         pw_hash = hash_password(password) if password else None
-        with self.db.transaction() as tx:
+        with self.db.writer() as tx:
             try:
                 cur = tx.execute("INSERT INTO users (name, role, tenant_id, active, password_hash, created_at,"
-                                 " function, email) VALUES (?, ?, ?, 1, ?, ?, ?, ?)",
+                                 " function, email) VALUES (?, ?, ?, 1, ?, ?, ?, ?) RETURNING id",
                                  (name, role, tenant_id, pw_hash, iso(self.clock.now()), function,
                                   email or None))
-            except sqlite3.IntegrityError:
+                user_id = int(cur.fetchone()[0])
+            except Conflict:
                 raise AlreadyExists(f"user {name!r} exists already") from None
             for key, _origin in parsed:
-                self._insert_key(tx, cur.lastrowid, key)
+                self._insert_key(tx, user_id, key)
             self.audit.append(tx, "user.add", actor=actor.name, tenant=tenant, source=actor.source,
                               user=name, role=role, keys=[k.get_fingerprint("sha256") for k, _ in parsed],
                               password=bool(password), function=function, email=bool(email))
@@ -230,7 +231,7 @@ class Directory:
         """Change a user's function profile (protocol art. 4)."""
         user = self.user(name)
         _check_function(function)
-        with self.db.transaction() as tx:
+        with self.db.writer() as tx:
             if function is not None:
                 tx.execute("UPDATE users SET function = ? WHERE id = ?", (function, user.id))
             self.audit.append(tx, "user.change", actor=actor.name, source=actor.source, user=name,
@@ -244,7 +245,7 @@ class Directory:
                        " VALUES (?, ?, ?, ?, ?, ?)",
                        (user_id, fingerprint, key.export_public_key("openssh").decode().strip(),
                         key.get_comment() or "", iso(self.clock.now()), expires))
-        except sqlite3.IntegrityError:
+        except Conflict:
             raise AlreadyExists(f"key {fingerprint} is registered for this user already") from None
         return fingerprint
 
@@ -256,7 +257,7 @@ class Directory:
         until = iso(expires) if expires else None
         if expires is not None and expires <= self.clock.now():
             raise InvalidInput(f"--expires {until}: that moment has passed already")
-        with self.db.transaction() as tx:
+        with self.db.writer() as tx:
             added = [self._insert_key(tx, user.id, key, until) for key in keys]
             self.audit.append(tx, "user.key.add", actor=actor.name, source=actor.source, user=name,
                               tenant=self._tenant_name(user), keys=added, expires=until)
@@ -265,7 +266,7 @@ class Directory:
     def remove_key(self, actor: Actor, name: str, text: str, origin: str) -> list[str]:
         user = self.user(name)
         fingerprints = [k.get_fingerprint("sha256") for k in parse_public_keys(text, origin)]
-        with self.db.transaction() as tx:
+        with self.db.writer() as tx:
             removed = [fp for fp in fingerprints if tx.execute(
                 "DELETE FROM user_keys WHERE user_id = ? AND fingerprint = ?", (user.id, fp)).rowcount]
             if not removed:
@@ -276,7 +277,7 @@ class Directory:
 
     def disable_user(self, actor: Actor, name: str) -> None:
         user = self.user(name)
-        with self.db.transaction() as tx:
+        with self.db.writer() as tx:
             tx.execute("UPDATE users SET active = 0 WHERE id = ?", (user.id,))
             self.audit.append(tx, "user.disable", actor=actor.name, source=actor.source, user=name,
                               tenant=self._tenant_name(user))
@@ -321,12 +322,12 @@ class Directory:
         return set(wanted) - allowed
 
 
-def _key(row: sqlite3.Row) -> UserKey:
+def _key(row: Row) -> UserKey:
     return UserKey(id=row["id"], user_id=row["user_id"], fingerprint=row["fingerprint"],
                    public_key=row["public_key"], comment=row["comment"], added_at=row["added_at"],
                    expires_at=row["expires_at"])
 
 
-def _user(row: sqlite3.Row) -> User:
+def _user(row: Row) -> User:
     return User(id=row["id"], name=row["name"], role=row["role"], tenant_id=row["tenant_id"],
                 active=bool(row["active"]), password_hash=row["password_hash"], function=row["function"])

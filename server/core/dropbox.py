@@ -26,7 +26,7 @@ from .names import check_name, staged_base
 from .pipeline import AtRestWorkers
 from .records import Delivery, Tenant
 from .session import Session
-from .state import Database, Tx
+from .store import Store, Tx
 from .storage import BlobReader, Storage
 from .uploads import Upload
 from .window import MemoryBudget, ReorderWindow
@@ -55,7 +55,7 @@ class DeliveryPolicy(Protocol):
     """The protocol's rules: may this tenant receive a file of this name now, and what does it
     replace? Raises PolicyRefused (with the message the sender sees) when it may not."""
 
-    def admit(self, conn: Tx | Database, tenant: Tenant, delivery_id: str | None = None,
+    def admit(self, conn: Tx | Store, tenant: Tenant, delivery_id: str | None = None,
               name: str | None = None) -> list[Delivery]: ...
 
 
@@ -88,7 +88,7 @@ class Download:
 class DropBox:
     """Uploads, downloads, collection and removal of deliveries."""
 
-    def __init__(self, *, settings: Settings, db: Database, audit: AuditLog, directory: Directory,
+    def __init__(self, *, settings: Settings, db: Store, audit: AuditLog, directory: Directory,
                  storage: Storage, clock: Clock, keys: KeyHandoff, policy: DeliveryPolicy,
                  passphrases: Callable[[], str], content: ContentGate, receipts: ReceiptIssuer) -> None:
         self.settings = settings
@@ -162,7 +162,7 @@ class DropBox:
             raise
         check = self.content.admit(session, tenant, name)   # [policy] name_check and content
         upload_id = "u-" + secrets.token_hex(8)
-        with self.db.transaction() as tx:
+        with self.db.writer() as tx:
             tx.execute("INSERT INTO uploads (id, tenant_id, sender_id, name, temp_key, source, started_at)"
                        " VALUES (?, ?, ?, ?, ?, ?, ?)", (upload_id, tenant.id, session.user.id, name,
                                                          upload_id, session.source, iso(self.clock.now())))
@@ -217,7 +217,7 @@ class DropBox:
             removed_reason=None)
         delivery = delivery.__class__(**{**delivery.__dict__, "blob_key": f"{tenant.box_key}/{delivery.id}"})
         replaced: list[Delivery] = []
-        with self.db.transaction() as tx:
+        with self.db.writer() as tx:
             # Again under the write lock: of two uploads that passed the check at open, only the
             # first to publish may leave a list waiting; the other's CLOSE fails (PolicyRefused).
             replaced = self.policy.admit(tx, tenant, delivery.id, name)
@@ -268,7 +268,7 @@ class DropBox:
 
     def _forget_upload(self, upload_id: str, tenant: Tenant, session: Session, reason: str,
                        error: str, **detail: object) -> None:
-        with self.db.transaction() as tx:
+        with self.db.writer() as tx:
             tx.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
             self.audit.append(tx, "upload.abort", actor=session.actor, tenant=tenant.name,
                               source=session.source, upload=upload_id, reason=reason, error=error,
@@ -294,7 +294,7 @@ class DropBox:
         delivery = download.delivery
         complete = download.coverage.covers(delivery.stored_size)
         tenant = self._tenant_name(delivery)
-        with self.db.transaction() as tx:
+        with self.db.writer() as tx:
             self.audit.append(tx, "download.close", actor=session.actor, tenant=tenant,
                               delivery=delivery.id, source=session.source, bytes_sent=download.sent,
                               covered=download.coverage.total, complete=complete)
@@ -314,7 +314,7 @@ class DropBox:
     # --- removal: one path for recipients, senders, the janitor and operators -----------------
     def remove(self, delivery: Delivery, reason: str, *, actor: str, source: str | None = None,
                **detail: object) -> bool:
-        with self.db.transaction() as tx:
+        with self.db.writer() as tx:
             current = fetch(tx, "id = ?", (delivery.id,))
             if not current or current[0].state == REMOVED:
                 return False
@@ -347,7 +347,7 @@ class DropBox:
         count = 0
         for row in self.db.query("SELECT * FROM uploads ORDER BY started_at"):
             tenant = self.directory.tenant_by_id(row["tenant_id"])
-            with self.db.transaction() as tx:
+            with self.db.writer() as tx:
                 tx.execute("DELETE FROM uploads WHERE id = ?", (row["id"],))
                 self.audit.append(tx, "upload.abort", actor="sluis", tenant=tenant.name,
                                   source=row["source"], upload=row["id"], name=row["name"],
@@ -363,7 +363,7 @@ class DropBox:
         exists before its temporary does, so what this sees unreferenced really is an orphan.
         """
         removed = 0
-        with self.db.transaction() as tx:
+        with self.db.writer() as tx:
             live_uploads = {r[0] for r in tx.execute("SELECT temp_key FROM uploads")}
             live_blobs = {r[0] for r in tx.execute("SELECT blob_key FROM deliveries WHERE state != ?",
                                                     (REMOVED,))}

@@ -16,7 +16,7 @@ from .audit import AuditLog
 from .clock import Clock, iso
 from .directory import tenant_phones
 from .records import ROLE_RECIPIENT
-from .state import Database
+from .store import Store
 
 REPORT_VERSION = 1
 REFUSED_UPLOADS = ("upload.abort", "upload.refuse", "upload.reject")   # any upload that was not published
@@ -39,7 +39,7 @@ class Period:
 class EvidenceStore:
     """Repository: the queries the report needs, and nothing that writes."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Store) -> None:
         self.db = db
 
     def tenants(self, name: str | None) -> list[dict[str, Any]]:

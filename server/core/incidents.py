@@ -13,7 +13,7 @@ from typing import Any, ContextManager
 from ..errors import InvalidInput, NotFound
 from .audit import AuditLog
 from .clock import Clock, iso, parse_iso
-from .state import Database, Tx
+from .store import Store, Tx
 
 OPEN, REPORTED = "open", "reported"
 STATES = (OPEN, REPORTED)
@@ -75,14 +75,14 @@ class Dpo:
 class IncidentStore:
     """Reads and writes incidents; the tracker calls the `tx` methods inside one transaction per batch."""
 
-    def __init__(self, db: Database, audit: AuditLog, clock: Clock) -> None:
+    def __init__(self, db: Store, audit: AuditLog, clock: Clock) -> None:
         self.db = db
         self.audit = audit
         self.clock = clock
 
-    def transaction(self) -> ContextManager[Tx]:
+    def writer(self) -> ContextManager[Tx]:
         """One write transaction: a tracker batch, its incidents and its cursor commit together."""
-        return self.db.transaction()
+        return self.db.writer()
 
     # --- the cursor over the audit log ----------------------------------------------------------
     def cursor(self, tx: Tx, name: str) -> tuple[int, str | None]:
@@ -146,11 +146,11 @@ class IncidentStore:
         cur = tx.execute(
             "INSERT INTO incidents (kind, source, account, tenant, first_seen, last_seen, count, what, state,"
             " detected_at, deadline, dpo_name, dpo_email, dpo_phone, first_seq, last_seq)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (entry.event, address, account, entry.tenant, entry.ts, entry.ts, count, what, OPEN, iso(now),
              iso(now + NOTIFY_WITHIN), dpo.name if dpo else None, dpo.email if dpo else None,
              dpo.phone if dpo else None, entry.seq, entry.seq))
-        incident = self._get(tx, int(cur.lastrowid))
+        incident = self._get(tx, int(cur.fetchone()[0]))
         self.audit.append(tx, "incident.open", actor="sluis", tenant=entry.tenant, source=entry.source,
                           incident=incident.id, kind=incident.kind, account=account, count=count,
                           deadline=incident.deadline, record=entry.seq)
@@ -165,7 +165,7 @@ class IncidentStore:
                        (entry.tenant, dpo.name if dpo else None, dpo.email if dpo else None,
                         dpo.phone if dpo else None, incident.id))
 
-    def _get(self, tx: Tx | Database, incident_id: int) -> Incident:
+    def _get(self, tx: Tx | Store, incident_id: int) -> Incident:
         row = tx.execute("SELECT * FROM incidents WHERE id = ?", (incident_id,)).fetchone()
         if row is None:
             raise NotFound(f"no incident #{incident_id}")
@@ -186,7 +186,7 @@ class IncidentStore:
             raise InvalidInput("--note: say how and to whom the incident was reported")
         if len(note) > NOTE_MAX:
             raise InvalidInput(f"--note: at most {NOTE_MAX} characters")
-        with self.db.transaction() as tx:
+        with self.db.writer() as tx:
             incident = self._get(tx, incident_id)
             if incident.state != OPEN:
                 raise InvalidInput(f"incident #{incident_id} was reported already, on {incident.ack_at} "

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from .audit import AuditLog
 from .clock import Clock, iso
-from .state import Database, Tx
+from .store import Store, Tx
 
 EMAIL, SMS = "email", "sms"
 CHANNELS = (EMAIL, SMS)
@@ -40,7 +40,7 @@ class Notification:
 class NotificationQueue:
     """Repository of the `notifications` table; each state change leaves an audit record."""
 
-    def __init__(self, db: Database, audit: AuditLog, clock: Clock) -> None:
+    def __init__(self, db: Store, audit: AuditLog, clock: Clock) -> None:
         self.db = db
         self.audit = audit
         self.clock = clock
@@ -51,9 +51,9 @@ class NotificationQueue:
             raise ValueError(f"unknown notification channel {channel!r}")
         now = iso(self.clock.now())
         cur = tx.execute("INSERT INTO notifications (channel, target, subject, body, topic, state, attempts,"
-                         " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                         " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?) RETURNING id",
                          (channel, target, subject, body[:BODY_MAX], topic, PENDING, now, now))
-        return int(cur.lastrowid)
+        return int(cur.fetchone()[0])
 
     def topics_since(self, tx: Tx, prefix: str, since: str) -> int:
         """How many distinct topics starting with `prefix` were queued since `since` (for a rate cap)."""
@@ -71,7 +71,7 @@ class NotificationQueue:
                                                         params)]
 
     def mark_sent(self, note: Notification, provider_id: str | None = None) -> None:
-        with self.db.transaction() as tx:
+        with self.db.writer() as tx:
             tx.execute("UPDATE notifications SET state = ?, attempts = attempts + 1, sent_at = ?, last_error = NULL"
                        " WHERE id = ? AND state = ?", (SENT, iso(self.clock.now()), note.id, PENDING))
             self.audit.append(tx, "notify.sent", actor="sluis", notification=note.id, channel=note.channel,
@@ -79,14 +79,14 @@ class NotificationQueue:
 
     def retry(self, note: Notification, error: str, wait_seconds: float) -> None:
         later = iso(self.clock.now() + timedelta(seconds=wait_seconds))
-        with self.db.transaction() as tx:
+        with self.db.writer() as tx:
             tx.execute("UPDATE notifications SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?"
                        " WHERE id = ? AND state = ?", (error[:500], later, note.id, PENDING))
             self.audit.append(tx, "notify.retry", actor="sluis", notification=note.id, channel=note.channel,
                               topic=note.topic, attempt=note.attempts + 1, error=error[:200])
 
     def mark_failed(self, note: Notification, error: str) -> None:
-        with self.db.transaction() as tx:
+        with self.db.writer() as tx:
             tx.execute("UPDATE notifications SET state = ?, attempts = attempts + 1, last_error = ?"
                        " WHERE id = ? AND state = ?", (FAILED, error[:500], note.id, PENDING))
             self.audit.append(tx, "notify.failed", actor="sluis", notification=note.id, channel=note.channel,

@@ -17,7 +17,7 @@ from .clock import Clock, iso
 from .deliveries import COLLECTED, fetch
 from .notifications import BODY_MAX, EMAIL, NotificationQueue
 from .receiptkey import LoadedKey
-from .state import Database, Tx
+from .store import Store, Tx
 
 NAMESPACE = "sluis-receipt"
 SIGNER = "sluis"
@@ -52,7 +52,7 @@ class Receipt:
 class ReceiptStore:
     """Repository of the `receipts` table, and the signer that fills it."""
 
-    def __init__(self, db: Database, audit: AuditLog, clock: Clock, key: Callable[[], LoadedKey],
+    def __init__(self, db: Store, audit: AuditLog, clock: Clock, key: Callable[[], LoadedKey],
                  queue: NotificationQueue, mail_enabled: bool) -> None:
         """`key` is called on first use (commands that never end a delivery need no key)."""
         self.db = db
@@ -83,7 +83,7 @@ class ReceiptStore:
 
     def ensure_key(self) -> LoadedKey:
         """Load (or, on an upgraded setup, create and record) the key now: `serve` fails early."""
-        with self.db.transaction() as tx:
+        with self.db.writer() as tx:
             return self._signing_key(tx)
 
     def public_line(self) -> str:

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from .clock import Clock, iso
-from .state import Database
+from .store import Store
 
 UNUSED, NEVER_USED, KEY_EXPIRED, KEY_OLD, NO_FUNCTION = (
     "unused", "never-used", "key-expired", "key-old", "no-function")
@@ -31,7 +31,7 @@ class ReviewRow:
 class AccountReview:
     """Reads users, keys and logins; changes nothing."""
 
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Store, clock: Clock) -> None:
         self.db = db
         self.clock = clock
 

@@ -1,7 +1,7 @@
-"""The SQLite state store: one connection per thread, WAL, busy timeout, BEGIN IMMEDIATE writes.
+"""The SQLite store: one connection per thread, WAL, busy timeout, BEGIN IMMEDIATE writes.
 
-Everything the core keeps (tenants, users, deliveries, outbox, audit) goes through `Database`;
-a PostgreSQL store would implement the same `transaction()`/`query()` surface.
+Implements `store.Store`; SQLite has one writer at a time, so every `writer()` lock is the
+database lock and `lock_audit` has nothing to add.
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import sqlite_utils
-
 from .schema import EXPECTED_TABLES, MIGRATIONS
+from .store import Conflict
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -26,8 +25,14 @@ class Tx:
         self.conn = conn
         self.hooks: list[Callable[[], None]] = []
 
-    def execute(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> sqlite3.Cursor:
-        return self.conn.execute(sql, params)
+    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        try:
+            return self.conn.execute(sql, params)
+        except sqlite3.IntegrityError as exc:
+            raise Conflict(str(exc)) from exc
+
+    def lock_audit(self) -> None:
+        """BEGIN IMMEDIATE already holds the one write lock."""
 
     def after_commit(self, hook: Callable[[], None]) -> None:
         self.hooks.append(hook)
@@ -57,18 +62,12 @@ class Database:
                 self._all.append(conn)
         return conn
 
-    @property
-    def utils(self) -> sqlite_utils.Database:
-        """sqlite-utils over this thread's connection, for reads and introspection.
-
-        Writes go through `transaction()` instead: sqlite-utils' write helpers commit on their
-        own (`with conn:`), which would end our BEGIN IMMEDIATE transaction half-way.
-        """
-        return sqlite_utils.Database(self._connection())
-
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Tx]:
-        """A write transaction: BEGIN IMMEDIATE takes the write lock up front, so no deadlocks."""
+    def writer(self, *, tenant: int | None = None) -> Iterator[Tx]:
+        """A write transaction: BEGIN IMMEDIATE takes the write lock up front, so no deadlocks.
+
+        `tenant` names the row the caller checks-then-acts on; SQLite's single writer already
+        covers it."""
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         tx = Tx(conn)
@@ -81,19 +80,19 @@ class Database:
         for hook in tx.hooks:
             hook()
 
-    def execute(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> sqlite3.Cursor:
+    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
         """A read outside any transaction (same surface as `Tx.execute`)."""
         return self._connection().execute(sql, params)
 
-    def query(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[sqlite3.Row]:
+    def query(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
         return self._connection().execute(sql, params).fetchall()
 
-    def query_one(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> sqlite3.Row | None:
+    def query_one(self, sql: str, params: Any = ()) -> sqlite3.Row | None:
         return self._connection().execute(sql, params).fetchone()
 
     def migrate(self) -> int:
         """Apply the migrations this database has not seen; returns the schema version."""
-        with self.transaction() as tx:
+        with self.writer() as tx:
             conn = tx.conn
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
@@ -101,7 +100,8 @@ class Database:
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {number}")
-        missing = set(EXPECTED_TABLES) - set(self.utils.table_names())
+        tables = {row[0] for row in self.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        missing = set(EXPECTED_TABLES) - tables
         if missing:
             raise RuntimeError(f"{self.path}: schema is missing tables {sorted(missing)} after migration")
         return len(MIGRATIONS)

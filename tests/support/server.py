@@ -76,7 +76,7 @@ class SluisServer:
         app.directory.add_tenant(operator(), name, phones=phones, fmt=fmt, email=email, nis=nis)
         if protocol:
             tenant = app.directory.tenant(name)
-            with app.db.transaction() as tx:
+            with app.db.writer() as tx:
                 tx.execute("INSERT INTO protocols (tenant_id, signed, effective, reference) VALUES (?, ?, ?, ?)",
                            (tenant.id, "2021-05-01", "2021-06-02", "test"))
 
