@@ -243,3 +243,12 @@ MIGRATIONS.append(
 )
 
 EXPECTED_TABLES += ("receipts",)
+
+MIGRATIONS.append(
+    # 7: outbox leases: several processes claim key-message jobs; a dead process's lease expires
+    # and another takes the job over (server/core/outboxstore.py, docs/keydelivery.md).
+    """
+    ALTER TABLE outbox ADD COLUMN claimed_by TEXT DEFAULT NULL;
+    ALTER TABLE outbox ADD COLUMN lease_until TEXT DEFAULT NULL
+    """
+)

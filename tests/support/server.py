@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +76,8 @@ class SluisServer:
         app = self.app()
         app.directory.add_tenant(operator(), name, phones=phones, fmt=fmt, email=email, nis=nis)
         if protocol:
-            tenant = app.directory.tenant(name)
-            with app.db.writer() as tx:
-                tx.execute("INSERT INTO protocols (tenant_id, signed, effective, reference) VALUES (?, ?, ?, ?)",
-                           (tenant.id, "2021-05-01", "2021-06-02", "test"))
+            app.protocols.register(operator(), app.directory.tenant(name), signed=date(2021, 5, 1),
+                                   effective=date(2021, 6, 2), reference="test")
 
     def add_user(self, name: str, role: str, tenant: str | None = None) -> Account:
         key = asyncssh.generate_private_key("ssh-ed25519", comment=name)
