@@ -109,6 +109,9 @@ class Result:
         rest, self._next = self._rows[self._next:], len(self._rows)
         return rest
 
+    def __iter__(self) -> Iterator[PgRow]:
+        return iter(self.fetchall())
+
 
 def _run(conn: psycopg.Connection[Any], sql: str, params: Any) -> Result:
     try:   # without parameters psycopg sends the text as it is: nothing to translate

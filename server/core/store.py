@@ -47,6 +47,8 @@ class Cursor(Protocol):
     @property
     def rowcount(self) -> int: ...
 
+    def __iter__(self) -> Iterator[Any]: ...
+
 
 class Reader(Protocol):
     """What both a `Store` (autocommit reads) and an open `Tx` answer."""

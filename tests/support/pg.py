@@ -127,3 +127,36 @@ def both_engines(request: pytest.FixtureRequest) -> str:
     """Import into a test module to run its tests (those that build a server or app) on both
     engines: `from tests.support.pg import both_engines  # noqa: F401`."""
     return str(request.param)
+
+
+class RawPostgres:
+    """What a test's `sqlite3.connect(state.db)` was for, on PostgreSQL: autocommit statements in
+    the repositories' SQL (`?`), to look at or tamper with the state behind sluis's back."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        from sluis.server.core import pg_store
+
+        self._run = pg_store._run
+        self.conn = psycopg.connect(url, autocommit=True, row_factory=pg_store._row_factory)
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        return self._run(self.conn, sql, params)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def raw_db(server: Any) -> Any:
+    """An autocommit connection to `server`'s state database, whichever the engine (close it)."""
+    import sqlite3
+
+    from sluis.config import load_settings
+
+    url = load_settings(server.config, {}).database.url
+    if url:
+        return RawPostgres(url)
+    conn = sqlite3.connect(server.data_dir / "state.db", isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    return conn
