@@ -96,7 +96,10 @@ class Outbox:
         self._wake: Callable[[], None] = lambda: None
 
     def on_wake(self, callback: Callable[[], None]) -> None:
+        """`callback` wakes this process's worker: called when this process queues a job, and
+        (PostgreSQL) when any process does (LISTEN on CHANNEL)."""
         self._wake = callback
+        self.db.listen(CHANNEL, callback)
 
     def wake(self) -> None:
         self._wake()
@@ -105,15 +108,13 @@ class Outbox:
         """A write transaction on the store the outbox lives in (for recording an outcome)."""
         return self.db.writer()
 
-    def record(self, tx: Tx, event: str, *, tenant: str | None, job: Job, **detail: Any) -> None:
+    def append(self, tx: Tx, event: str, *, tenant: str | None, job: Job, **detail: Any) -> None:
         """The audit record of something that happened to a job, in the transaction that records it."""
         self.audit.append(tx, event, actor="sluis", tenant=tenant, delivery=job.delivery_id, **detail)
 
     def _queued(self, tx: Tx) -> None:
-        """A job was written in `tx`: wake this process's worker and, once committed, other processes'."""
-        notify = getattr(tx, "notify", None)   # PostgreSQL: NOTIFY after commit; SQLite: one process
-        if notify is not None:
-            notify(CHANNEL)
+        """A job was written in `tx`: once committed, wake the workers of other processes."""
+        tx.notify(CHANNEL)
 
     # --- KeyHandoff ----------------------------------------------------------------------------
     def enqueue(self, tx: Tx, delivery: Delivery, tenant: Tenant, passphrase: str) -> int:

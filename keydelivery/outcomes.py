@@ -25,14 +25,14 @@ class Outcomes:
                                provider_id=provider_id, provider_status=status, last_error=None,
                                next_attempt_at=self.outbox.poll_later(0))
             self.outbox.destroy_if_done(tx, job.delivery_id)
-            self.outbox.record(tx, "key.sms.sent", tenant=tenant, job=job, phone=job.target, provider=provider,
+            self.outbox.append(tx, "key.sms.sent", tenant=tenant, job=job, phone=job.target, provider=provider,
                                provider_id=provider_id, attempt=attempt)
 
     def retry(self, job: Job, tenant: str, exc: TransientProviderError, attempts: int, jitter: float) -> None:
         with self.outbox.writer() as tx:
             self.outbox.finish(tx, job, state=PENDING, attempts=attempts, last_error=str(exc)[:500],
                                next_attempt_at=self.outbox.backoff(attempts, exc.retry_after, jitter))
-            self.outbox.record(tx, "key.retry", tenant=tenant, job=job, kind=job.kind, target=job.target,
+            self.outbox.append(tx, "key.retry", tenant=tenant, job=job, kind=job.kind, target=job.target,
                                attempt=attempts, error=str(exc)[:200])
             if attempts == self.settings.sms.alert_after and job.kind != ALERT:
                 self.outbox.alert(tx, job.delivery_id, phone=job.target,
@@ -42,7 +42,7 @@ class Outcomes:
         with self.outbox.writer() as tx:
             self.outbox.finish(tx, job, state=FAILED, last_error=reason[:500], attempts=attempts)
             self.outbox.destroy_if_done(tx, job.delivery_id)
-            self.outbox.record(tx, "key.failed", tenant=tenant, job=job, kind=job.kind, target=job.target,
+            self.outbox.append(tx, "key.failed", tenant=tenant, job=job, kind=job.kind, target=job.target,
                                reason=reason[:300])
             if job.kind != ALERT:
                 self.outbox.alert(tx, job.delivery_id, phone=job.target,
@@ -56,7 +56,7 @@ class Outcomes:
                 self.outbox.finish(tx, job, state=state, provider_status=status, polls=job.polls + 1,
                                    # the body is erased one (shortest) backoff interval later
                                    next_attempt_at=self.outbox.backoff(0, None, 0.0))
-                self.outbox.record(tx, f"key.sms.{state}", tenant=tenant, job=job, phone=job.target, status=status)
+                self.outbox.append(tx, f"key.sms.{state}", tenant=tenant, job=job, phone=job.target, status=status)
                 if state == UNDELIVERED:
                     self.outbox.alert(tx, job.delivery_id, phone=job.target,
                                       reason=f"the provider reports the SMS as {status} (not retried automatically)")
@@ -69,10 +69,10 @@ class Outcomes:
             self.outbox.finish(tx, job, redacted=state, redact_attempts=attempts,
                                next_attempt_at=self.outbox.backoff(attempts, None, jitter))
             if state == Redaction.DONE:
-                self.outbox.record(tx, "key.sms.redacted", tenant=tenant, job=job, phone=job.target,
+                self.outbox.append(tx, "key.sms.redacted", tenant=tenant, job=job, phone=job.target,
                                    provider_id=job.provider_id)
             elif state == Redaction.GAVE_UP:
-                self.outbox.record(tx, "key.sms.redact_failed", tenant=tenant, job=job, phone=job.target,
+                self.outbox.append(tx, "key.sms.redact_failed", tenant=tenant, job=job, phone=job.target,
                                    error=error[:300])
 
     def mailed(self, job: Job, tenant: str, mailed: bool) -> None:
@@ -80,4 +80,4 @@ class Outcomes:
         with self.outbox.writer() as tx:
             self.outbox.finish(tx, job, state=SENT, attempts=job.attempts + 1, last_error=None)
             event = f"{job.kind}.sent" if mailed else f"{job.kind}.logged"
-            self.outbox.record(tx, event, tenant=tenant, job=job, target=job.target)
+            self.outbox.append(tx, event, tenant=tenant, job=job, target=job.target)

@@ -5,9 +5,7 @@ the same path a recipient's delete takes, so every removal has one audit record 
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from typing import Any
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -44,12 +42,6 @@ class JanitorReport:
                 f"pruned {self.audit_pruned} audit records")
 
 
-def _try_lock(db: Store, name: str) -> Any:
-    """TRANSITIONAL until the engine merge gives every Store try_lock."""
-    try_lock = getattr(db, "try_lock", None)
-    return try_lock(name) if try_lock is not None else contextlib.nullcontext(True)
-
-
 class Janitor:
     def __init__(self, settings: Settings, db: Store, dropbox: DropBox, outbox: Outbox, directory: Directory,
                  audit: AuditLog, clock: Clock) -> None:
@@ -63,7 +55,7 @@ class Janitor:
 
     def run_once(self) -> JanitorReport:
         """One pass, if no other janitor (another process, another node) is in one now."""
-        with _try_lock(self.db, LOCK) as held:
+        with self.db.try_lock(LOCK) as held:
             if not held:
                 log.info("janitor: another janitor is running; skipped")
                 return JanitorReport(skipped=True)

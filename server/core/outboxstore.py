@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .schema import POSTGRESQL
 from .store import Reader, Store, Tx
 
 
@@ -91,10 +92,10 @@ class OutboxStore:
 
     def _skip_locked(self) -> str:
         """Row locks that let several processes claim at once (PostgreSQL); SQLite has one writer."""
-        return " FOR UPDATE SKIP LOCKED" if getattr(self.db, "dialect", "sqlite") == "postgresql" else ""
+        return " FOR UPDATE SKIP LOCKED" if self.db.dialect == POSTGRESQL else ""
 
     def _for_update(self) -> str:
-        return " FOR UPDATE" if getattr(self.db, "dialect", "sqlite") == "postgresql" else ""
+        return " FOR UPDATE" if self.db.dialect == POSTGRESQL else ""
 
     # --- secrets --------------------------------------------------------------------------------
     def add_secret(self, tx: Tx, delivery_id: str, sealed: bytes) -> None:
