@@ -3,6 +3,7 @@ keys, then `sluis serve` as a subprocess on 127.0.0.1 (a free port), logging to 
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import signal
@@ -103,6 +104,14 @@ class SluisServer:
         return self
 
     # --- the process -------------------------------------------------------------------------------
+    def sibling(self, name: str = "b") -> SluisServer:
+        """Another `sluis serve` on this server's config, data and database (several processes on
+        one database): its own process, port and log; accounts and setup are shared. Close it."""
+        other = copy.copy(self)
+        other.log_path = self.root / f"serve-{name}.log"
+        other.process, other.port, other._app = None, 0, None
+        return other
+
     def start(self, timeout: float = 30) -> SluisServer:
         if self._app is not None:
             self._app.close()
