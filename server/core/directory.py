@@ -140,7 +140,8 @@ class Directory:
         _check_email(dpo_email, "--dpo-email")
         if fmt is not None and fmt not in FORMATS:
             raise InvalidInput(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
-        with self.db.writer() as tx:
+        with self.db.writer(tenant=tenant.id) as tx:
+            before = tenant_phones(tx, tenant.id)   # under the tenant's lock: the diff is exact
             if phones:
                 self._set_phones(tx, tenant.id, phones)
             for column, value in (("dpo_name", dpo_name), ("dpo_email", dpo_email), ("dpo_phone", dpo_phone)):
@@ -153,8 +154,8 @@ class Directory:
             self.audit.append(tx, "tenant.change", actor=actor.name, tenant=name, source=actor.source,
                               phones=len(phones) if phones else None, email=email is not None,
                               format=fmt,
-                              phones_added=len(set(phones) - set(tenant.phones)) if phones else None,
-                              phones_removed=len(set(tenant.phones) - set(phones)) if phones else None,
+                              phones_added=len(set(phones) - set(before)) if phones else None,
+                              phones_removed=len(set(before) - set(phones)) if phones else None,
                               dpo=any(v is not None for v in (dpo_name, dpo_email, dpo_phone)))
         return self.tenant(name)
 
