@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from datetime import timedelta
+from typing import Callable, ContextManager
 
 from ..config.settings import Settings
 from ..keydelivery.mail import send_mail
@@ -18,16 +19,25 @@ from ..server.core.clock import Clock, iso
 log = logging.getLogger("sluis.monitor")
 ATTEMPTS = ("auth.failure", "sftp.deny")
 REPORT = "monitor.report"
+LOCK = "monitor"
 
 
 class AccessMonitor:
-    def __init__(self, settings: Settings, audit: AuditLog, clock: Clock) -> None:
+    def __init__(self, settings: Settings, audit: AuditLog, clock: Clock,
+                 exclusive: Callable[[str], ContextManager[bool]]) -> None:
+        """`exclusive(name)`: the store's try_lock, so one monitor reports at a time across processes."""
         self.settings = settings
         self.audit = audit
         self.clock = clock
+        self.exclusive = exclusive
 
     def run_once(self) -> int:
-        """Report new attempts if the last report is old enough; returns how many were reported."""
+        """Report new attempts if the last report is old enough; returns how many were reported.
+        Nothing while another process's monitor is in a pass (one report, not one per process)."""
+        with self.exclusive(LOCK) as held:
+            return self._pass() if held else 0
+
+    def _pass(self) -> int:
         last = self.audit.latest(REPORT)
         now = self.clock.now()
         if last and last.ts > iso(now - timedelta(seconds=self.settings.monitor.report_interval)):

@@ -101,7 +101,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
     defender = Defender(settings.defender, BanStore(db, audit), clock)
     return App(settings=settings, clock=clock, db=db, audit=audit, directory=directory, storage=storage,
                policy=policy, protocols=ProtocolRegister(db, audit, clock), outbox=outbox, dropbox=dropbox, janitor=janitor,
-               monitor=AccessMonitor(settings, audit, clock), checkpoints=checkpoints,
+               monitor=AccessMonitor(settings, audit, clock, db.try_lock), checkpoints=checkpoints,
                connections=connections, defender=defender,
                gate=Gatekeeper(defender, connections, audit, clock),
                passwords=BoundedPool("password", settings.server.password_threads, settings.server.password_queue),

@@ -1,6 +1,7 @@
 """Outbox jobs taken with a lease, so several processes can drain one outbox: a job is worked by
 one process at a time, a job held by a process that is gone (this host) or whose lease ran out
-(any host) is taken over, and the janitor runs once at a time. On both engines; the processes
+(any host) is taken over, and the janitor, the access monitor, the incidents tracker and the
+notification sender each run once at a time. On both engines; the processes
 here are Outbox objects with their own names, the next module's are real `sluis serve`s."""
 
 from __future__ import annotations
@@ -11,7 +12,11 @@ import sys
 import threading
 from typing import Any
 
+import pytest
+
+from sluis.keydelivery.notifier import NotificationSender
 from sluis.keydelivery.outbox import ALERT, MAYBE_SENT, PENDING, SENDING, Outbox
+from sluis.keydelivery.providers.console import ConsoleProvider
 from sluis.retention.janitor import LOCK
 from tests.support.library import sluis, upload
 from tests.support.pg import both_engines  # noqa: F401  (these tests run on both engines)
@@ -152,3 +157,24 @@ def test_one_janitor_at_a_time(lib):
     [record] = [r for r in app.audit.records() if r.event == "janitor.run"]
     assert record.detail["skipped"] is True
     assert not app.janitor.run_once().skipped                          # free again once released
+
+
+def _notification(app: Any) -> None:
+    with app.db.writer() as tx:
+        app.notifications.enqueue(tx, "sms", "+32470123456", "test", topic="test")
+
+
+@pytest.mark.parametrize("lock", ["monitor", "incidents", "notifications"])
+def test_one_monitor_tracker_and_notification_sender_at_a_time(lib, lock):
+    """Each runs in every `serve` process; with the lock held elsewhere a pass does nothing (one
+    access report, one incident per event, one copy of each message), and does its work after."""
+    _srv, app, _clock = lib
+    app.audit.record("auth.failure", actor="mallory", source="192.0.2.7:50122", method="password", reason="bad")
+    _notification(app)
+    sender = NotificationSender(app.settings, app.notifications, ConsoleProvider(), None)
+    run = {"monitor": app.monitor.run_once, "incidents": app.tracker.run_once,
+           "notifications": sender.run_once}[lock]
+    with app.db.try_lock(lock) as held:
+        assert held
+        assert run() == 0
+    assert run() > 0

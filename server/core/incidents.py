@@ -86,6 +86,11 @@ class IncidentStore:
         self.audit = audit
         self.clock = clock
 
+    def exclusive(self) -> ContextManager[bool]:
+        """Held by one tracker at a time across processes (True), else False at once: two
+        trackers reading the same records would open every incident twice."""
+        return self.db.try_lock("incidents")
+
     def writer(self) -> ContextManager[Tx]:
         """One write transaction: a tracker batch, its incidents and its cursor commit together."""
         return self.db.writer()
@@ -138,9 +143,11 @@ class IncidentStore:
         """The open incident of this kind for the same address or the same account (for kinds
         with neither, the open incident of this kind)."""
         if address or account:
-            row = tx.execute("SELECT * FROM incidents WHERE state = ? AND kind = ? AND"
-                             " ((? IS NOT NULL AND source = ?) OR (? IS NOT NULL AND account = ?))"
-                             " ORDER BY id LIMIT 1", (OPEN, kind, address, address, account, account)).fetchone()
+            # the alternatives spelled out: PostgreSQL cannot type a bare `? IS NOT NULL`
+            match = [(column, value) for column, value in (("source", address), ("account", account)) if value]
+            row = tx.execute("SELECT * FROM incidents WHERE state = ? AND kind = ? AND ("
+                             + " OR ".join(f"{column} = ?" for column, _ in match) + ") ORDER BY id LIMIT 1",
+                             (str(OPEN), kind, *(value for _, value in match))).fetchone()
         else:
             row = tx.execute("SELECT * FROM incidents WHERE state = ? AND kind = ? AND source IS NULL"
                              " AND account IS NULL ORDER BY id LIMIT 1", (OPEN, kind)).fetchone()

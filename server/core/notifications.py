@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import ContextManager
 
 from .audit import AuditLog
 from .clock import Clock, iso
@@ -56,6 +57,11 @@ class NotificationQueue:
         self.db = db
         self.audit = audit
         self.clock = clock
+
+    def exclusive(self) -> ContextManager[bool]:
+        """Held by one sender at a time across processes (True), else False at once, so that two
+        processes never send the same message."""
+        return self.db.try_lock("notifications")
 
     def enqueue(self, tx: Tx, channel: str, target: str, body: str, *, topic: str, subject: str = "") -> int:
         """Queue one message inside the caller's transaction; it is due at once."""
