@@ -171,8 +171,8 @@ class IncidentStore:
 
     def touch(self, tx: Tx, incident: Incident, entry: Entry, dpo: Dpo | None) -> None:
         """A related event: count it, move last seen; name a tenant and DPO if none was named yet."""
-        tx.execute("UPDATE incidents SET count = count + 1, last_seen = MAX(last_seen, ?), last_seq = ? WHERE id = ?",
-                   (entry.ts, entry.seq, incident.id))
+        tx.execute("UPDATE incidents SET count = count + 1, last_seen = ?, last_seq = ? WHERE id = ?",
+                   (max(incident.last_seen, entry.ts), entry.seq, incident.id))   # read in this tx
         if incident.tenant is None and entry.tenant:
             tx.execute("UPDATE incidents SET tenant = ?, dpo_name = ?, dpo_email = ?, dpo_phone = ? WHERE id = ?",
                        (entry.tenant, dpo.name if dpo else None, dpo.email if dpo else None,
