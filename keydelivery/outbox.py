@@ -282,10 +282,6 @@ class Outbox:
         """Queue an alert for the operator (or `to`): mailed when e-mail is on; always logged and audited."""
         self._insert(tx, delivery_id, ALERT, to or self.settings.email.operator or "-", **details)
 
-    def due(self, limit: int = 50) -> list[Job]:
-        """The jobs due now, taken by this process (see `take`)."""
-        return self.take(limit)
-
     def jobs(self, delivery_id: str | None = None) -> list[Job]:
         return self.store.for_delivery(self.db, delivery_id) if delivery_id else self.store.all()
 
