@@ -15,7 +15,7 @@ def cmd_migrate(args: Any) -> int:
     settings = args.settings
     store = open_store(settings.database, settings.database_path, migrate=False)
     try:
-        before = store.version() if _has_schema(store) else 0
+        before = store.version()
         latest = MIGRATIONS[-1].number
         where = "PostgreSQL" if settings.database.url else str(settings.database_path)
         if args.check:
@@ -23,26 +23,20 @@ def cmd_migrate(args: Any) -> int:
             print(f"{where}: schema version {before} of {latest}"
                   + (f"; pending: {', '.join(pending)}" if pending else "; up to date"))
             return 1 if pending else 0
-        after = store.migrate()
+        applied = store.migrate()
+        after = store.version()
     finally:
         store.close()
-    print(f"{where}: schema version {after}" + (f" (was {before})" if after != before else ", up to date"))
-    if after != before:
+    print(f"{where}: schema version {after}" + (f"; applied {', '.join(applied)}" if applied else ", up to date"))
+    if applied:   # this process migrated (another one starting at once found nothing to do)
         app = build_app(settings)
         try:
             actor = operator()
             app.audit.record("database.migrate", actor=actor.name, source=actor.source,
-                             version_from=before, version_to=after)
+                             version_from=after - len(applied), version_to=after, applied=applied)
         finally:
             app.close()
     return 0
-
-
-def _has_schema(store: Any) -> bool:
-    """A brand-new PostgreSQL database has no schema_migrations table yet."""
-    if store.dialect != "postgresql":
-        return True
-    return store.query_one("SELECT to_regclass('schema_migrations') IS NOT NULL")[0]
 
 
 def add_database_commands(commands: Any, command: Any) -> None:

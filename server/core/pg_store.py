@@ -198,9 +198,11 @@ class PostgresStore:
         return self.execute(sql, params).fetchone()
 
     # --- schema ---------------------------------------------------------------------------------
-    def migrate(self) -> int:
+    def migrate(self) -> list[str]:
         """Apply the migrations this database has not seen, under a transaction advisory lock:
-        processes starting at once wait for the first, which migrates; the rest find nothing to do."""
+        processes starting at once wait for the first, which migrates; the rest find nothing to do.
+        The names of those this call applied."""
+        applied: list[str] = []
         with self._pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(MIGRATE_LOCK),))
             conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY,"
@@ -215,15 +217,19 @@ class PostgresStore:
                     conn.execute(statement)
                 conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
                              (migration.number, migration.name))
-                log.info("database: applied migration %04d_%s", migration.number, migration.name)
+                applied.append(f"{migration.number:04d}_{migration.name}")
+                log.info("database: applied migration %s", applied[-1])
         tables = {r[0] for r in self.query("SELECT table_name FROM information_schema.tables"
                                            " WHERE table_schema = current_schema()")}
         missing = set(EXPECTED_TABLES) - tables
         if missing:
             raise RuntimeError(f"schema is missing tables {sorted(missing)} after migration")
-        return MIGRATIONS[-1].number
+        return applied
 
     def version(self) -> int:
+        """How many migrations this database has seen (0: a brand-new database)."""
+        if not self.query_one("SELECT to_regclass('schema_migrations') IS NOT NULL")[0]:
+            return 0
         row = self.query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
         return int(row[0]) if row else 0
 

@@ -100,9 +100,10 @@ class Database:
     def query_one(self, sql: str, params: Any = ()) -> sqlite3.Row | None:
         return self._connection().execute(sql, params).fetchone()
 
-    def migrate(self) -> int:
+    def migrate(self) -> list[str]:
         """Apply the migrations this database has not seen, under BEGIN IMMEDIATE (two processes
-        starting at once migrate once); returns the schema version."""
+        starting at once migrate once); the names of those applied."""
+        applied: list[str] = []
         with self.writer() as tx:
             conn = tx.conn
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -113,11 +114,12 @@ class Database:
                 for statement in migration.statements(SQLITE):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {migration.number}")
+                applied.append(f"{migration.number:04d}_{migration.name}")
         tables = {row[0] for row in self.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
         missing = set(EXPECTED_TABLES) - tables
         if missing:
             raise RuntimeError(f"{self.path}: schema is missing tables {sorted(missing)} after migration")
-        return MIGRATIONS[-1].number
+        return applied
 
     def version(self) -> int:
         """How many migrations this database has seen."""

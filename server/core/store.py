@@ -80,8 +80,9 @@ class Store(Reader, Protocol):
 
     def query_one(self, sql: str, params: Params = ()) -> Any: ...
 
-    def migrate(self) -> int:
-        """Apply the migrations the database has not seen (under a lock); the schema version."""
+    def migrate(self) -> list[str]:
+        """Apply the migrations the database has not seen, under a lock so that processes starting
+        at once migrate once; the names of those this call applied (none: it was up to date)."""
         ...
 
     def version(self) -> int:
