@@ -1,5 +1,6 @@
-"""Races between sluis processes sharing one PostgreSQL database (issue 9): each test holds the
-lock the processes contend for until all of them are waiting on it, so they really run at once."""
+"""PostgreSQL only: races between sluis processes sharing one database (issue 9) — each test holds
+the lock the processes contend for until all of them are waiting on it, so they really run at
+once — and the schema compared with SQLite's."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import copy
 import io
 import re
 import subprocess
+import sqlite3
 import sys
 import threading
 from contextlib import closing
@@ -17,7 +19,8 @@ import psycopg
 import pytest
 
 from sluis.server.core.pg_store import MIGRATE_LOCK, lock_key
-from sluis.server.core.schema import MIGRATIONS
+from sluis.server.cli.init import init_setup
+from sluis.server.core.schema import EXPECTED_TABLES, MIGRATIONS
 from sluis.server.core.store import Conflict
 from tests.support.library import sluis
 from tests.support.pg import raw_db
@@ -48,6 +51,35 @@ def waiting_backends(conn: psycopg.Connection[Any], locktype: str | None = None)
     # a row lock waits on the holder's transaction id, which pg_locks shows without a database
     extra = conn.execute("SELECT COUNT(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'").fetchone()
     return int(row[0]) + (int(extra[0]) if extra else 0)
+
+
+def columns(server) -> dict[str, list[str]]:
+    with closing(raw_db(server)) as conn:
+        if isinstance(conn, sqlite3.Connection):
+            tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            return {t: [c[1] for c in conn.execute(f"PRAGMA table_info({t})")] for t in tables}
+        found: dict[str, list[str]] = {}
+        for table, column in conn.execute("SELECT table_name, column_name FROM information_schema.columns"
+                                          " WHERE table_schema = current_schema() ORDER BY table_name,"
+                                          " ordinal_position").fetchall():
+            found.setdefault(table, []).append(column)
+        found.pop("schema_migrations")
+        return found
+
+
+def test_both_engines_get_the_same_tables_and_columns(make_server):
+    on_pg = make_server(name="pg")
+    on_sqlite = make_server(overrides={"database": {"url": ""}}, name="sqlite")
+    assert columns(on_pg) == columns(on_sqlite)
+    assert set(columns(on_pg)) == set(EXPECTED_TABLES)
+
+
+def test_init_refuses_a_database_that_holds_a_setup(make_server, tmp_path):
+    server = make_server()
+    url = url_of(server)
+    with pytest.raises(FileExistsError, match="already holds a setup"):
+        init_setup(tmp_path / "second", {"database": {"url": url}})
+    assert not (tmp_path / "second" / "sluis.toml").exists()
 
 
 def test_two_processes_migrating_at_once_migrate_once(make_server, new_database):

@@ -8,34 +8,25 @@ from typing import Any
 from ..app import build_app
 from ..core.schema import MIGRATIONS
 from ..core.stores import open_store
-from .common import operator
 
 
 def cmd_migrate(args: Any) -> int:
     settings = args.settings
+    where = "PostgreSQL" if settings.database.url else str(settings.database_path)
     store = open_store(settings.database, settings.database_path, migrate=False)
     try:
         before = store.version()
-        latest = MIGRATIONS[-1].number
-        where = "PostgreSQL" if settings.database.url else str(settings.database_path)
-        if args.check:
-            pending = [f"{m.number:04d}_{m.name}" for m in MIGRATIONS[before:]]
-            print(f"{where}: schema version {before} of {latest}"
-                  + (f"; pending: {', '.join(pending)}" if pending else "; up to date"))
-            return 1 if pending else 0
-        applied = store.migrate()
-        after = store.version()
     finally:
         store.close()
-    print(f"{where}: schema version {after}" + (f"; applied {', '.join(applied)}" if applied else ", up to date"))
-    if applied:   # this process migrated (another one starting at once found nothing to do)
-        app = build_app(settings)
-        try:
-            actor = operator()
-            app.audit.record("database.migrate", actor=actor.name, source=actor.source,
-                             version_from=after - len(applied), version_to=after, applied=applied)
-        finally:
-            app.close()
+    if args.check:
+        pending = [f"{m.number:04d}_{m.name}" for m in MIGRATIONS[before:]]
+        print(f"{where}: schema version {before} of {MIGRATIONS[-1].number}"
+              + (f"; pending: {', '.join(pending)}" if pending else "; up to date"))
+        return 1 if pending else 0
+    app = build_app(settings)   # migrates under the lock and audits what it applied
+    app.close()
+    print(f"{where}: schema version {MIGRATIONS[-1].number}"
+          + (f"; applied {', '.join(app.migrated)}" if app.migrated else ", up to date"))
     return 0
 
 
