@@ -22,7 +22,7 @@ from sluis.server.core.pg_store import MIGRATE_LOCK, lock_key
 from sluis.server.cli.init import init_setup
 from sluis.server.core.schema import EXPECTED_TABLES, MIGRATIONS
 from sluis.server.core.store import Conflict
-from tests.support.library import sluis
+from tests.support.library import SLUIS, sluis
 from tests.support.pg import raw_db
 from tests.support.server import SluisServer
 from tests.support.waiting import wait_until
@@ -186,3 +186,22 @@ def test_500_audit_appends_from_two_processes_leave_one_chain(make_server):
     assert sources == {"proc-0": 250, "proc-1": 250}
     verify = sluis(server.config, "audit", "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_init_with_database_puts_the_state_in_postgresql(new_database, tmp_path):
+    url = new_database(migrated=False)
+    created = subprocess.run([*SLUIS, "init", str(tmp_path / "setup"), "--database", url], capture_output=True,
+                             text=True, timeout=60)
+    assert created.returncode == 0, created.stdout + created.stderr
+    config = tmp_path / "setup" / "sluis.toml"
+    assert f'url = "{url}"' in config.read_text()
+    assert not (tmp_path / "setup" / "state.db").exists()
+    assert sluis(config, "migrate", "--check").returncode == 0
+    added = sluis(config, "tenant", "add", "genk", "--phone", "+32470123456")
+    assert added.returncode == 0, added.stdout + added.stderr
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT name FROM tenants").fetchall() == [("genk",)]
+        assert [r[0] for r in conn.execute("SELECT event FROM audit ORDER BY seq")] == ["sluis.init", "tenant.add"]
+    bad = subprocess.run([*SLUIS, "init", str(tmp_path / "other"), "--database", "mysql://x"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode != 0 and "PostgreSQL URI" in bad.stderr

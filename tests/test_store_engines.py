@@ -146,3 +146,14 @@ def test_translation_of_placeholders_and_percent_signs():
         "SELECT * FROM t WHERE a = %s AND b LIKE '5%%' AND c = %(name)s AND d::text = %s AND e = 'it''s ?'")
     assert describe("postgresql://sluis:s3cret@db/sluis") == "postgresql://sluis:***@db/sluis"
     assert describe("host=db password='a b' dbname=sluis") == "host=db password=*** dbname=sluis"
+
+
+def test_a_write_outside_a_writer_is_refused(make_server):
+    server = make_server().standard()
+    store = store_of(server)
+    try:
+        with pytest.raises(RuntimeError, match="outside store.writer"):
+            store.execute("  delete FROM bans")
+        assert store.query("SELECT 1 FROM tenants")
+    finally:
+        store.close()

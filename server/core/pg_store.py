@@ -24,7 +24,7 @@ from psycopg import sql as pgsql
 from psycopg_pool import ConnectionPool
 
 from .schema import EXPECTED_TABLES, MIGRATIONS, POSTGRESQL
-from .store import Conflict
+from .store import Conflict, check_read
 
 log = logging.getLogger("sluis.store")
 
@@ -159,6 +159,8 @@ class PostgresStore:
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
+        # one plain connection first: its error names the cause (the pool's only says it timed out)
+        psycopg.connect(url, connect_timeout=int(CONNECT_TIMEOUT)).close()
         self._pool: ConnectionPool[Any] = ConnectionPool(
             url, min_size=1, max_size=pool_size, timeout=CONNECT_TIMEOUT, open=False, name="sluis",
             kwargs={"autocommit": True, "row_factory": _row_factory}, configure=self._configure)
@@ -188,8 +190,9 @@ class PostgresStore:
 
     # --- reads (autocommit, one statement) -------------------------------------------------------
     def execute(self, sql: str, params: Any = ()) -> Result:
+        """A read in a statement of its own (autocommit); writes go through `writer()`."""
         with self._pool.connection() as conn:
-            return _run(conn, sql, params)
+            return _run(conn, check_read(sql), params)
 
     def query(self, sql: str, params: Any = ()) -> list[PgRow]:
         return self.execute(sql, params).fetchall()

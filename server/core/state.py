@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .schema import EXPECTED_TABLES, MIGRATIONS, SQLITE
-from .store import Conflict
+from .store import Conflict, check_read
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -91,14 +91,14 @@ class Database:
             hook()
 
     def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
-        """A read outside any transaction (same surface as `Tx.execute`)."""
-        return self._connection().execute(sql, params)
+        """A read outside any transaction (same surface as `Tx.execute`); writes go through `writer()`."""
+        return self._connection().execute(check_read(sql), params)
 
     def query(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
-        return self._connection().execute(sql, params).fetchall()
+        return self.execute(sql, params).fetchall()
 
     def query_one(self, sql: str, params: Any = ()) -> sqlite3.Row | None:
-        return self._connection().execute(sql, params).fetchone()
+        return self.execute(sql, params).fetchone()
 
     def migrate(self) -> list[str]:
         """Apply the migrations this database has not seen, under BEGIN IMMEDIATE (two processes

@@ -101,6 +101,16 @@ class Store(Reader, Protocol):
     def close(self) -> None: ...
 
 
+_WRITES = ("INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER", "REPLACE")
+
+
+def check_read(sql: str) -> str:
+    """Refuse a write outside `writer()`: no hidden autocommit writes (it would skip the locks)."""
+    if sql.lstrip()[:7].upper().startswith(_WRITES):
+        raise RuntimeError(f"a write outside store.writer(): {sql[:60]!r}")
+    return sql
+
+
 def rows(conn: Reader, sql: str, params: Params = ()) -> Iterator[Any]:
     """Iterate a query's rows on a store or inside a transaction."""
     yield from conn.execute(sql, params).fetchall()
