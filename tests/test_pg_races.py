@@ -205,3 +205,22 @@ def test_init_with_database_puts_the_state_in_postgresql(new_database, tmp_path)
     bad = subprocess.run([*SLUIS, "init", str(tmp_path / "other"), "--database", "mysql://x"], capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode != 0 and "PostgreSQL URI" in bad.stderr
+
+
+def test_the_orphan_sweep_waits_for_a_publish_in_progress(lib):
+    """A publish renames its blob inside its transaction; a sweep in another process must not see
+    the blob before the row, so it waits for every tenant-locked writer."""
+    server, app, _clock = lib
+    orphan = server.data_dir / "boxes" / "genk" / "d-orphan"
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"x")
+    swept: list[int] = []
+    with closing(raw_db(server)) as holder:
+        with holder.conn.transaction():
+            holder.execute("SELECT id FROM tenants WHERE name = 'genk' FOR UPDATE")
+            sweeper = threading.Thread(target=lambda: swept.append(app.dropbox.sweep_orphans()))
+            sweeper.start()
+            wait_until(lambda: waiting_backends(holder.conn) >= 1, "the sweep waiting for the publish", 30)
+            assert orphan.exists() and sweeper.is_alive()
+        sweeper.join(30)
+    assert swept == [1] and not orphan.exists()

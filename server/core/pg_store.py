@@ -174,12 +174,16 @@ class PostgresStore:
 
     # --- writes ---------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def writer(self, *, tenant: int | None = None) -> Iterator[PgTx]:
+    def writer(self, *, tenant: int | None = None, exclusive: bool = False) -> Iterator[PgTx]:
         """A write transaction (READ COMMITTED); with `tenant`, that tenant's row is locked first,
-        so check-then-act on one tenant (publish, the yearly limit) is serial across processes."""
+        so check-then-act on one tenant (publish, the yearly limit) is serial across processes.
+        `exclusive` locks the tenants table against every row lock (EXCLUSIVE mode still lets
+        plain reads through): it waits for tenant-locked writers and holds new ones off."""
         with self._pool.connection() as conn:
             tx = PgTx(conn)
             with conn.transaction():
+                if exclusive:
+                    conn.execute("LOCK TABLE tenants IN EXCLUSIVE MODE")
                 if tenant is not None:
                     conn.execute("SELECT id FROM tenants WHERE id = %s FOR UPDATE", (tenant,))
                 yield tx
@@ -231,7 +235,8 @@ class PostgresStore:
 
     def version(self) -> int:
         """How many migrations this database has seen (0: a brand-new database)."""
-        if not self.query_one("SELECT to_regclass('schema_migrations') IS NOT NULL")[0]:
+        exists = self.query_one("SELECT to_regclass('schema_migrations') IS NOT NULL")
+        if exists is None or not exists[0]:
             return 0
         row = self.query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
         return int(row[0]) if row else 0

@@ -73,11 +73,11 @@ class Database:
         return conn
 
     @contextlib.contextmanager
-    def writer(self, *, tenant: int | None = None) -> Iterator[Tx]:
+    def writer(self, *, tenant: int | None = None, exclusive: bool = False) -> Iterator[Tx]:
         """A write transaction: BEGIN IMMEDIATE takes the write lock up front, so no deadlocks.
 
-        `tenant` names the row the caller checks-then-acts on; SQLite's single writer already
-        covers it."""
+        `tenant` names the row the caller checks-then-acts on, `exclusive` asks for all of them;
+        SQLite's single writer already covers both."""
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         tx = Tx(conn)
@@ -123,7 +123,7 @@ class Database:
 
     def version(self) -> int:
         """How many migrations this database has seen."""
-        return int(self.query_one("PRAGMA user_version")[0])
+        return int(self.execute("PRAGMA user_version").fetchone()[0])
 
     @contextlib.contextmanager
     def try_lock(self, name: str) -> Iterator[bool]:

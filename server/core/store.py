@@ -74,7 +74,12 @@ class Store(Reader, Protocol):
 
     dialect: str    # "sqlite" | "postgresql" (schema.SQLITE, schema.POSTGRESQL)
 
-    def writer(self, *, tenant: int | None = None) -> contextlib.AbstractContextManager[Tx]: ...
+    def writer(self, *, tenant: int | None = None,
+               exclusive: bool = False) -> contextlib.AbstractContextManager[Tx]:
+        """A write transaction. `tenant`: lock that tenant's row first (check-then-act on one
+        tenant). `exclusive`: wait for every tenant-locked writer and hold new ones off until
+        commit (the orphan sweep, which must not see a publish half done)."""
+        ...
 
     def query(self, sql: str, params: Params = ()) -> list[Any]: ...
 
