@@ -363,7 +363,7 @@ class DropBox:
         exists before its temporary does, so what this sees unreferenced really is an orphan.
         """
         removed = 0
-        with self.db.writer() as tx:
+        with self.db.writer(exclusive=True) as tx:    # not while another process publishes
             live_uploads = {r[0] for r in tx.execute("SELECT temp_key FROM uploads")}
             live_blobs = {r[0] for r in tx.execute("SELECT blob_key FROM deliveries WHERE state != ?",
                                                     (REMOVED,))}

@@ -143,11 +143,9 @@ class IncidentStore:
         """The open incident of this kind for the same address or the same account (for kinds
         with neither, the open incident of this kind)."""
         if address or account:
-            # the alternatives spelled out: PostgreSQL cannot type a bare `? IS NOT NULL`
-            match = [(column, value) for column, value in (("source", address), ("account", account)) if value]
-            row = tx.execute("SELECT * FROM incidents WHERE state = ? AND kind = ? AND ("
-                             + " OR ".join(f"{column} = ?" for column, _ in match) + ") ORDER BY id LIMIT 1",
-                             (str(OPEN), kind, *(value for _, value in match))).fetchone()
+            row = tx.execute("SELECT * FROM incidents WHERE state = ? AND kind = ? AND"
+                             " ((CAST(? AS TEXT) IS NOT NULL AND source = ?) OR (CAST(? AS TEXT) IS NOT NULL AND account = ?))"
+                             " ORDER BY id LIMIT 1", (OPEN, kind, address, address, account, account)).fetchone()
         else:
             row = tx.execute("SELECT * FROM incidents WHERE state = ? AND kind = ? AND source IS NULL"
                              " AND account IS NULL ORDER BY id LIMIT 1", (OPEN, kind)).fetchone()
@@ -171,8 +169,8 @@ class IncidentStore:
 
     def touch(self, tx: Tx, incident: Incident, entry: Entry, dpo: Dpo | None) -> None:
         """A related event: count it, move last seen; name a tenant and DPO if none was named yet."""
-        tx.execute("UPDATE incidents SET count = count + 1, last_seen = ?, last_seq = ? WHERE id = ?",
-                   (max(incident.last_seen, entry.ts), entry.seq, incident.id))   # read in this tx
+        tx.execute("UPDATE incidents SET count = count + 1, last_seen = CASE WHEN last_seen > ? THEN last_seen"
+                   " ELSE ? END, last_seq = ? WHERE id = ?", (entry.ts, entry.ts, entry.seq, incident.id))
         if incident.tenant is None and entry.tenant:
             tx.execute("UPDATE incidents SET tenant = ?, dpo_name = ?, dpo_email = ?, dpo_phone = ? WHERE id = ?",
                        (entry.tenant, dpo.name if dpo else None, dpo.email if dpo else None,
