@@ -26,6 +26,16 @@ def parse_duration(value: Any) -> int:
     raise ValueError(f"expected a duration such as '90s', '15m', '24h', '30d' or '5y', got {value!r}")
 
 
+def duration_at_least(low: int) -> Callable[[Any], int]:
+    """A duration of at least `low` seconds (parse_duration otherwise)."""
+    def parse(value: Any) -> int:
+        seconds = parse_duration(value)
+        if seconds < low:
+            raise ValueError(f"expected a duration of at least {format_duration(low)}, got {value!r}")
+        return seconds
+    return parse
+
+
 def format_duration(seconds: int) -> str:
     """The shortest exact way to write `seconds` in the notation parse_duration reads."""
     for unit in ("y", "w", "d", "h", "m"):
