@@ -36,6 +36,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         raise ConfigError(f"{path}: not valid TOML: not UTF-8 text ({exc.reason})") from None
     settings = parse_document(document, Path(path).absolute(), str(path))
     _check_templates(settings, str(path))
+    _check_storage(settings, str(path))
     return _apply_secret_sources(settings, environ)
 
 
@@ -47,6 +48,13 @@ def _check_templates(settings: Settings, label: str) -> None:
         validate_sms_template(settings.sms.template)
     except TemplateError as exc:
         raise ConfigError(f"{label}: [sms] template: {exc}") from None
+
+
+def _check_storage(settings: Settings, label: str) -> None:
+    """An S3 backend without a bucket cannot store anything: say so at startup."""
+    storage = settings.storage
+    if storage.backend == "s3" and not storage.bucket:
+        raise ConfigError(f"{label}: [storage] bucket: required with backend = 's3'")
 
 
 def parse_document(document: dict[str, Any], config_path: Path, label: str) -> Settings:

@@ -6,7 +6,7 @@ import functools
 import os
 from dataclasses import dataclass
 
-from ..config.settings import Settings
+from ..config.settings import Settings, StorageBackend
 from ..keydelivery.mail import send_mail
 from ..keydelivery.outbox import Outbox
 from ..keydelivery.passphrase import new_passphrase
@@ -70,6 +70,14 @@ class App:
         self.db.close()
 
 
+def open_storage(settings: Settings) -> Storage:
+    """[storage] backend: files under data_dir/boxes, or objects in an S3-compatible bucket."""
+    if settings.storage.backend == StorageBackend.S3:
+        from .core.s3storage import S3Storage   # boto3 is imported only when it is used
+        return S3Storage(settings.storage)
+    return LocalStorage(settings.data_dir)
+
+
 def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storage | None = None) -> App:
     clock = clock or SystemClock()
     if not settings.data_dir.is_dir():
@@ -81,7 +89,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
                                CheckpointFile(settings.resolve(settings.audit.checkpoint_file)),
                                _checkpoint_mailer(settings))
     directory = Directory(db, audit, clock)
-    storage = storage or LocalStorage(settings.data_dir)
+    storage = storage or open_storage(settings)
     policy = YearlyPolicy(settings.policy, clock)
     sealer = functools.cache(lambda: load_sealer(settings.resolve(settings.crypto.secret_key_file),
                                                  os.environ.get("CREDENTIALS_DIRECTORY")))
