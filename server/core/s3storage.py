@@ -321,8 +321,9 @@ class S3Storage:
     def create_temp(self, temp_key: str, key: str) -> _S3Temp:
         if not _TEMP.match(temp_key) or not key.endswith("/" + temp_key):
             raise ValueError(f"temporary key {temp_key!r} does not name the blob {key!r}")
+        obj = self.object_key(key)
         try:
-            response = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.object_key(key))
+            response = self.client.create_multipart_upload(Bucket=self.bucket, Key=obj)
         except Exception as exc:
             raise _unavailable("starting the upload", exc) from exc
         temp = _S3Temp(self, temp_key, key, response["UploadId"])
