@@ -168,7 +168,8 @@ class _S3Reader:
         self._base = 0                  # offset of _buf[0]
         self._buf = bytearray()
         self._eof = self.size == 0
-        self._demand = 0                # furthest byte asked for
+        self._demand = 0                # furthest byte asked for: read ahead of it
+        self._served = 0                # furthest byte returned: keep READ_BEHIND behind it
         self._seek: int | None = None   # a restart the reader thread is asked to make
         self._error: BaseException | None = None
         self._removed = False
@@ -217,6 +218,7 @@ class _S3Reader:
         if self._seek is not None or not (self._base <= offset and end <= self._end):
             return None
         data = bytes(self._buf[offset - self._base:end - self._base])
+        self._served = max(self._served, end)
         if end > self._demand:
             self._demand = end
             self._cond.notify_all()     # room ahead: the reader thread may read on
@@ -264,7 +266,7 @@ class _S3Reader:
                 self._buf += chunk
             if not chunk or self._end >= self.size:
                 self._eof = True
-            behind = min(self._demand - READ_BEHIND - self._base, len(self._buf))
+            behind = min(self._served - READ_BEHIND - self._base, len(self._buf))
             if behind > 0:
                 del self._buf[:behind]
                 self._base += behind
@@ -286,7 +288,7 @@ class _S3Reader:
             self.gets += 1
             self._body = response["Body"]
             self._base, self._buf, self._eof = offset, bytearray(), offset >= self.size
-            self._demand = offset
+            self._demand = self._served = offset
             return self._body
 
     def _check_removed(self) -> None:
