@@ -10,9 +10,11 @@ import pytest
 
 from sluis.config import load_settings
 from sluis.server.app import build_app
+from sluis.server.core.coverage import Coverage
 from sluis.server.core.deliveries import REMOVED
 from sluis.server.core.s3storage import S3Storage
 from sluis.server.core.session import Session
+from sluis.server.errors import NotFound
 from tests.support.clients import require_binary
 from tests.support.library import FAST, FakeClock, download, sluis, state_of, upload
 from tests.support.pty_age import run_age
@@ -139,3 +141,28 @@ def test_s3_backend_needs_a_bucket(make_server):
     result = sluis(srv.config, "status")
     assert result.returncode != 0
     assert "[storage] bucket: required with backend = 's3'" in result.stderr
+
+
+def test_withdrawn_by_another_node_stops_an_open_download(s3lib):
+    """Two processes on one state and one bucket: a handle open on one stops reading once the
+    other withdraws the file (its reader looks every second), though 4 MiB are buffered ahead."""
+    srv, app, _clock, _bucket = s3lib
+    delivery = upload(app, data=DATA)
+    session = Session(user=app.directory.user("genk-clerk"), source="test")
+    handle = app.dropbox.open_download(session, delivery.stored_name, Coverage())
+    assert len(handle.read(0, 32768)) == 32768
+    other = build_app(load_settings(srv.config, {}))
+    try:
+        assert other.dropbox.remove(delivery, "withdrawn", actor="agency")
+    finally:
+        other.close()
+
+    def refused() -> bool:
+        try:
+            handle.read(32768, 32768)
+        except NotFound:
+            return True
+        return False
+
+    wait_until(refused, "the open download to stop", timeout=5)
+    app.dropbox.close_download(session, handle)

@@ -4,12 +4,11 @@ removal goes through one path. It knows nothing of SFTP; the edge calls it off t
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import threading
 from datetime import datetime, timedelta
-from typing import Any, Awaitable, Callable, Container, Protocol
+from typing import Any, Callable, Protocol
 from weakref import WeakValueDictionary
 
 from ...config.settings import Settings
@@ -22,13 +21,14 @@ from .deliveries import (
     COLLECTED, PUBLISHED, REASON_COLLECTED, REASON_REPLACED, REMOVED, VISIBLE, fetch,
 )
 from .directory import Directory
+from .download import Download
 from .encryption import SUFFIXES, HashingOutput, open_encryptor
 from .names import check_name, staged_base
 from .pipeline import AtRestWorkers
 from .records import Delivery, Tenant
 from .session import Session
 from .store import Store, Tx
-from .storage import BlobReader, Storage
+from .storage import Storage
 from .uploads import Upload
 from .window import MemoryBudget, ReorderWindow
 
@@ -58,51 +58,6 @@ class DeliveryPolicy(Protocol):
 
     def admit(self, conn: Tx | Store, tenant: Tenant, delivery_id: str | None = None,
               name: str | None = None) -> list[Delivery]: ...
-
-
-class Download:
-    """An open recipient handle on one delivery; reads are recorded in the session's coverage.
-
-    A handle opened before its delivery was withdrawn, replaced or removed reads no more: this
-    process marks it in `revoked` when it removes one, and a removal by another process (the
-    janitor, an operator's command, another node) deletes the blob, which the open reader notices
-    (local: one fstat; S3: its read-ahead thread looks every second; no database query per read)."""
-
-    def __init__(self, delivery: Delivery, reader: BlobReader, coverage: Coverage,
-                 revoked: Container[str] = frozenset()) -> None:
-        self.delivery = delivery
-        self.reader = reader
-        self.coverage = coverage
-        self.revoked = revoked
-        self.sent = 0
-
-    def read(self, offset: int, size: int) -> bytes | Awaitable[bytes]:
-        """The bytes, at once if the storage has them at hand; on an event loop, else an awaitable
-        that waits for them in a thread (an object store's stream), so the loop never waits."""
-        self._check_live()
-        data = self.reader.read_now(offset, size)
-        if data is None:
-            try:
-                asyncio.get_running_loop()
-            except RuntimeError:   # no loop here (the library, a thread): wait right here
-                return self._sent(offset, self.reader.read_at(offset, size))
-            return self._read_later(offset, size)
-        return self._sent(offset, data)
-
-    async def _read_later(self, offset: int, size: int) -> bytes:
-        data = await asyncio.to_thread(self.reader.read_at, offset, size)
-        self._check_live()
-        return self._sent(offset, data)
-
-    def _check_live(self) -> None:
-        if self.delivery.id in self.revoked or self.reader.removed():
-            raise NotFound(f"{self.delivery.stored_name} was withdrawn, replaced or removed after it was "
-                           "opened; list the folder again")
-
-    def _sent(self, offset: int, data: bytes) -> bytes:
-        self.coverage.add(offset, offset + len(data))
-        self.sent += len(data)
-        return data
 
 
 class DropBox:

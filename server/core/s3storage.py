@@ -11,22 +11,15 @@ Credentials come the standard AWS way (environment, shared files, instance role)
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Iterator
 
 from ...config.settings import StorageSettings
-from ..errors import NotFound, StorageUnavailable
+from ..errors import NotFound
+from .s3reader import S3Reader, missing, unavailable
 from .storage import _KEY, _TEMP, TempBlob
 
-log = logging.getLogger("sluis.storage")
-
-READ_CHUNK = 256 << 10     # bytes one read of the GET stream takes
-READ_AHEAD = 4 << 20       # read ahead of the furthest byte asked for
-READ_BEHIND = 1 << 20      # kept behind it, for reads that arrive a little out of order
-REMOVED_CHECK = 1.0        # seconds between checks that an open blob still exists
 PART_THREADS = 16          # parts in flight, all uploads together (each has at most one)
 
 
@@ -42,21 +35,6 @@ def make_client(settings: StorageSettings) -> Any:
                     request_checksum_calculation="when_required",
                     response_checksum_validation="when_required")
     return boto3.client("s3", endpoint_url=settings.endpoint_url or None, config=config)
-
-
-def _code(exc: BaseException) -> str:
-    response = getattr(exc, "response", None)
-    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
-
-
-def _missing(exc: BaseException) -> bool:
-    return _code(exc) in ("NoSuchKey", "NoSuchUpload", "404", "NotFound")
-
-
-def _unavailable(what: str, exc: BaseException) -> StorageUnavailable:
-    log.warning("object store: %s failed: %s", what, exc)
-    return StorageUnavailable(f"the file store is unavailable ({what} failed); nothing was published, "
-                              "try again later")
 
 
 class _S3Temp:
@@ -115,7 +93,7 @@ class _S3Temp:
                 Bucket=self._storage.bucket, Key=self._object, UploadId=self.upload_id,
                 MultipartUpload={"Parts": self._parts}, IfNoneMatch="*")   # never over another blob
         except Exception as exc:
-            raise _unavailable("completing the upload", exc) from exc
+            raise unavailable("completing the upload", exc) from exc
         self.completed = True
 
     def _send(self) -> None:
@@ -140,166 +118,12 @@ class _S3Temp:
         try:
             self._parts.append(inflight.result())
         except Exception as exc:
-            raise _unavailable("uploading a part", exc) from exc
+            raise unavailable("uploading a part", exc) from exc
         finally:
             self._inflight_size = 0
 
     def _note_peak(self) -> None:
         self.peak = max(self.peak, len(self._buf) + self._inflight_size)
-
-
-class _S3Reader:
-    """One streaming GET of a blob, read ahead in its own thread into a bounded buffer."""
-
-    def __init__(self, storage: S3Storage, key: str) -> None:
-        self._storage = storage
-        self._object = storage.object_key(key)
-        try:
-            response = storage.client.get_object(Bucket=storage.bucket, Key=self._object)
-        except Exception as exc:
-            if _missing(exc):
-                raise NotFound("the file is no longer stored") from None
-            raise _unavailable("opening the file", exc) from exc
-        self.size: int = response["ContentLength"]
-        self._etag: str = response["ETag"]
-        self._body: Any = response["Body"]
-        self.gets = 1                   # GET requests made (tests: one per stream, not per read)
-        self._cond = threading.Condition()
-        self._base = 0                  # offset of _buf[0]
-        self._buf = bytearray()
-        self._eof = self.size == 0
-        self._demand = 0                # furthest byte asked for: read ahead of it
-        self._served = 0                # furthest byte returned: keep READ_BEHIND behind it
-        self._seek: int | None = None   # a restart the reader thread is asked to make
-        self._error: BaseException | None = None
-        self._removed = False
-        self._closed = False
-        self._checked = time.monotonic()
-        threading.Thread(target=self._run, name="sluis-s3-read", daemon=True).start()
-
-    # --- the request side ------------------------------------------------------------------
-    def read_now(self, offset: int, size: int) -> bytes | None:
-        """The bytes, if they are buffered already (never waits: callable on the event loop)."""
-        with self._cond:
-            return self._take(offset, size)
-
-    def read_at(self, offset: int, size: int) -> bytes:
-        """The bytes, waiting for the stream (or restarting it at `offset`: a seek)."""
-        with self._cond:
-            while True:
-                if self._error is not None:
-                    raise self._error
-                data = self._take(offset, size)
-                if data is not None:
-                    return data
-                if self._seek is None and (offset < self._base or offset > self._end + READ_AHEAD):
-                    self._seek = offset
-                self._demand = max(self._demand, min(offset + size, self.size))
-                self._cond.notify_all()
-                self._cond.wait(REMOVED_CHECK)
-
-    def removed(self) -> bool:
-        return self._removed
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._buf = bytearray()
-            self._cond.notify_all()
-
-    @property
-    def _end(self) -> int:
-        return self._base + len(self._buf)
-
-    def _take(self, offset: int, size: int) -> bytes | None:   # under _cond
-        if offset >= self.size:
-            return b""
-        end = min(offset + size, self.size)
-        if self._seek is not None or not (self._base <= offset and end <= self._end):
-            return None
-        data = bytes(self._buf[offset - self._base:end - self._base])
-        self._served = max(self._served, end)
-        if end > self._demand:
-            self._demand = end
-            self._cond.notify_all()     # room ahead: the reader thread may read on
-        return data
-
-    # --- the reader thread -----------------------------------------------------------------
-    def _run(self) -> None:
-        try:
-            while self._step():
-                pass
-        except BaseException as exc:   # kept for the next read: never lost
-            with self._cond:
-                self._error = exc if isinstance(exc, (NotFound, StorageUnavailable)) else \
-                    _unavailable("reading the file", exc)
-                self._cond.notify_all()
-        finally:
-            self._body.close()
-
-    def _full(self) -> bool:   # under _cond
-        return self._eof or self._end >= self._demand + READ_AHEAD
-
-    def _step(self) -> bool:
-        """Read one chunk ahead (or restart the GET, or look whether the blob still exists)."""
-        with self._cond:
-            while not self._closed and self._seek is None and self._full():
-                self._cond.wait(REMOVED_CHECK)
-                if time.monotonic() - self._checked >= REMOVED_CHECK:
-                    break
-            if self._closed:
-                return False
-            seek, self._seek = self._seek, None
-        if time.monotonic() - self._checked >= REMOVED_CHECK:
-            self._check_removed()
-        if seek is not None:
-            self._restart(seek)
-        with self._cond:
-            if self._closed or self._seek is not None or self._full():
-                return not self._closed
-            body = self._body
-        chunk = body.read(READ_CHUNK)
-        with self._cond:
-            if self._seek is not None or self._closed:
-                return not self._closed    # a seek came meanwhile: this chunk is stale
-            if chunk:
-                self._buf += chunk
-            if not chunk or self._end >= self.size:
-                self._eof = True
-            behind = min(self._served - READ_BEHIND - self._base, len(self._buf))
-            if behind > 0:
-                del self._buf[:behind]
-                self._base += behind
-            self._cond.notify_all()
-        return True
-
-    def _restart(self, offset: int) -> Any:
-        """A new GET from `offset` (of the same object: If-Match its ETag)."""
-        self._body.close()
-        try:
-            response = self._storage.client.get_object(
-                Bucket=self._storage.bucket, Key=self._object, Range=f"bytes={offset}-", IfMatch=self._etag)
-        except Exception as exc:
-            if _missing(exc) or _code(exc) == "PreconditionFailed":
-                self._removed = True
-                raise NotFound("the file is no longer stored") from None
-            raise
-        with self._cond:
-            self.gets += 1
-            self._body = response["Body"]
-            self._base, self._buf, self._eof = offset, bytearray(), offset >= self.size
-            self._demand = self._served = offset
-            return self._body
-
-    def _check_removed(self) -> None:
-        self._checked = time.monotonic()
-        try:
-            self._storage.client.head_object(Bucket=self._storage.bucket, Key=self._object,
-                                             IfMatch=self._etag)
-        except Exception as exc:
-            if _missing(exc) or _code(exc) in ("PreconditionFailed", "412"):
-                self._removed = True
-            # any other failure: the stream itself will say whether the store answers
 
 
 class S3Storage:
@@ -327,7 +151,7 @@ class S3Storage:
         try:
             response = self.client.create_multipart_upload(Bucket=self.bucket, Key=obj)
         except Exception as exc:
-            raise _unavailable("starting the upload", exc) from exc
+            raise unavailable("starting the upload", exc) from exc
         temp = _S3Temp(self, temp_key, key, response["UploadId"])
         with self._lock:
             self._live[temp_key] = temp
@@ -356,20 +180,20 @@ class S3Storage:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
                 aborted = True
             except Exception as exc:
-                if not _missing(exc):
-                    raise _unavailable("aborting an upload", exc) from exc
+                if not missing(exc):
+                    raise unavailable("aborting an upload", exc) from exc
         return aborted
 
-    def open_read(self, key: str) -> _S3Reader:
-        return _S3Reader(self, key)
+    def open_read(self, key: str) -> S3Reader:
+        return S3Reader(self.client, self.bucket, self.object_key(key))
 
     def size(self, key: str) -> int:
         try:
             return int(self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))["ContentLength"])
         except Exception as exc:
-            if _missing(exc):
+            if missing(exc):
                 raise NotFound("the file is no longer stored") from None
-            raise _unavailable("reading a file's size", exc) from exc
+            raise unavailable("reading a file's size", exc) from exc
 
     def delete(self, key: str) -> bool:
         """Delete the object; False if it was not there (S3's DELETE itself does not say)."""
@@ -377,13 +201,13 @@ class S3Storage:
         try:
             self.client.head_object(Bucket=self.bucket, Key=obj)
         except Exception as exc:
-            if _missing(exc):
+            if missing(exc):
                 return False
-            raise _unavailable("looking up a file", exc) from exc
+            raise unavailable("looking up a file", exc) from exc
         try:
             self.client.delete_object(Bucket=self.bucket, Key=obj)
         except Exception as exc:
-            raise _unavailable("deleting a file", exc) from exc
+            raise unavailable("deleting a file", exc) from exc
         return True
 
     def temp_keys(self) -> list[str]:
@@ -400,7 +224,7 @@ class S3Storage:
                     if _KEY.match(key):
                         keys.append(key)
         except Exception as exc:
-            raise _unavailable("listing files", exc) from exc
+            raise unavailable("listing files", exc) from exc
         return sorted(keys)
 
     def _uploads(self) -> Iterator[tuple[str, str, Any]]:
@@ -412,4 +236,4 @@ class S3Storage:
                     if _KEY.match(item["Key"][len(self.prefix):]):
                         yield item["Key"], item["UploadId"], item.get("Initiated")
         except Exception as exc:
-            raise _unavailable("listing uploads", exc) from exc
+            raise unavailable("listing uploads", exc) from exc
