@@ -1,0 +1,108 @@
+"""S3 against local disk: upload and download MB/s through `sluis serve` with OpenSSH sftp
+(chacha20-poly1305), the files on local disk or in a bucket on moto's standalone S3 server, and
+the server's peak memory per upload (RSS high-water mark above the idle server, with N uploads
+at once, divided by N). A measurement, not a test; everything on 127.0.0.1.
+
+    .venv/bin/python bench/s3.py --size-mib 128 --rounds 3 --parallel 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.support.moto import CREDENTIALS, Bucket, MotoServer  # noqa: E402
+from tests.support.server import SSH_OPTIONS, SluisServer  # noqa: E402
+
+MIB = 1 << 20
+CIPHER = ["-o", "Ciphers=chacha20-poly1305@openssh.com"]
+
+
+def sftp(server: SluisServer, user: str, script: str) -> float:
+    """Seconds one `sftp -b` run takes (connection included)."""
+    started = time.perf_counter()
+    subprocess.run(["sftp", "-b", "-", "-i", str(server.accounts[user].key), "-P", str(server.port),
+                    *SSH_OPTIONS, *CIPHER, f"{user}@127.0.0.1"], input=script, text=True, check=True,
+                   capture_output=True, timeout=600)
+    return time.perf_counter() - started
+
+
+def kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def setup(storage: dict, work: Path, tenants: int) -> SluisServer:
+    server = SluisServer(work, {"storage": storage, "policy": {"yearly_limit": 366},
+                                "server": {"listen": "127.0.0.1:0"}})
+    for index in range(tenants):
+        server.add_tenant(f"bench{index}")
+        server.add_user(f"down{index}", "recipient", f"bench{index}")
+    server.add_user("up", "sender")
+    return server.start()
+
+
+def measure(name: str, storage: dict, args: argparse.Namespace, source: Path, work: Path) -> dict:
+    server = setup(storage, work / name, args.parallel)
+    try:
+        up, down = [], []
+        for _ in range(args.rounds):
+            up.append(sftp(server, "up", f"put {source} bench0/file\n"))
+            server.passphrase("file.age", timeout=60)
+            down.append(sftp(server, "down0", f"get file.age {work / name / 'got.age'}\n"))
+        pid = server.process.pid
+        idle = kib(pid, "VmRSS")
+        Path(f"/proc/{pid}/clear_refs").write_text("5")     # reset the high-water mark
+        with ThreadPoolExecutor(args.parallel) as pool:
+            list(pool.map(lambda i: sftp(server, "up", f"put {source} bench{i}/para\n"), range(args.parallel)))
+        peak = kib(pid, "VmHWM")
+    finally:
+        server.close()
+    mb = args.size_mib * MIB / 1e6
+    return {"upload": [mb / t for t in up], "download": [mb / t for t in down],
+            "per_upload_mib": (peak - idle) / 1024 / args.parallel}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mib", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--parallel", type=int, default=4, help="uploads at once for the memory figure")
+    parser.add_argument("--part-size", default="8MiB")
+    args = parser.parse_args()
+    os.environ.update(CREDENTIALS)
+    moto = MotoServer().start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="sluis-s3-bench-") as tmp:
+            work = Path(tmp)
+            source = work / "random.bin"
+            with open(source, "wb") as out:
+                for _ in range(args.size_mib):
+                    out.write(os.urandom(MIB))
+            results = {"local": measure("local", {}, args, source, work),
+                       "s3": measure("s3", Bucket(moto).storage_settings(part_size=args.part_size), args,
+                                     source, work)}
+    finally:
+        moto.stop()
+    print(f"{args.size_mib} MiB file, {args.rounds} rounds (median, min-max), OpenSSH sftp chacha20-poly1305, "
+          f"part_size {args.part_size}, peak memory with {args.parallel} uploads at once")
+    print("| storage | upload MB/s | download MB/s | peak memory per upload |")
+    print("|---|---|---|---|")
+    for name, r in results.items():
+        cells = [f"{statistics.median(r[k]):.0f} ({min(r[k]):.0f}-{max(r[k]):.0f})" for k in ("upload", "download")]
+        print(f"| {name} | {cells[0]} | {cells[1]} | {r['per_upload_mib']:.1f} MiB |")
+
+
+if __name__ == "__main__":
+    main()
