@@ -14,7 +14,7 @@ from sluis.server.core.coverage import Coverage
 from sluis.server.core.deliveries import REMOVED
 from sluis.server.core.s3storage import S3Storage
 from sluis.server.core.session import Session
-from sluis.server.errors import NotFound
+from sluis.server.errors import NotFound, StorageUnavailable
 from tests.support.clients import require_binary
 from tests.support.library import FAST, FakeClock, download, sluis, state_of, upload
 from tests.support.pty_age import run_age
@@ -166,3 +166,34 @@ def test_withdrawn_by_another_node_stops_an_open_download(s3lib):
 
     wait_until(refused, "the open download to stop", timeout=5)
     app.dropbox.close_download(session, handle)
+
+
+def test_a_store_that_refuses_fails_the_upload_and_publishes_nothing(s3lib):
+    """The multipart upload disappears behind sluis's back (a store that lost it): the next part
+    fails, the upload is refused with a clear error, and aborting it leaves no row, no object."""
+    _srv, app, _clock, bucket = s3lib
+    session = Session(user=app.directory.user("agency"), source="test")
+    up = app.dropbox.start_upload(session, "genk", "lijst.csv")
+    up.write(0, DATA[:6 << 20])                         # the first part is on its way
+    [listed] = bucket.client.list_multipart_uploads(Bucket=bucket.name)["Uploads"]
+    bucket.client.abort_multipart_upload(Bucket=bucket.name, Key=listed["Key"], UploadId=listed["UploadId"])
+    with pytest.raises(StorageUnavailable, match="the file store is unavailable"):
+        up.write(6 << 20, DATA[6 << 20:])
+        app.dropbox.publish(up)
+    app.dropbox.abort(up, "the store failed")
+    assert bucket.objects() == [] and bucket.multipart_uploads() == []
+    assert app.db.query("SELECT id FROM uploads") == [] and app.db.query("SELECT id FROM deliveries") == []
+
+
+def test_a_missing_bucket_fails_the_upload_start_cleanly(make_server, bucket):
+    srv = make_server({**FAST, "storage": {**bucket.storage_settings(), "bucket": "sluis-no-such-bucket"}}).standard()
+    app = build_app(load_settings(srv.config, {}))
+    try:
+        session = Session(user=app.directory.user("agency"), source="test")
+        with pytest.raises(StorageUnavailable, match="starting the upload"):
+            app.dropbox.start_upload(session, "genk", "lijst.csv")
+        assert app.db.query("SELECT id FROM uploads") == []
+        [abort] = [r for r in app.audit.records() if r.event == "upload.abort"]
+        assert abort.detail["reason"] == "failed to start"
+    finally:
+        app.close()
