@@ -171,3 +171,16 @@ def test_s3_publish_never_overwrites_another_blob(bucket):
     with pytest.raises(ValueError):       # a temporary publishes only under the key it was made for
         storage.publish(other, KEY)
     assert bucket.get(bucket.prefix + KEY) == DATA
+
+
+def test_s3_stream_cut_midway_goes_on_where_it_stopped(bucket):
+    storage = s3_storage(bucket)
+    publish(storage)
+    reader = storage.open_read(KEY)
+    try:
+        assert reader.read_at(0, 1000) == DATA[:1000]
+        reader._body.close()              # the connection drops in the middle of the GET
+        assert read_all(reader, len(DATA)) == DATA
+        assert reader.gets == 2           # one new GET, from where the first one stopped
+    finally:
+        reader.close()

@@ -21,6 +21,7 @@ READ_CHUNK = 256 << 10     # bytes one read of the GET stream takes
 READ_AHEAD = 4 << 20       # read ahead of the furthest byte asked for
 READ_BEHIND = 1 << 20      # kept behind the furthest byte returned, for reads a little out of order
 REMOVED_CHECK = 1.0        # seconds between checks that an open blob still exists
+STREAM_RETRIES = 3         # a GET cut mid-stream is restarted where it stopped, this often in a row
 
 
 def error_code(exc: BaseException) -> str:
@@ -65,6 +66,7 @@ class S3Reader:
         self._removed = False
         self._closed = False
         self._checked = time.monotonic()
+        self._retries = 0
         threading.Thread(target=self._run, name="sluis-s3-read", daemon=True).start()
 
     # --- the request side ------------------------------------------------------------------
@@ -148,13 +150,25 @@ class S3Reader:
             if self._closed or self._seek is not None or self._full():
                 return not self._closed
             body = self._body
-        chunk = body.read(READ_CHUNK)
+        try:
+            chunk = body.read(READ_CHUNK)
+            if not chunk and self._end < self.size:
+                raise ConnectionError("the GET ended before the end of the object")
+        except Exception:
+            if self._closed or self._retries >= STREAM_RETRIES:
+                raise
+            self._retries += 1      # a connection cut mid-stream: go on from where it stopped
+            with self._cond:
+                if self._seek is None:
+                    self._seek = self._end
+            return True
         with self._cond:
             if self._seek is not None or self._closed:
                 return not self._closed    # a seek came meanwhile: this chunk is stale
             if chunk:
                 self._buf += chunk
-            if not chunk or self._end >= self.size:
+                self._retries = 0
+            if self._end >= self.size:
                 self._eof = True
             behind = min(self._served - READ_BEHIND - self._base, len(self._buf))
             if behind > 0:
@@ -184,8 +198,7 @@ class S3Reader:
     def _check_removed(self) -> None:
         self._checked = time.monotonic()
         try:
-            self._client.head_object(Bucket=self._bucket, Key=self._object,
-                                             IfMatch=self._etag)
+            self._client.head_object(Bucket=self._bucket, Key=self._object, IfMatch=self._etag)
         except Exception as exc:
             if missing(exc) or error_code(exc) in ("PreconditionFailed", "412"):
                 self._removed = True
