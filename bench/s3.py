@@ -53,25 +53,29 @@ def setup(storage: dict, work: Path, tenants: int) -> SluisServer:
     return server.start()
 
 
-def measure(name: str, storage: dict, args: argparse.Namespace, source: Path, work: Path) -> dict:
-    server = setup(storage, work / name, args.parallel)
-    try:
-        up, down = [], []
-        for _ in range(args.rounds):
-            up.append(sftp(server, "up", f"put {source} bench0/file\n"))
-            server.passphrase("file.age", timeout=60)
-            down.append(sftp(server, "down0", f"get file.age {work / name / 'got.age'}\n"))
-        pid = server.process.pid
-        idle = kib(pid, "VmRSS")
-        Path(f"/proc/{pid}/clear_refs").write_text("5")     # reset the high-water mark
-        with ThreadPoolExecutor(args.parallel) as pool:
-            list(pool.map(lambda i: sftp(server, "up", f"put {source} bench{i}/para\n"), range(args.parallel)))
-        peak = kib(pid, "VmHWM")
-    finally:
-        server.close()
+def peak_per_upload(server: SluisServer, source: Path, parallel: int) -> float:
+    """MiB of RSS high-water mark above the idle server, with `parallel` uploads at once, per upload."""
+    pid = server.process.pid
+    idle = kib(pid, "VmRSS")
+    Path(f"/proc/{pid}/clear_refs").write_text("5")     # reset the high-water mark to the current RSS
+    with ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(lambda i: sftp(server, "up", f"put {source} bench{i}/para\n"), range(parallel)))
+    return (kib(pid, "VmHWM") - idle) / 1024 / parallel
+
+
+def measure(servers: dict[str, SluisServer], args: argparse.Namespace, source: Path, work: Path) -> dict:
+    """Interleaved rounds (each round: every server's upload, then every server's download)."""
+    results: dict[str, dict] = {name: {"upload": [], "download": []} for name in servers}
     mb = args.size_mib * MIB / 1e6
-    return {"upload": [mb / t for t in up], "download": [mb / t for t in down],
-            "per_upload_mib": (peak - idle) / 1024 / args.parallel}
+    for _ in range(args.rounds):
+        for name, server in servers.items():
+            results[name]["upload"].append(mb / sftp(server, "up", f"put {source} bench0/file\n"))
+            server.passphrase("file.age", timeout=60)
+        for name, server in servers.items():
+            results[name]["download"].append(mb / sftp(server, "down0", f"get file.age {work / 'got.age'}\n"))
+    for name, server in servers.items():
+        results[name]["per_upload_mib"] = peak_per_upload(server, source, args.parallel)
+    return results
 
 
 def main() -> None:
@@ -90,12 +94,17 @@ def main() -> None:
             with open(source, "wb") as out:
                 for _ in range(args.size_mib):
                     out.write(os.urandom(MIB))
-            results = {"local": measure("local", {}, args, source, work),
-                       "s3": measure("s3", Bucket(moto).storage_settings(part_size=args.part_size), args,
-                                     source, work)}
+            servers = {"local": setup({}, work / "local", args.parallel),
+                       "s3": setup(Bucket(moto).storage_settings(part_size=args.part_size), work / "s3",
+                                   args.parallel)}
+            try:
+                results = measure(servers, args, source, work)
+            finally:
+                for server in servers.values():
+                    server.close()
     finally:
         moto.stop()
-    print(f"{args.size_mib} MiB file, {args.rounds} rounds (median, min-max), OpenSSH sftp chacha20-poly1305, "
+    print(f"{args.size_mib} MiB file, {args.rounds} interleaved rounds (median, min-max), OpenSSH sftp chacha20-poly1305, "
           f"part_size {args.part_size}, peak memory with {args.parallel} uploads at once")
     print("| storage | upload MB/s | download MB/s | peak memory per upload |")
     print("|---|---|---|---|")
