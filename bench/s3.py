@@ -53,6 +53,12 @@ def setup(storage: dict, work: Path, tenants: int) -> SluisServer:
     return server.start()
 
 
+def cpu(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_per_upload(server: SluisServer, source: Path, parallel: int) -> float:
     """MiB of RSS high-water mark above the idle server, with `parallel` uploads at once, per upload."""
     pid = server.process.pid
@@ -63,16 +69,28 @@ def peak_per_upload(server: SluisServer, source: Path, parallel: int) -> float:
     return (kib(pid, "VmHWM") - idle) / 1024 / parallel
 
 
-def measure(servers: dict[str, SluisServer], args: argparse.Namespace, source: Path, work: Path) -> dict:
-    """Interleaved rounds (each round: every server's upload, then every server's download)."""
-    results: dict[str, dict] = {name: {"upload": [], "download": []} for name in servers}
+def measure(servers: dict[str, SluisServer], moto: MotoServer, args: argparse.Namespace, source: Path,
+            work: Path) -> dict:
+    """Interleaved rounds (each round: every server's upload, then every server's download), with
+    the CPU seconds per GiB of sluis and of moto's server during each transfer."""
+    results: dict[str, dict] = {name: {"upload": [], "download": [], "cpu": {}} for name in servers}
     mb = args.size_mib * MIB / 1e6
+    gib = args.size_mib / 1024
+    pids = {"sluis": 0, "moto": moto.process.pid}
+
+    def transfer(name: str, kind: str, user: str, script: str) -> None:
+        pids["sluis"] = servers[name].process.pid
+        before = {who: cpu(pid) for who, pid in pids.items()}
+        results[name][kind].append(mb / sftp(servers[name], user, script))
+        for who, pid in pids.items():
+            results[name]["cpu"].setdefault((kind, who), []).append((cpu(pid) - before[who]) / gib)
+
     for _ in range(args.rounds):
         for name, server in servers.items():
-            results[name]["upload"].append(mb / sftp(server, "up", f"put {source} bench0/file\n"))
+            transfer(name, "upload", "up", f"put {source} bench0/file\n")
             server.passphrase("file.age", timeout=60)
-        for name, server in servers.items():
-            results[name]["download"].append(mb / sftp(server, "down0", f"get file.age {work / 'got.age'}\n"))
+        for name in servers:
+            transfer(name, "download", "down0", f"get file.age {work / 'got.age'}\n")
     for name, server in servers.items():
         results[name]["per_upload_mib"] = peak_per_upload(server, source, args.parallel)
     return results
@@ -98,7 +116,7 @@ def main() -> None:
                        "s3": setup(Bucket(moto).storage_settings(part_size=args.part_size), work / "s3",
                                    args.parallel)}
             try:
-                results = measure(servers, args, source, work)
+                results = measure(servers, moto, args, source, work)
             finally:
                 for server in servers.values():
                     server.close()
@@ -106,11 +124,14 @@ def main() -> None:
         moto.stop()
     print(f"{args.size_mib} MiB file, {args.rounds} interleaved rounds (median, min-max), OpenSSH sftp chacha20-poly1305, "
           f"part_size {args.part_size}, peak memory with {args.parallel} uploads at once")
-    print("| storage | upload MB/s | download MB/s | peak memory per upload |")
-    print("|---|---|---|---|")
+    print("| storage | upload MB/s | download MB/s | CPU s/GiB up: sluis, moto | down: sluis, moto "
+          "| peak memory per upload |")
+    print("|---|---|---|---|---|---|")
     for name, r in results.items():
         cells = [f"{statistics.median(r[k]):.0f} ({min(r[k]):.0f}-{max(r[k]):.0f})" for k in ("upload", "download")]
-        print(f"| {name} | {cells[0]} | {cells[1]} | {r['per_upload_mib']:.1f} MiB |")
+        cpus = [", ".join(f"{statistics.median(r['cpu'][(kind, who)]):.2f}" for who in ("sluis", "moto"))
+                for kind in ("upload", "download")]
+        print(f"| {name} | {cells[0]} | {cells[1]} | {cpus[0]} | {cpus[1]} | {r['per_upload_mib']:.1f} MiB |")
 
 
 if __name__ == "__main__":
