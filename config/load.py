@@ -11,6 +11,9 @@ from typing import Any, Mapping
 from .settings import SECTIONS, Settings, section_fields, toml_key
 
 
+S3_MAX_PARTS = 9_990   # S3 allows 10,000; the few left over absorb the encryption's overhead
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the file, key and what is allowed."""
 
@@ -55,6 +58,10 @@ def _check_storage(settings: Settings, label: str) -> None:
     storage = settings.storage
     if storage.backend == "s3" and not storage.bucket:
         raise ConfigError(f"{label}: [storage] bucket: required with backend = 's3'")
+    if storage.backend == "s3" and settings.upload.max_file_size > storage.part_size * S3_MAX_PARTS:
+        raise ConfigError(f"{label}: [storage] part_size: an upload has at most {S3_MAX_PARTS} parts, too few "
+                          f"for [upload] max_file_size; raise part_size to at least "
+                          f"{-(-settings.upload.max_file_size // S3_MAX_PARTS // (1 << 20))}MiB")
 
 
 def parse_document(document: dict[str, Any], config_path: Path, label: str) -> Settings:

@@ -197,3 +197,13 @@ def test_a_missing_bucket_fails_the_upload_start_cleanly(make_server, bucket):
         assert abort.detail["reason"] == "failed to start"
     finally:
         app.close()
+
+
+def test_part_size_must_cover_the_largest_upload(make_server):
+    srv = make_server({"upload": {"max_file_size": "100GiB"}})
+    text = srv.config.read_text().replace('backend = "local"', 'backend = "s3"', 1)
+    srv.config.write_text(text.replace('bucket = ""', 'bucket = "sluis-prod"', 1))
+    result = sluis(srv.config, "status")
+    assert result.returncode != 0
+    assert "[storage] part_size: an upload has at most 9990 parts" in result.stderr
+    assert "at least 11MiB" in result.stderr
