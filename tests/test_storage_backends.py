@@ -4,6 +4,7 @@ open reader notices a removal. Then what only S3 has: bounded upload memory, one
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tracemalloc
 from pathlib import Path
@@ -99,6 +100,42 @@ def test_reads_at_any_offset(storage):
         reader.close()
 
 
+def loop_download(reader) -> tuple[bytes, int]:
+    """Read the blob as the SFTP edge does, on an event loop: `read_now` where the bytes are at
+    hand, else await `read_async`. Returns the bytes and how often a ticker task ran meanwhile
+    (it runs only while a read really waits without blocking the loop)."""
+
+    async def download() -> tuple[bytes, int]:
+        ticks = 0
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        out = bytearray()
+        while len(out) < len(DATA):
+            chunk = reader.read_now(len(out), 32 * 1024)
+            out += chunk if chunk is not None else await reader.read_async(len(out), 32 * 1024)
+        stop.set()
+        await task
+        return bytes(out), ticks
+
+    try:
+        return asyncio.run(download())
+    finally:
+        reader.close()
+
+
+def test_reads_on_an_event_loop(storage):
+    publish(storage)
+    data, _ticks = loop_download(storage.open_read(KEY))
+    assert data == DATA
+
+
 def test_delete_and_open_reader_notices(storage):
     publish(storage)
     reader = storage.open_read(KEY)
@@ -171,6 +208,14 @@ def test_s3_publish_never_overwrites_another_blob(bucket):
     with pytest.raises(ValueError):       # a temporary publishes only under the key it was made for
         storage.publish(other, KEY)
     assert bucket.get(bucket.prefix + KEY) == DATA
+
+
+def test_s3_reads_wait_without_blocking_the_loop(bucket):
+    storage = s3_storage(bucket)
+    publish(storage)
+    data, ticks = loop_download(storage.open_read(KEY))
+    assert data == DATA
+    assert ticks > 0          # the stream had to be waited for, and the loop went on meanwhile
 
 
 def test_s3_stream_cut_midway_goes_on_where_it_stopped(bucket):

@@ -29,8 +29,9 @@ class Download:
         self.sent = 0
 
     def read(self, offset: int, size: int) -> bytes | Awaitable[bytes]:
-        """The bytes, at once if the storage has them at hand; on an event loop, else an awaitable
-        that waits for them in a thread (an object store's stream), so the loop never waits."""
+        """The bytes, at once if the storage has them at hand; else, on an event loop, an awaitable
+        that the storage resolves when they arrive (an object store's stream: no thread waits and
+        the loop never does)."""
         self._check_live()
         data = self.reader.read_now(offset, size)
         if data is None:
@@ -42,7 +43,7 @@ class Download:
         return self._sent(offset, data)
 
     async def _read_later(self, offset: int, size: int) -> bytes:
-        data = await asyncio.to_thread(self.reader.read_at, offset, size)
+        data = await self.reader.read_async(offset, size)
         self._check_live()
         return self._sent(offset, data)
 

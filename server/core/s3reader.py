@@ -8,6 +8,7 @@ a removal by another process or node stops the download (`removed`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -67,6 +68,7 @@ class S3Reader:
         self._closed = False
         self._checked = time.monotonic()
         self._retries = 0
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         threading.Thread(target=self._run, name="sluis-s3-read", daemon=True).start()
 
     # --- the request side ------------------------------------------------------------------
@@ -81,14 +83,25 @@ class S3Reader:
             while True:
                 if self._error is not None:
                     raise self._error
-                data = self._take(offset, size)
+                data = self._ask(offset, size)
                 if data is not None:
                     return data
-                if self._seek is None and (offset < self._base or offset > self._end + READ_AHEAD):
-                    self._seek = offset
-                self._demand = max(self._demand, min(offset + size, self.size))
-                self._cond.notify_all()
                 self._cond.wait(REMOVED_CHECK)
+
+    async def read_async(self, offset: int, size: int) -> bytes:
+        """The bytes, awaited on the event loop: the reader thread resolves a future when the
+        stream has moved on, so no thread waits (the loop's default pool is small and shared)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._cond:
+                if self._error is not None:
+                    raise self._error
+                data = self._ask(offset, size)
+                if data is not None:
+                    return data
+                waiter = loop.create_future()
+                self._waiters.append((loop, waiter))
+            await asyncio.wait((waiter,), timeout=REMOVED_CHECK)
 
     def removed(self) -> bool:
         return self._removed
@@ -98,6 +111,19 @@ class S3Reader:
             self._closed = True
             self._buf = bytearray()
             self._cond.notify_all()
+
+    def _ask(self, offset: int, size: int) -> bytes | None:   # under _cond
+        """The bytes if buffered; else ask the reader thread for them (a seek if they are not
+        just ahead) and return None."""
+        if self._closed:
+            raise ValueError("read from a closed reader")
+        data = self._take(offset, size)
+        if data is None:
+            if self._seek is None and (offset < self._base or offset > self._end + READ_AHEAD):
+                self._seek = offset
+            self._demand = max(self._demand, min(offset + size, self.size))
+            self._cond.notify_all()
+        return data
 
     @property
     def _end(self) -> int:
@@ -125,7 +151,7 @@ class S3Reader:
             with self._cond:
                 self._error = exc if isinstance(exc, (NotFound, StorageUnavailable)) else \
                     unavailable("reading the file", exc)
-                self._cond.notify_all()
+                self._wake()
         finally:
             self._body.close()
 
@@ -174,8 +200,17 @@ class S3Reader:
             if behind > 0:
                 del self._buf[:behind]
                 self._base += behind
-            self._cond.notify_all()
+            self._wake()
         return True
+
+    def _wake(self) -> None:   # under _cond, in the reader thread: the stream moved on
+        self._cond.notify_all()
+        waiters, self._waiters = self._waiters, []
+        for loop, waiter in waiters:
+            try:
+                loop.call_soon_threadsafe(_resolve, waiter)
+            except RuntimeError:   # that loop has closed: nobody waits any more
+                pass
 
     def _restart(self, offset: int) -> Any:
         """A new GET from `offset` (of the same object: If-Match its ETag)."""
@@ -203,3 +238,8 @@ class S3Reader:
             if missing(exc) or error_code(exc) in ("PreconditionFailed", "412"):
                 self._removed = True
             # any other failure: the stream itself will say whether the store answers
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

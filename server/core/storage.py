@@ -38,6 +38,7 @@ class TempBlob(Protocol):
 class BlobReader(Protocol):
     def read_at(self, offset: int, size: int) -> bytes: ...   # may block (network): not on the loop
     def read_now(self, offset: int, size: int) -> bytes | None: ...  # None: read_at would wait
+    async def read_async(self, offset: int, size: int) -> bytes: ...   # on the loop, waiting for them
     def removed(self) -> bool: ...  # the blob was deleted since it was opened (cheap: no I/O)
     def close(self) -> None: ...
 
@@ -103,6 +104,9 @@ class _LocalReader:
 
     def read_now(self, offset: int, size: int) -> bytes:
         return os.pread(self._fd, size, offset)   # the page cache: microseconds, as it always was
+
+    async def read_async(self, offset: int, size: int) -> bytes:
+        return os.pread(self._fd, size, offset)   # never called: read_now always answers
 
     def removed(self) -> bool:
         return os.fstat(self._fd).st_nlink == 0
