@@ -36,6 +36,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         raise ConfigError(f"{path}: not valid TOML: not UTF-8 text ({exc.reason})") from None
     settings = parse_document(document, Path(path).absolute(), str(path))
     _check_templates(settings, str(path))
+    _check_proxy(settings, str(path))
     return _apply_secret_sources(settings, environ)
 
 
@@ -47,6 +48,13 @@ def _check_templates(settings: Settings, label: str) -> None:
         validate_sms_template(settings.sms.template)
     except TemplateError as exc:
         raise ConfigError(f"{label}: [sms] template: {exc}") from None
+
+
+def _check_proxy(settings: Settings, label: str) -> None:
+    """proxy_protocol without a trusted proxy would refuse every connection."""
+    if settings.server.proxy_protocol and not settings.server.trusted_proxies:
+        raise ConfigError(f"{label}: [server] proxy_protocol = true needs trusted_proxies (the load balancers' "
+                          "addresses, e.g. [\"10.0.0.5\"]); without them every connection would be refused")
 
 
 def parse_document(document: dict[str, Any], config_path: Path, label: str) -> Settings:

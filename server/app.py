@@ -101,7 +101,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
                policy=policy, outbox=outbox, dropbox=dropbox, janitor=janitor,
                monitor=AccessMonitor(settings, audit, clock), checkpoints=checkpoints,
                connections=connections, defender=defender,
-               gate=Gatekeeper(defender, connections, audit, clock),
+               gate=Gatekeeper(defender, connections, audit, clock, settings.server.trusted_proxies),
                passwords=BoundedPool("password", settings.server.password_threads, settings.server.password_queue),
                incidents=incidents, notifications=notifications,
                tracker=IncidentTracker(settings, incidents, notifications, clock),

@@ -28,7 +28,7 @@ from .core.session import Session
 from .sftp.auth import SluisSSHServer
 from .sftp.gate import EVENT_TERMINATED
 from .sftp import fastpath
-from .sftp.listener import listen
+from .sftp.listener import ProxyGate, listen
 from .sftp.limits import raise_descriptor_limit
 
 log = logging.getLogger("sluis")
@@ -52,6 +52,15 @@ def announce_receipt_key(app: App) -> None:
         log.warning("created the receipt signing key %s (%s): copy it to every other node and publish "
                     "`sluis receipt allowed-signers` to whoever verifies receipts", loaded.origin,
                     loaded.fingerprint)
+
+
+def proxy_gate(app: App) -> ProxyGate | None:
+    """With [server] proxy_protocol: connections come from trusted_proxies, each with a header."""
+    server = app.settings.server
+    if not server.proxy_protocol:
+        return None
+    return ProxyGate(screen_peer=app.gate.screen_proxy, failed=app.gate.proxy_failed,
+                     timeout=server.proxy_timeout, max_pending=server.max_startups)
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -96,7 +105,7 @@ class Service:
         keys = await asyncio.to_thread(lambda: [asyncssh.read_private_key(str(p)) for p in host_key_paths(app)])
         await asyncio.to_thread(app.defender.load)   # bans from before a restart hold at once
         acceptor = await listen(
-            host, port, app.gate.screen,
+            host, port, app.gate.screen, proxy=proxy_gate(app),
             server_factory=lambda: SluisSSHServer(app, app.gate, app.passwords),
             server_host_keys=algorithms.host_keypairs(keys), server_version="sluis",
             **algorithms.server_options(),
@@ -115,6 +124,9 @@ class Service:
         log.info("sluis listening on %s:%d (sms provider: %s; event loop: %s; transport fast path: %s)",
                  host, self.port, app.settings.sms.provider, loop_name(loop),
                  ",".join(sorted(fastpath.installed())) or "off")
+        if app.settings.server.proxy_protocol:
+            log.info("PROXY protocol: connections only from %s, each starting with a PROXY header",
+                     ", ".join(app.settings.server.trusted_proxies))
         if app.settings.sms.provider == "console":
             log.warning("SMS provider \"console\" writes every passphrase to this log: for a demo only; "
                         "set provider = \"twilio\" under sms in the configuration before real lists are sent")

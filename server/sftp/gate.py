@@ -8,6 +8,7 @@ threads in the background, kept referenced until done.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from typing import Any, Callable
 
@@ -26,8 +27,10 @@ EVENT_TERMINATED = "session.terminated"
 
 
 class Gatekeeper:
-    def __init__(self, defender: Defender, registry: ConnectionRegistry, audit: AuditLog, clock: Clock) -> None:
+    def __init__(self, defender: Defender, registry: ConnectionRegistry, audit: AuditLog, clock: Clock,
+                 trusted_proxies: tuple[str, ...] = ()) -> None:
         self.defender = defender
+        self._proxies = [ipaddress.ip_network(network) for network in trusted_proxies]
         self.registry = registry
         self._audit = audit
         self._refusals = Throttle(clock)          # auth.refused: one record per address per minute
@@ -36,7 +39,8 @@ class Gatekeeper:
 
     # --- admission ------------------------------------------------------------------------------
     def screen(self, host: str, port: int) -> bool:
-        """Admit a just-accepted socket? A refusal is recorded (rate-limited) here."""
+        """Admit a connection from client `host` (the socket's peer, or the address in the PROXY
+        header)? A refusal is recorded (rate-limited) here."""
         why = Refusal.BANNED if self.defender.banned(host) else self.registry.refusal(host)
         if why is Refusal.MAX_STARTUPS:
             victim = self.registry.make_room(host)
@@ -47,12 +51,39 @@ class Gatekeeper:
                 why = self.registry.refusal(host)
         if why is None:
             return True
+        self._refused(host, port, why)
+        return False
+
+    def screen_proxy(self, host: str, port: int) -> bool:
+        """With [server] proxy_protocol: may peer `host` send a PROXY header? Only a trusted proxy
+        that is not banned; any other peer is refused (recorded as `screen` does)."""
+        why = (Refusal.UNTRUSTED_PROXY if not self._trusted(host)
+               else Refusal.BANNED if self.defender.banned(host) else None)
+        if why is None:
+            return True
+        self._refused(host, port, why)
+        return False
+
+    def proxy_failed(self, host: str, port: int, what: str) -> None:
+        """A trusted proxy sent a bad header, or none in time: penalised and recorded like any
+        protocol error before authentication (the proxy's own address is the source)."""
+        self.protocol_error(host, f"{host}:{port}", "-", what)
+
+    def _trusted(self, host: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self._proxies)
+
+    def _refused(self, host: str, port: int, why: Refusal) -> None:
         count = self._refusals.hit(source_key(host))
         if count is not None:
             log.warning("refused connections from %s: %s (%d since the last report)", host, why.value, count)
             self._background(self._audit.record, EVENT_REFUSED, actor="-", source=f"{host}:{port}",
                              address=host, why=why.value, count=count)
-        return False
 
     def admit(self, connection: Any, host: str) -> Refusal | None:
         return self.registry.admit(connection, host)

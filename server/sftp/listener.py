@@ -17,14 +17,27 @@ tests/test_preauth_units.py::test_asyncssh_internals fails if an upgrade changes
   `auth.success` audit record committed); if it says no, the login is refused and closed.
 - `_login_timer_callback`: upstream drops the connection at the login timeout without telling
   the owner; here the owner learns it first (to penalise the source).
+- `_connection_made` (behind a proxy only): the peer address asyncssh keeps and logs is the
+  client's from the PROXY header, not the proxy's.
+
+Behind a load balancer (`[server] proxy_protocol`, docs/defender.md "Behind a load balancer")
+a socket from a trusted proxy first gets `_HeaderReader`: it reads the PROXY header
+(sftp/proxyproto.py) within `proxy_timeout` and at most `proxyproto.MAX_HEADER` bytes, then the
+client address from it goes through the same screen and becomes the connection's `peername`, so
+caps, penalties, bans, log lines and audit `source` all see the client. A LOCAL header (a health
+check) is answered with the SSH version line and closed, logging nothing. Any other peer is
+refused before a byte is read.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import asyncssh
+
+from . import proxyproto
 
 
 class AuthOwner(Protocol):
@@ -38,6 +51,16 @@ class AuthOwner(Protocol):
 
 
 Screen = Callable[[str, int], bool]   # (host, port) -> admit? (a refusal is recorded by the screen)
+
+
+@dataclass(frozen=True)
+class ProxyGate:
+    """What the listener needs to take connections through a load balancer (PROXY protocol)."""
+
+    screen_peer: Screen                          # may this peer send a header? (refusal recorded)
+    failed: Callable[[str, int, str], None]      # (peer host, port, what): no or bad header, penalise
+    timeout: float                               # seconds a trusted peer has to send the header
+    max_pending: int                             # sockets reading a header at once; more are refused
 
 
 class SluisServerConnection(asyncssh.SSHServerConnection):
@@ -56,6 +79,12 @@ class SluisServerConnection(asyncssh.SSHServerConnection):
             self.disconnect(asyncssh.DISC_BY_APPLICATION, "login refused")
             return
         await super().send_userauth_success()
+
+    def _connection_made(self) -> None:
+        client: Any = self._extra.get("peername")
+        if client is not None:   # behind a proxy: the client's address, as get_extra_info gives it
+            self._peer_addr, self._peer_port = client[0], client[1]
+        super()._connection_made()
 
     def _login_timer_callback(self) -> None:
         owner: Any = self._owner
@@ -84,10 +113,103 @@ class _Gate(asyncio.Protocol):
         pass
 
 
-async def listen(host: str, port: int, screen: Screen, *, backlog: int = 1024,
-                 **options: Any) -> asyncio.Server:
-    """Listen like `asyncssh.create_server(**options)`, refusing what `screen` refuses first."""
+class _HeaderReader(asyncio.Protocol):
+    """A socket from a peer that must start with a PROXY header: read it (bounded in bytes and
+    time), then screen the client it names and hand the socket to an SSH connection."""
+
+    def __init__(self, gate: ProxyGate, screen: Screen, make_connection: Callable[[], SluisServerConnection],
+                 pending: list[int], health_reply: bytes) -> None:
+        self._gate, self._screen, self._make_connection = gate, screen, make_connection
+        self._pending = pending            # [sockets reading a header], shared by the listener
+        self._health_reply = health_reply
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._peer = ("?", 0)
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        peer = transport.get_extra_info("peername")
+        self._peer = (str(peer[0]), int(peer[1])) if peer else ("?", 0)
+        if not peer or not self._gate.screen_peer(*self._peer) or self._pending[0] >= self._gate.max_pending:
+            transport.abort()
+            return
+        self._transport = transport
+        self._pending[0] += 1
+        self._timer = asyncio.get_running_loop().call_later(self._gate.timeout, self._timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        if self._transport is None:
+            return
+        self._buffer += data
+        try:
+            header = proxyproto.parse(bytes(self._buffer))
+        except proxyproto.ProxyHeaderError as exc:
+            self._fail(str(exc))
+            return
+        if header is not None:
+            self._proceed(header)
+
+    def eof_received(self) -> bool:
+        if self._transport is not None:
+            if self._buffer:
+                self._fail("connection closed inside the PROXY header")
+            else:   # a bare connect (a TCP check without check-send-proxy): nothing to record
+                self._finish().close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._finish()
+
+    def _finish(self) -> asyncio.Transport:
+        """Stop reading the header: the timer and the pending count are released once."""
+        transport, self._transport = self._transport, None
+        assert transport is not None
+        self._pending[0] -= 1
+        if self._timer is not None:
+            self._timer.cancel()
+        return transport
+
+    def _timed_out(self) -> None:
+        if self._transport is not None:
+            self._fail(f"no complete PROXY header within {self._gate.timeout:g}s")
+
+    def _fail(self, what: str) -> None:
+        self._finish().abort()
+        self._gate.failed(*self._peer, what)
+
+    def _proceed(self, header: proxyproto.Header) -> None:
+        transport = self._finish()
+        rest = bytes(self._buffer[header.length:])
+        self._buffer.clear()
+        if header.command is proxyproto.Command.LOCAL or header.source is None:
+            transport.write(self._health_reply)   # a health check: alive, and SSH would answer
+            transport.close()
+            return
+        if not self._screen(*header.source):
+            transport.abort()
+            return
+        connection = self._make_connection()
+        connection.set_extra_info(peername=header.source, proxy=self._peer)
+        transport.set_protocol(connection)
+        connection.connection_made(transport)
+        if rest and not transport.is_closing():
+            connection.data_received(rest)
+
+
+async def listen(host: str, port: int, screen: Screen, *, proxy: ProxyGate | None = None,
+                 backlog: int = 1024, **options: Any) -> asyncio.Server:
+    """Listen like `asyncssh.create_server(**options)`, refusing what `screen` refuses first;
+    with `proxy`, every connection comes through a trusted proxy and starts with its header."""
     loop = asyncio.get_running_loop()
     conn_options = await asyncssh.SSHServerConnectionOptions.construct(None, host=host, port=port, **options)
-    return await loop.create_server(
-        lambda: _Gate(screen, lambda: SluisServerConnection(loop, conn_options)), host, port, backlog=backlog)
+
+    def make_connection() -> SluisServerConnection:
+        return SluisServerConnection(loop, conn_options)
+
+    if proxy is None:
+        return await loop.create_server(lambda: _Gate(screen, make_connection), host, port, backlog=backlog)
+    pending = [0]
+    reply = f"SSH-2.0-{options.get('server_version', 'sluis')}\r\n".encode("ascii")
+    return await loop.create_server(lambda: _HeaderReader(proxy, screen, make_connection, pending, reply),
+                                    host, port, backlog=backlog)
