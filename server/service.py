@@ -59,7 +59,7 @@ def proxy_gate(app: App) -> ProxyGate | None:
     server = app.settings.server
     if not server.proxy_protocol:
         return None
-    return ProxyGate(screen_peer=app.gate.screen_proxy, failed=app.gate.proxy_failed,
+    return ProxyGate(screen_peer=app.gate.screen_proxy, failed=app.gate.proxy_failed, full=app.gate.proxy_full,
                      timeout=server.proxy_timeout, max_pending=server.max_startups)
 
 

@@ -80,7 +80,9 @@ def test_sftp_through_haproxy_with_the_clients_address_and_silent_checks(make_se
     # be DOWN), none left a line; the proxy's own address (127.0.0.1) is in no line at all.
     wait_until(lambda: time.monotonic() - checks_from > 1.0, "ten check intervals at least")
     assert proxy.wait_up("node1")["chkfail"] == "0"
-    assert not re.search(r"127\.0\.0\.1:\d+", srv.log.split("PROXY protocol: connections only from", 1)[1])
+    after_start = srv.log.split("PROXY protocol: connections only from", 1)[1]
+    assert not re.search(r"127\.0\.0\.1:\d+", re.sub(r'"via":"127\.0\.0\.1:\d+"', "", after_start))
+    assert len(re.findall(r'"via":"127\.0\.0\.1:\d+"', after_start)) == 2   # the two logins
     assert not audit(srv, "protocol.error") and not audit(srv, "auth.refused")
 
 

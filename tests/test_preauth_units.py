@@ -202,7 +202,10 @@ def test_asyncssh_internals():
     assert "Login timeout expired" in timer
     assert "self._owner.connection_made" in inspect.getsource(asyncssh.connection.SSHConnection.connection_made)
     assert inspect.iscoroutinefunction(asyncssh.SSHServerConnectionOptions.construct)
-    for name in ("send_userauth_failure", "send_userauth_success", "_login_timer_callback"):
+    made = inspect.getsource(asyncssh.connection.SSHConnection.connection_made)
+    assert made.index("self._peer_addr, self._peer_port") < made.index("self._connection_made()")
+    assert "self._peer_addr" in inspect.getsource(asyncssh.SSHServerConnection._connection_made)
+    for name in ("send_userauth_failure", "send_userauth_success", "_login_timer_callback", "_connection_made"):
         assert name in SluisServerConnection.__dict__
 
 

@@ -13,6 +13,8 @@ import time
 import paramiko
 import pytest
 
+from sluis.config import load_settings
+from sluis.config.load import ConfigError
 from tests.support import proxyheader
 from tests.support.clients_extra import audit, wait_audit
 from tests.support.server import SluisServer
@@ -65,8 +67,10 @@ def test_the_client_in_the_header_is_the_source_everywhere(proxied, header):
     login(proxied, connect_from(proxied, PROXY, header))
     [success] = wait_audit(proxied, "auth.success")
     assert success["source"] == f"{client}:40001"
+    assert success["detail"]["via"].startswith(f"{PROXY}:")
     proxied.wait_for(rf'session \S+ of "genk-clerk" from "{re.escape(client)}:40001" ended')
-    assert f"{PROXY}:" not in proxied.log   # the proxy's own address is in no line
+    # the proxy's own address is in no line, but as `via` of the auth.success record
+    assert f"{PROXY}:" not in re.sub(r'"via":"[^"]*"', "", proxied.log)
 
 
 def test_a_peer_not_trusted_is_refused_whatever_it_sends(proxied):
@@ -132,3 +136,37 @@ def test_a_health_check_is_answered_and_leaves_no_log_line(proxied):
     new = proxied.log[len(before):].splitlines()
     assert all("192.0.2.14" in line or "sluis.audit" in line for line in new), new
     assert not audit(proxied, "protocol.error") and not audit(proxied, "auth.refused")
+
+
+def test_proxy_protocol_without_trusted_proxies_is_a_configuration_error(make_server):
+    srv = make_server({"server": {"proxy_protocol": True}})
+    with pytest.raises(ConfigError, match=r"proxy_protocol = true needs trusted_proxies"):
+        load_settings(srv.config, {})
+    srv = make_server({"server": {"trusted_proxies": ["10.0.0.0/33"]}}, name="other")
+    with pytest.raises(ConfigError, match=r"\[server\] trusted_proxies: expected addresses or CIDR blocks"):
+        load_settings(srv.config, {})
+
+
+def test_without_proxy_protocol_a_header_is_never_believed(server):
+    """The default: a PROXY header is just bad SSH, from the socket's own address."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10, source_address=(STRANGER, 0))
+    sock.sendall(proxyheader.v2(("192.0.2.20", 1)) + b"SSH-2.0-x\r\n")
+    closed_without_a_word_or_banner(sock)
+    [error] = wait_audit(server, "protocol.error")
+    assert error["source"].startswith(f"{STRANGER}:") and "192.0.2.20" not in server.log
+
+
+def test_sockets_reading_a_header_are_capped_at_max_startups(make_server):
+    srv = make_server({"server": {**SETTINGS["server"], "max_startups": 3, "proxy_timeout": "10s"},
+                       "defender": {"enabled": False}}).standard().start()
+    silent = [connect_from(srv, PROXY, b"\r\n\r\n") for _ in range(3)]   # a header begun, never ended
+    srv.wait_for("PROXY protocol")
+    started = time.monotonic()
+    assert wait_until(lambda: closed_without_a_word(connect_from(srv, PROXY)), "a refusal at the cap")
+    assert time.monotonic() - started < 5   # refused at once, not at proxy_timeout
+    [refused] = wait_audit(srv, "auth.refused")
+    assert refused["detail"] == {**refused["detail"], "address": PROXY, "why": "max_startups"}
+    for sock in silent:
+        sock.close()
+    wait_until(lambda: srv.log.count("connection closed inside the PROXY header") == 3, "the three to be dropped")
+    login(srv, connect_from(srv, PROXY, proxyheader.v2(("192.0.2.30", 1))))   # room again

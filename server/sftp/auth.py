@@ -77,12 +77,15 @@ class SluisSSHServer(asyncssh.SSHServer):
         self._key_rejected: Penalty | None = None  # scored once, if the connection never logs in
         self._ended_by_server = False
         self.limits: ConnectionLimits | None = None
+        self._via: dict[str, str] = {}
 
     # --- connection --------------------------------------------------------------------------------
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
-        peer = conn.get_extra_info("peername") or ("?", 0)
+        peer = conn.get_extra_info("peername") or ("?", 0)   # behind a proxy: the client (listener.py)
         self.host, self.source = str(peer[0]), f"{peer[0]}:{peer[1]}"
+        proxy = conn.get_extra_info("proxy")
+        self._via = {"via": f"{proxy[0]}:{proxy[1]}"} if proxy else {}   # the proxy that relayed it
         why = self.gate.admit(self, self.host)
         if why is not None:   # the listener screened it; only a race could get here
             self._ended_by_server = True
@@ -236,7 +239,7 @@ class SluisSSHServer(asyncssh.SSHServer):
     def _record_success(self, session: Session) -> None:
         self.audit.record("auth.success", actor=session.user.name, tenant=self._tenant_name(session.user),
                               source=self.source, method="publickey" if session.key else "password",
-                              key=session.key, session=session.id)
+                              key=session.key, session=session.id, **self._via)
 
     def _record_limit(self, user: User, allowed: int) -> None:
         try:

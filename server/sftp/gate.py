@@ -69,6 +69,11 @@ class Gatekeeper:
         protocol error before authentication (the proxy's own address is the source)."""
         self.protocol_error(host, f"{host}:{port}", "-", what)
 
+    def proxy_full(self, host: str, port: int) -> None:
+        """A trusted proxy opened a connection while max_startups sockets were still reading
+        their PROXY header: refused and recorded as `max_startups`."""
+        self._refused(host, port, Refusal.MAX_STARTUPS)
+
     def _trusted(self, host: str) -> bool:
         try:
             ip = ipaddress.ip_address(host.split("%", 1)[0])

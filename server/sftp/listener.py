@@ -59,6 +59,7 @@ class ProxyGate:
 
     screen_peer: Screen                          # may this peer send a header? (refusal recorded)
     failed: Callable[[str, int, str], None]      # (peer host, port, what): no or bad header, penalise
+    full: Callable[[str, int], None]             # (peer host, port) refused: max_pending reached
     timeout: float                               # seconds a trusted peer has to send the header
     max_pending: int                             # sockets reading a header at once; more are refused
 
@@ -130,7 +131,11 @@ class _HeaderReader(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         peer = transport.get_extra_info("peername")
         self._peer = (str(peer[0]), int(peer[1])) if peer else ("?", 0)
-        if not peer or not self._gate.screen_peer(*self._peer) or self._pending[0] >= self._gate.max_pending:
+        if not peer or not self._gate.screen_peer(*self._peer):
+            transport.abort()
+            return
+        if self._pending[0] >= self._gate.max_pending:
+            self._gate.full(*self._peer)
             transport.abort()
             return
         self._transport = transport
