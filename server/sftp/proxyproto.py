@@ -2,25 +2,33 @@
 `send-proxy-v2`), parsed from the first bytes of a socket, before SSH starts. Pure: bytes in, a
 `Header` (or "need more", or `ProxyHeaderError`) out; the listener does the I/O.
 
-From the specification (haproxy.org/download/2.6/doc/proxy-protocol.txt):
+From the specification (HAProxy 2.6, /usr/share/doc/haproxy/proxy-protocol.txt):
 
   Version 2: "The binary header format starts with a constant 12 bytes block containing the
-  protocol signature: \\x0D \\x0A \\x0D \\x0A \\x00 \\x0D \\x0A \\x51 \\x55 \\x49 \\x54 \\x0A".
-  "The 13th byte is the protocol version and command": the highest four bits are the version
-  (\\x2), the lowest the command: "\\x0 : LOCAL : the connection was established on purpose by
-  the proxy without being relayed [...] (e.g. health checks)", "\\x1 : PROXY : the connection
-  was established on behalf of another node". "The 14th byte contains the transport protocol
-  and address family": high four bits \\x1 AF_INET, \\x2 AF_INET6 (\\x0 UNSPEC, \\x3 UNIX), low
-  four bits \\x1 STREAM. "The 15th and 16th bytes is the address length in bytes in network
-  endian order": it counts the addresses and any TLVs after them. For TCP over IPv4 the
-  addresses are 12 bytes (src_addr[4] dst_addr[4] src_port[2] dst_port[2]), over IPv6 36 bytes
-  (src_addr[16] dst_addr[16] src_port[2] dst_port[2]). TLVs after them are skipped ("Receivers
-  MUST ignore unknown TLV types"; sluis needs none).
+  protocol signature : \\x0D \\x0A \\x0D \\x0A \\x00 \\x0D \\x0A \\x51 \\x55 \\x49 \\x54 \\x0A".
+  "The next byte (the 13th one) is the protocol version and command. The highest four bits
+  contains the version. As of this specification, it must always be sent as \\x2 and the
+  receiver must only accept this value." Commands: "\\x0 : LOCAL : the connection was
+  established on purpose by the proxy without being relayed. [...] Such connections exist
+  when the proxy sends health-checks to the server", and "\\x1 : PROXY : the connection was
+  established on behalf of another node, and reflects the original connection endpoints."
+  "The 14th byte contains the transport protocol and address family. The highest 4 bits
+  contain the address family, the lowest 4 bits contain the protocol": 0x1 AF_INET, 0x2
+  AF_INET6 (0x0 UNSPEC, 0x3 AF_UNIX); 0x1 STREAM (0x2 DGRAM). "The 15th and 16th bytes is the
+  address length in bytes in network endian order. [...] the length of the protocol header in
+  bytes is always exactly 16 + this value." TCP over IPv4 takes 12 address bytes (src_addr[4]
+  dst_addr[4] src_port[2] dst_port[2]), over IPv6 36; TLVs may follow: "A receiver may choose
+  to skip over and ignore the TLVs it is not interested in" (sluis needs none).
 
-  Version 1 (accepted too: it costs one line): "PROXY" TCP4|TCP6 src dst sport dport "\\r\\n",
-  one space between fields, "the maximum line lengths the receiver must support including the
-  CRLF are [...] TCP/IP4: 56 chars, TCP/IP6: 104 chars, unknown: 107 chars", hence a bound of
-  107 bytes. "PROXY UNKNOWN" is v1's LOCAL (v1 health checks send it).
+  Version 1 (accepted too: it costs one line): "PROXY", then "exactly one space" between
+  fields: TCP4|TCP6, source and destination address, source and destination port, "\\r\\n".
+  "The maximum line lengths the receiver must support including the CRLF are [...] worst case
+  [...] 107 chars". For "UNKNOWN" "the receiver must ignore anything presented before the CRLF
+  is found": sluis reads it as v1's LOCAL.
+
+Where sluis differs: for LOCAL the receiver "must accept this connection as valid and must use
+the real connection endpoints"; sluis answers it (listener.py: the SSH version line, then
+close) rather than serving SSH to the proxy, since LOCAL is HAProxy's health check.
 
 Bounds: a v2 header longer than `MAX_V2_LENGTH` address-and-TLV bytes and a v1 line longer than
 107 bytes are errors, so the buffer a peer can fill before this answers is `MAX_HEADER` bytes.
