@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from ..keydelivery.templates import DEFAULT_SMS_TEMPLATE
 from .values import (
+    duration_range,
     int_range,
     one_of,
     parse_address,
@@ -73,7 +74,7 @@ class ServerSettings:
     trusted_proxies: tuple[str, ...] = setting([], parse_networks,
                                                "load balancers (addresses or CIDR blocks) whose PROXY header is "
                                                "believed, e.g. [\"10.0.0.5\"]; needed with proxy_protocol")
-    proxy_timeout: int = setting("5s", parse_duration,
+    proxy_timeout: int = setting("5s", duration_range(1, 60),
                                  "time a trusted proxy has to send the PROXY header before it is dropped and penalised")
 
 

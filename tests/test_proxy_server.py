@@ -6,6 +6,7 @@ check is answered with the version line, silently."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import time
@@ -15,6 +16,7 @@ import pytest
 
 from sluis.config import load_settings
 from sluis.config.load import ConfigError
+from sluis.server.sftp.gate import Gatekeeper
 from tests.support import proxyheader
 from tests.support.clients_extra import audit, wait_audit
 from tests.support.server import SluisServer
@@ -145,6 +147,25 @@ def test_proxy_protocol_without_trusted_proxies_is_a_configuration_error(make_se
     srv = make_server({"server": {"trusted_proxies": ["10.0.0.0/33"]}}, name="other")
     with pytest.raises(ConfigError, match=r"\[server\] trusted_proxies: expected addresses or CIDR blocks"):
         load_settings(srv.config, {})
+    srv = make_server({"server": {"proxy_timeout": "0s"}}, name="third")
+    with pytest.raises(ConfigError, match=r"\[server\] proxy_timeout: expected a duration from 1s to 1m"):
+        load_settings(srv.config, {})
+
+
+def test_trusted_proxies_match_addresses_blocks_and_ipv4_mapped_peers(lib):
+    _, app, clock = lib
+
+    async def screen(hosts: list[str]) -> list[bool]:
+        gate = Gatekeeper(app.defender, app.connections, app.audit, clock, ("10.0.0.0/8", "2001:db8::/32", "192.0.2.7"))
+        results = [gate.screen_proxy(host, 1) for host in hosts]
+        await gate.drain()
+        return results
+
+    hosts = ["10.1.2.3", "::ffff:10.1.2.3", "2001:db8::5", "192.0.2.7", "192.0.2.8", "11.0.0.1", "2001:db9::1",
+             "fe80::1%eth0", "not-an-address"]
+    assert asyncio.run(screen(hosts)) == [True, True, True, True, False, False, False, False, False]
+    whys = {(r.detail["address"], r.detail["why"]) for r in app.audit.records() if r.event == "auth.refused"}
+    assert whys == {(host, "untrusted_proxy") for host in hosts[4:]}
 
 
 def test_without_proxy_protocol_a_header_is_never_believed(server):
