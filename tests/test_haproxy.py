@@ -38,8 +38,8 @@ if not available() and not os.environ.get("SLUIS_REQUIRE_CLIENTS"):
 def make_haproxy(tmp_path):
     made: list[HAProxy] = []
 
-    def make(nodes: dict[str, int]) -> HAProxy:
-        proxy = HAProxy(tmp_path / "haproxy", nodes)
+    def make(nodes: dict[str, int], options: dict[str, str] | None = None) -> HAProxy:
+        proxy = HAProxy(tmp_path / "haproxy", nodes, options=options)
         made.append(proxy)
         return proxy.start()
 
@@ -61,9 +61,11 @@ def sftp(server: SluisServer, proxy: HAProxy, user: str, script: str, source: st
     return result.stdout
 
 
-def test_sftp_through_haproxy_with_the_clients_address_and_silent_checks(make_server, make_haproxy, tmp_path):
+@pytest.mark.parametrize("send", ["send-proxy-v2", "send-proxy"], ids=["v2", "v1"])
+def test_sftp_through_haproxy_with_the_clients_address_and_silent_checks(make_server, make_haproxy, tmp_path, send):
+    """v2 as shipped; v1 (`send-proxy`): its checks send `PROXY TCP4` naming HAProxy itself."""
     srv = node(make_server, "node1").standard().start()
-    proxy = make_haproxy({"node1": srv.port})
+    proxy = make_haproxy({"node1": srv.port}, {"send-proxy-v2": send})
     proxy.wait_up("node1")
     checks_from = time.monotonic()
     data = os.urandom(200_000)
@@ -99,6 +101,22 @@ def test_a_header_forged_around_haproxy_is_refused(make_server, make_haproxy):
     [refused] = wait_audit(srv, "auth.refused")
     assert refused["detail"]["address"] == CLIENT and refused["detail"]["why"] == "untrusted_proxy"
     assert "192.0.2.1" not in srv.log
+
+
+def test_a_proxy_that_sends_no_header_is_dropped_and_penalised(make_server, make_haproxy):
+    """HAProxy without send-proxy-v2 (its checks still send a v1 header naming itself): the
+    client's own SSH bytes arrive where the header should be; dropped, the proxy penalised."""
+    srv = node(make_server, "node1").standard().start()
+    proxy = make_haproxy({"node1": srv.port}, {"send-proxy-v2": ""})
+    proxy.wait_up("node1")
+    assert "send-proxy-v2" not in proxy.config.read_text().split("default-server", 1)[1].splitlines()[0]
+    result = subprocess.run(["sftp", "-b", "-", "-i", str(srv.accounts["agency"].key), "-P", str(proxy.port),
+                             *SSH_OPTIONS, "-o", f"BindAddress={CLIENT}", "agency@127.0.0.1"],
+                            input="ls\n", text=True, capture_output=True, timeout=60)
+    assert result.returncode != 0
+    [error] = wait_audit(srv, "protocol.error")
+    assert error["source"].startswith("127.0.0.1:") and "not a PROXY protocol header" in error["detail"]["what"]
+    assert not audit(srv, "auth.success") and CLIENT not in srv.log
 
 
 def mirror(first: SluisServer, second: SluisServer) -> None:

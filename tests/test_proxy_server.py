@@ -124,7 +124,9 @@ def closed_without_a_word_or_banner(sock: socket.socket) -> bool:
 
 def test_a_health_check_is_answered_and_leaves_no_log_line(proxied):
     before = proxied.log
-    for header in (proxyheader.v2(None), proxyheader.v1(None)) * 10:
+    # LOCAL, v1 UNKNOWN, and a v1 header naming the proxy itself as the client (HAProxy's v1 checks)
+    checks = (proxyheader.v2(None), proxyheader.v1(None), proxyheader.v1((PROXY, 5555)))
+    for header in checks * 5:
         sock = connect_from(proxied, PROXY, header)
         assert sock.recv(100) == b"SSH-2.0-sluis\r\n"
         assert sock.recv(100) == b""
@@ -133,10 +135,13 @@ def test_a_health_check_is_answered_and_leaves_no_log_line(proxied):
     sock.shutdown(socket.SHUT_WR)
     assert sock.recv(100) == b""
     sock.close()
+    # a client on the proxy's own host, relayed with v2, is served (only v1 is ambiguous there)
+    login(proxied, connect_from(proxied, PROXY, proxyheader.v2((PROXY, 6))))
     login(proxied, connect_from(proxied, PROXY, proxyheader.v2(("192.0.2.14", 5))))  # a line to wait for
     proxied.wait_for(r'session \S+ of "genk-clerk" from "192\.0\.2\.14:5" ended')
     new = proxied.log[len(before):].splitlines()
-    assert all("192.0.2.14" in line or "sluis.audit" in line for line in new), new
+    assert all("192.0.2.14" in line or f'"{PROXY}:6"' in line or "sluis.audit" in line for line in new), new
+    assert [r["source"] for r in audit(proxied, "auth.success")] == [f"{PROXY}:6", "192.0.2.14:5"]
     assert not audit(proxied, "protocol.error") and not audit(proxied, "auth.refused")
 
 

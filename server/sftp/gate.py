@@ -57,7 +57,7 @@ class Gatekeeper:
     def screen_proxy(self, host: str, port: int) -> bool:
         """With [server] proxy_protocol: may peer `host` send a PROXY header? Only a trusted proxy
         that is not banned; any other peer is refused (recorded as `screen` does)."""
-        why = (Refusal.UNTRUSTED_PROXY if not self._trusted(host)
+        why = (Refusal.UNTRUSTED_PROXY if not self.is_proxy(host)
                else Refusal.BANNED if self.defender.banned(host) else None)
         if why is None:
             return True
@@ -74,7 +74,8 @@ class Gatekeeper:
         their PROXY header: refused and recorded as `max_startups`."""
         self._refused(host, port, Refusal.MAX_STARTUPS)
 
-    def _trusted(self, host: str) -> bool:
+    def is_proxy(self, host: str) -> bool:
+        """Is `host` in trusted_proxies? (Then it is a proxy, never a client.)"""
         try:
             ip = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:

@@ -25,13 +25,15 @@ a socket from a trusted proxy first gets `_HeaderReader`: it reads the PROXY hea
 (sftp/proxyproto.py) within `proxy_timeout` and at most `proxyproto.MAX_HEADER` bytes, then the
 client address from it goes through the same screen and becomes the connection's `peername`, so
 caps, penalties, bans, log lines and audit `source` all see the client. A LOCAL header (a health
-check) is answered with the SSH version line and closed, logging nothing. Any other peer is
-refused before a byte is read.
+check; also a v1 header naming the proxy itself as the client, as HAProxy's v1 checks send)
+is answered with the SSH version line and closed, logging nothing. Any other peer is refused
+before a byte is read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -187,19 +189,35 @@ class _HeaderReader(asyncio.Protocol):
         transport = self._finish()
         rest = bytes(self._buffer[header.length:])
         self._buffer.clear()
-        if header.command is proxyproto.Command.LOCAL or header.source is None:
-            transport.write(self._health_reply)   # a health check: alive, and SSH would answer
+        client = header.source
+        if header.command is proxyproto.Command.LOCAL or client is None or (
+                header.version == 1 and _same_host(client[0], self._peer[0])):
+            # A health check: LOCAL (v2, v1 UNKNOWN), or a v1 header naming the proxy itself as
+            # the client (HAProxy's v1 checks do). Answered: the node is alive, SSH would answer.
+            transport.write(self._health_reply)
             transport.close()
             return
-        if not self._screen(*header.source):
+        if not self._screen(*client):
             transport.abort()
             return
         connection = self._make_connection()
-        connection.set_extra_info(peername=header.source, proxy=self._peer)
+        connection.set_extra_info(peername=client, proxy=self._peer)
         transport.set_protocol(connection)
         connection.connection_made(transport)
         if rest and not transport.is_closing():
             connection.data_received(rest)
+
+
+def _same_host(a: str, b: str) -> bool:
+    """The same IP address (an IPv4-mapped IPv6 address is its IPv4 address)."""
+    def plain(text: str) -> str:
+        try:
+            ip = ipaddress.ip_address(text.split("%", 1)[0])
+        except ValueError:
+            return text
+        mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+        return str(mapped or ip)
+    return plain(a) == plain(b)
 
 
 async def listen(host: str, port: int, screen: Screen, *, proxy: ProxyGate | None = None,

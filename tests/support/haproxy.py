@@ -26,9 +26,11 @@ def available() -> bool:
 
 
 class HAProxy:
-    def __init__(self, root: Path, nodes: dict[str, int], *, inter: str = "100ms") -> None:
+    def __init__(self, root: Path, nodes: dict[str, int], *, inter: str = "100ms",
+                 options: dict[str, str] | None = None) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.root, self.nodes, self.port = root, nodes, free_port()
+        self.options = options or {}   # server options replaced: {"send-proxy-v2": "send-proxy"}
         self.admin = root / "admin.sock"
         self.config = root / "haproxy.cfg"
         self.config.write_text(self.render(DEPLOYED.read_text(), inter))
@@ -51,6 +53,8 @@ class HAProxy:
                     continue
                 line = "\n".join(f"    server {name} 127.0.0.1:{port}" for name, port in self.nodes.items())
             line = re.sub(r"\binter \S+", f"inter {inter}", line)
+            for option, replacement in self.options.items():
+                line = re.sub(rf" {re.escape(option)}\b", f" {replacement}".rstrip(), line)
             out.append(line)
         return "\n".join(out) + "\n"
 
