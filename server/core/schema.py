@@ -159,7 +159,7 @@ MIGRATIONS.append(
     """
 )
 
-EXPECTED_TABLES = ("tenants", "tenant_phones", "users", "user_keys", "deliveries", "uploads", "secrets",
+EXPECTED_TABLES: tuple[str, ...] = ("tenants", "tenant_phones", "users", "user_keys", "deliveries", "uploads", "secrets",
                    "outbox", "audit", "protocols", "allowances", "resends", "bans")
 
 

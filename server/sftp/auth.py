@@ -246,7 +246,7 @@ class SluisSSHServer(asyncssh.SSHServer):
             log.error("could not record a refused login of %s: %s", user.name, exc)
 
     def session_requested(self) -> SluisSession | bool:
-        if self.session is None:
+        if self.session is None or self.conn is None:   # not logged in (or not connected)
             return False
         session = self.session
         if self.limits is None:  # [limits] of this connection (server/sftp/limits.py)

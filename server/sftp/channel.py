@@ -148,6 +148,7 @@ class SluisSession(SSHServerStreamSession):
     def __init__(self, make_server: Callable[[Any], SluisSFTPServer],
                  on_close: Callable[[], None] = lambda: None) -> None:
         super().__init__(None, make_server, SFTP_VERSION, allow_scp=False)
+        self._make_server = make_server
         self._on_close = on_close
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -170,12 +171,15 @@ class SluisSession(SSHServerStreamSession):
         return subsystem == "sftp"
 
     def session_started(self) -> None:
-        if self._chan.get_subsystem() != "sftp":   # unreachable: every other request was refused
-            self._chan.close()
+        chan, conn = self._chan, self._conn
+        if chan is None or conn is None:   # asyncssh sets both in connection_made, before this
+            raise RuntimeError("SFTP session started without its channel")
+        if chan.get_subsystem() != "sftp":   # unreachable: every other request was refused
+            chan.close()
             return
-        self._chan.set_encoding(None)
+        chan.set_encoding(None)
         self._encoding = None
-        reader: SSHReader[bytes] = SSHReader(self, self._chan)
-        writer: SSHWriter[bytes] = SSHWriter(self, self._chan)
-        handler = SluisSFTPHandler(self._sftp_factory(self._chan), reader, writer, SFTP_VERSION)
-        self._conn.create_task(handler.run(), reader.logger)
+        reader: SSHReader[bytes] = SSHReader(self, chan)
+        writer: SSHWriter[bytes] = SSHWriter(self, chan)
+        handler = SluisSFTPHandler(self._make_server(chan), reader, writer, SFTP_VERSION)
+        conn.create_task(handler.run(), reader.logger)

@@ -22,7 +22,7 @@ tests/test_preauth_units.py::test_asyncssh_internals fails if an upgrade changes
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, cast
 
 import asyncssh
 
@@ -72,9 +72,12 @@ class _Gate(asyncio.Protocol):
         self._make_connection = make_connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
+        # A stream server's transport is a full Transport (uvloop's has abort() too, though it is
+        # no registered subclass, so a cast rather than an isinstance check).
+        stream = cast(asyncio.Transport, transport)
+        peer = stream.get_extra_info("peername")
         if not peer or not self._screen(str(peer[0]), int(peer[1])):
-            transport.abort()
+            stream.abort()
             return
         connection = self._make_connection()
         transport.set_protocol(connection)
