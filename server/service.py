@@ -11,6 +11,7 @@ workers stop, a last signed checkpoint of the audit chain is written, and the da
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -127,25 +128,29 @@ class Service:
         if on_ready:
             on_ready(self.port)
         await self.stopping.wait()
-        await self._close_connections(acceptor)
+        deadline = loop.time() + SHUTDOWN_GRACE_SECONDS
+        await self._close_connections(acceptor, deadline)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.to_thread(self._checkpoint, SHUTDOWN)  # after the last records of this run
+        await self._finish_passes(deadline)
+        # The last records of this run are written by now: the shutdown checkpoint covers them.
+        # (The default executor is shut down, so it gets a thread of its own.)
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sluis-shutdown") as last:
+            await loop.run_in_executor(last, self._checkpoint, SHUTDOWN)
         log.info("stopped")
 
-    async def _close_connections(self, acceptor: asyncio.Server) -> None:
-        """Stop accepting, end every connection, and wait (bounded) for each session's cleanup
-        and every tracked write: nothing of a session is still writing when the database closes."""
+    async def _close_connections(self, acceptor: asyncio.Server, deadline: float) -> None:
+        """Stop accepting, end every connection, and wait (until `deadline`) for each session's
+        cleanup and every tracked write: nothing of a session is still writing when the database closes."""
         app, loop = self.app, asyncio.get_running_loop()
-        deadline = loop.time() + SHUTDOWN_GRACE_SECONDS
         live = app.connections.live
         log.info("stopping: closing the listener and %d connections", len(live))
         acceptor.close()
         for server in live:
             server.terminate("server shutting down")
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(acceptor.wait_closed(), SHUTDOWN_GRACE_SECONDS)
+            await asyncio.wait_for(acceptor.wait_closed(), max(deadline - loop.time(), 0.0))
         left = await app.inflight.settle(max(deadline - loop.time(), 0.0))
         if left:
             log.warning("stopping: %d connections, session cleanups or audit writes still running after %.0f s; "
@@ -153,6 +158,18 @@ class Service:
                         left, SHUTDOWN_GRACE_SECONDS)
         else:
             log.info("stopping: every connection ended and every session cleaned up")
+
+    async def _finish_passes(self, deadline: float) -> None:
+        """Wait (until `deadline`) for the threads of the passes just cancelled: a cancelled
+        `to_thread` runs on to its end (an outbox pass mid-SMS, a janitor pass), and what it records
+        must come before the shutdown checkpoint and the closing of the database."""
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(asyncio.shield(loop.shutdown_default_executor()),
+                                   max(deadline - loop.time(), 0.0))
+        except asyncio.TimeoutError:
+            log.warning("stopping: a worker pass is still running after %.0f s; stopping anyway "
+                        "(what it records comes after the shutdown checkpoint)", SHUTDOWN_GRACE_SECONDS)
 
     async def _janitor_loop(self) -> None:
         while True:

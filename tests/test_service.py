@@ -10,6 +10,7 @@ import time
 
 from sluis.server.core.checkpoints import parse_checkpoint
 from sluis.server.service import SHUTDOWN_GRACE_SECONDS
+from tests.support.sms import twilio_server
 from tests.support.waiting import wait_until
 
 
@@ -68,6 +69,29 @@ def test_sigterm_waits_for_each_session_cleanup_before_the_database_closes(make_
     last = parse_checkpoint((server.data_dir / "audit.checkpoints").read_text().splitlines()[-1])
     assert last.reason == "shutdown" and last.seq == records[-1].seq, "records written after the last checkpoint"
     assert app.audit.verify().ok
+
+
+def test_sigterm_mid_sms_call_waits_for_the_call_and_its_record(make_server, twilio, tmp_path):
+    """SIGTERM cancels the outbox pass, whose thread runs on in the SMS call (the stand-in holds
+    the answer 3 s): shutdown waits for it, bounded, so `key.sms.sent` comes before the shutdown
+    checkpoint and before the database closes."""
+    server = twilio_server(make_server, twilio, tenant="hasselt", phones=("+32470123456",),
+                           crypto={"scrypt_log_n": 10})
+    twilio.hold_next(1, seconds=3)
+    server.start()
+    (tmp_path / "lijst.csv").write_bytes(b"naam;voornaam\nJanssens;Maria\n")
+    server.sftp("agency", f"put {tmp_path / 'lijst.csv'} /hasselt/lijst.csv\n")
+    wait_until(lambda: twilio.held == 1, "an accepted SMS whose answer is held", 20)
+    started = time.monotonic()
+    assert server.stop(signal.SIGTERM, timeout=SHUTDOWN_GRACE_SECONDS + 20) == 0
+    elapsed = time.monotonic() - started
+    assert elapsed < SHUTDOWN_GRACE_SECONDS, f"the server took {elapsed:.1f}s to stop"
+    assert "still running after" not in server.log
+    records = list(server.app().audit.records())
+    assert [r.detail["phone"] for r in records if r.event == "key.sms.sent"] == ["+32470123456"]
+    last = parse_checkpoint((server.data_dir / "audit.checkpoints").read_text().splitlines()[-1])
+    assert last.reason == "shutdown" and last.seq == records[-1].seq, "records written after the last checkpoint"
+    assert server.app().audit.verify().ok
 
 
 def test_help_for_every_command():
