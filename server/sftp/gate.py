@@ -52,8 +52,8 @@ class Gatekeeper:
         count = self._refusals.hit(source_key(host))
         if count is not None:
             log.warning("refused connections from %s: %s (%d since the last report)", host, why.value, count)
-            self._inflight.write_soon(_RECORD_FAILED, self._audit.record, EVENT_REFUSED, actor="-", source=f"{host}:{port}",
-                             address=host, why=why.value, count=count)
+            self._inflight.write_soon(_RECORD_FAILED, self._audit.record, EVENT_REFUSED, actor="-",
+                                      source=f"{host}:{port}", address=host, why=why.value, count=count)
         return False
 
     def admit(self, connection: Any, host: str) -> Refusal | None:
@@ -82,5 +82,5 @@ class Gatekeeper:
             self.penalise(host, source, Penalty.PROTOCOL_ERROR)
         count = self._protocol_errors.hit(source_key(host))
         if count is not None:
-            self._inflight.write_soon(_RECORD_FAILED, self._audit.record, EVENT_PROTOCOL_ERROR, actor=actor, source=source,
-                             what=what[:200], stage=stage, count=count)
+            self._inflight.write_soon(_RECORD_FAILED, self._audit.record, EVENT_PROTOCOL_ERROR, actor=actor,
+                                      source=source, what=what[:200], stage=stage, count=count)
