@@ -1,13 +1,17 @@
 """`sluis serve`: the SFTP listener, the outbox worker and the janitor in one process.
 
-SIGTERM/SIGINT stop it cleanly: the listener closes, open connections are closed (uploads in
-flight are discarded through the normal abort path), workers stop, a last signed checkpoint of
-the audit chain is written, the database is closed.
+SIGTERM/SIGINT stop it cleanly: the listener closes, open connections are closed, and it waits
+(at most SHUTDOWN_GRACE_SECONDS in all) until every connection has ended and every SFTP
+session has cleaned up (uploads in flight aborted and audited through the normal abort path,
+downloads closed and audited) and every background audit write is done (app.inflight); then the
+workers stop, a last signed checkpoint of the audit chain is written, and the database closes
+(after asyncio.Runner has waited for the worker threads of cancelled passes).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -32,7 +36,10 @@ from .sftp.listener import ProxyGate, listen
 from .sftp.limits import raise_descriptor_limit
 
 log = logging.getLogger("sluis")
-SHUTDOWN_GRACE_SECONDS = 5.0
+# SIGTERM waits at most this long, in all, for connections to end and sessions to clean up before
+# the workers stop and the database closes; what is still running then is logged, and the next
+# start removes what an unfinished upload left. Well below systemd's TimeoutStopSec=30.
+SHUTDOWN_GRACE_SECONDS = 10.0
 HOST_KEY_CREDENTIAL = "sluis-host-key"
 WATCH_INTERVAL_SECONDS = 2.0   # disabled accounts' sessions end, and lifted bans take effect, within this
 
@@ -133,19 +140,48 @@ class Service:
         if on_ready:
             on_ready(self.port)
         await self.stopping.wait()
-        log.info("stopping: closing the listener and %d connections", len(app.connections.live))
-        acceptor.close()
-        for server in app.connections.live:
-            server.terminate("server shutting down")
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(acceptor.wait_closed(), SHUTDOWN_GRACE_SECONDS)
-        await asyncio.sleep(0.2)  # let the SFTP sessions run their cleanup (abort open uploads)
-        await app.gate.drain()
+        deadline = loop.time() + SHUTDOWN_GRACE_SECONDS
+        await self._close_connections(acceptor, deadline)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.to_thread(self._checkpoint, SHUTDOWN)  # after the last records of this run
+        await self._finish_passes(deadline)
+        # The last records of this run are written by now: the shutdown checkpoint covers them.
+        # (The default executor is shut down, so it gets a thread of its own.)
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sluis-shutdown") as last:
+            await loop.run_in_executor(last, self._checkpoint, SHUTDOWN)
         log.info("stopped")
+
+    async def _close_connections(self, acceptor: asyncio.Server, deadline: float) -> None:
+        """Stop accepting, end every connection, and wait (until `deadline`) for each session's
+        cleanup and every tracked write: nothing of a session is still writing when the database closes."""
+        app, loop = self.app, asyncio.get_running_loop()
+        live = app.connections.live
+        log.info("stopping: closing the listener and %d connections", len(live))
+        acceptor.close()
+        for server in live:
+            server.terminate("server shutting down")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(acceptor.wait_closed(), max(deadline - loop.time(), 0.0))
+        left = await app.inflight.settle(max(deadline - loop.time(), 0.0))
+        if left:
+            log.warning("stopping: %d connections, session cleanups or audit writes still running after %.0f s; "
+                        "stopping anyway (the next start removes what unfinished uploads left)",
+                        left, SHUTDOWN_GRACE_SECONDS)
+        else:
+            log.info("stopping: every connection ended and every session cleaned up")
+
+    async def _finish_passes(self, deadline: float) -> None:
+        """Wait (until `deadline`) for the threads of the passes just cancelled: a cancelled
+        `to_thread` runs on to its end (an outbox pass mid-SMS, a janitor pass), and what it records
+        must come before the shutdown checkpoint and the closing of the database."""
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(asyncio.shield(loop.shutdown_default_executor()),
+                                   max(deadline - loop.time(), 0.0))
+        except asyncio.TimeoutError:
+            log.warning("stopping: a worker pass is still running after %.0f s; stopping anyway "
+                        "(what it records comes after the shutdown checkpoint)", SHUTDOWN_GRACE_SECONDS)
 
     async def _janitor_loop(self) -> None:
         while True:

@@ -17,6 +17,7 @@ import pytest
 from sluis.config import load_settings
 from sluis.config.load import ConfigError
 from sluis.server.sftp.gate import Gatekeeper
+from sluis.server.sftp.inflight import InFlight
 from tests.support import proxyheader
 from tests.support.clients_extra import audit, wait_audit
 from tests.support.server import SluisServer
@@ -161,9 +162,11 @@ def test_trusted_proxies_match_addresses_blocks_and_ipv4_mapped_peers(lib):
     _, app, clock = lib
 
     async def screen(hosts: list[str]) -> list[bool]:
-        gate = Gatekeeper(app.defender, app.connections, app.audit, clock, ("10.0.0.0/8", "2001:db8::/32", "192.0.2.7"))
+        inflight = InFlight()
+        gate = Gatekeeper(app.defender, app.connections, app.audit, clock, inflight,
+                          ("10.0.0.0/8", "2001:db8::/32", "192.0.2.7"))
         results = [gate.screen_proxy(host, 1) for host in hosts]
-        await gate.drain()
+        assert await inflight.settle(10) == 0
         return results
 
     hosts = ["10.1.2.3", "::ffff:10.1.2.3", "2001:db8::5", "192.0.2.7", "192.0.2.8", "11.0.0.1", "2001:db9::1",

@@ -24,6 +24,7 @@ from ..core.workpool import BoundedPool, PoolBusy
 from .channel import SluisSession
 from .gate import EVENT_LIMIT, Gatekeeper
 from .handler import SluisSFTPServer
+from .inflight import InFlight
 from .limits import ConnectionLimits, ProcessLimits
 
 log = logging.getLogger("sluis.auth")
@@ -63,6 +64,7 @@ class SluisSSHServer(asyncssh.SSHServer):
         self.max_sessions_per_user: int = app.settings.server.max_sessions_per_user
         self.gate = gate
         self.passwords = passwords
+        self.inflight: InFlight = app.inflight
         self.max_auth_tries: int = app.settings.server.max_auth_tries
         self.conn: asyncssh.SSHServerConnection | None = None
         self.host = "unknown"
@@ -82,6 +84,7 @@ class SluisSSHServer(asyncssh.SSHServer):
     # --- connection --------------------------------------------------------------------------------
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
+        self.inflight.opened(self)   # shutdown waits for connection_lost (and what it records)
         peer = conn.get_extra_info("peername") or ("?", 0)   # behind a proxy: the client (listener.py)
         self.host, self.source = str(peer[0]), f"{peer[0]}:{peer[1]}"
         proxy = conn.get_extra_info("proxy")
@@ -92,6 +95,12 @@ class SluisSSHServer(asyncssh.SSHServer):
             conn.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self._lost(exc)
+        finally:
+            self.inflight.closed(self)
+
+    def _lost(self, exc: Exception | None) -> None:
         self.gate.release(self)
         code = getattr(exc, "code", None)
         if self.session:
@@ -249,7 +258,7 @@ class SluisSSHServer(asyncssh.SSHServer):
             log.error("could not record a refused login of %s: %s", user.name, exc)
 
     def session_requested(self) -> SluisSession | bool:
-        if self.session is None:
+        if self.session is None or self.conn is None:   # not logged in (or not connected)
             return False
         session = self.session
         if self.limits is None:  # [limits] of this connection (server/sftp/limits.py)
@@ -257,4 +266,4 @@ class SluisSSHServer(asyncssh.SSHServer):
         limits = self.limits
         limits.open_channel()  # ChannelOpenError beyond channels_per_connection
         return SluisSession(lambda chan: SluisSFTPServer(chan, self.dropbox, session, limits),
-                            limits.close_channel)
+                            limits.close_channel, self.inflight.track)

@@ -2,21 +2,21 @@
 connection does before logging in into penalties and audit records (docs/defender.md).
 
 Runs on the event loop: decisions are in memory; database writes (bans, audit records) go to
-threads in the background, kept referenced until done.
+threads, tracked by InFlight until done (shutdown waits for them).
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
-from typing import Any, Callable
+from typing import Any
 
 from ..core.audit import AuditLog
 from ..core.clock import Clock, iso
 from ..core.defender import Defender, Penalty, Throttle, source_key
 from ..logsafe import quoted
 from .connections import ConnectionRegistry, Refusal
+from .inflight import InFlight
 
 log = logging.getLogger("sluis.gate")
 
@@ -24,18 +24,19 @@ EVENT_REFUSED = "auth.refused"
 EVENT_PROTOCOL_ERROR = "protocol.error"
 EVENT_LIMIT = "sftp.limit"
 EVENT_TERMINATED = "session.terminated"
+_RECORD_FAILED = "recording a pre-authentication event"
 
 
 class Gatekeeper:
     def __init__(self, defender: Defender, registry: ConnectionRegistry, audit: AuditLog, clock: Clock,
-                 trusted_proxies: tuple[str, ...] = ()) -> None:
+                 inflight: InFlight, trusted_proxies: tuple[str, ...] = ()) -> None:
         self.defender = defender
         self._proxies = [ipaddress.ip_network(network) for network in trusted_proxies]
         self.registry = registry
         self._audit = audit
+        self._inflight = inflight
         self._refusals = Throttle(clock)          # auth.refused: one record per address per minute
         self._protocol_errors = Throttle(clock)   # protocol.error before login: the same
-        self._pending: set[asyncio.Future[Any]] = set()
 
     # --- admission ------------------------------------------------------------------------------
     def screen(self, host: str, port: int) -> bool:
@@ -88,8 +89,8 @@ class Gatekeeper:
         count = self._refusals.hit(source_key(host))
         if count is not None:
             log.warning("refused connections from %s: %s (%d since the last report)", host, why.value, count)
-            self._background(self._audit.record, EVENT_REFUSED, actor="-", source=f"{host}:{port}",
-                             address=host, why=why.value, count=count)
+            self._inflight.write_soon(_RECORD_FAILED, self._audit.record, EVENT_REFUSED, actor="-",
+                                      source=f"{host}:{port}", address=host, why=why.value, count=count)
 
     def admit(self, connection: Any, host: str) -> Refusal | None:
         return self.registry.admit(connection, host)
@@ -106,7 +107,7 @@ class Gatekeeper:
         if ban is not None:
             log.warning("banned %s until %s (score %d: %s, ban number %d)", ban.address, iso(ban.until),
                         ban.score, ban.reasons, ban.offences)
-            self._background(self.defender.save, ban, source=source)
+            self._inflight.write_soon("saving a ban", self.defender.save, ban, source=source)
 
     def protocol_error(self, host: str, source: str, actor: str, what: str, *, logged_in: bool = False) -> None:
         """A connection broke the SSH protocol, or left before trying to log in: an audit record
@@ -117,21 +118,5 @@ class Gatekeeper:
             self.penalise(host, source, Penalty.PROTOCOL_ERROR)
         count = self._protocol_errors.hit(source_key(host))
         if count is not None:
-            self._background(self._audit.record, EVENT_PROTOCOL_ERROR, actor=actor, source=source,
-                             what=what[:200], stage=stage, count=count)
-
-    # --- background writes ----------------------------------------------------------------------
-    def _background(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        future = asyncio.ensure_future(asyncio.to_thread(func, *args, **kwargs))
-        self._pending.add(future)
-        future.add_done_callback(self._done)
-
-    def _done(self, future: asyncio.Future[Any]) -> None:
-        self._pending.discard(future)
-        if not future.cancelled() and future.exception() is not None:
-            log.error("could not record a pre-authentication event: %s", future.exception())
-
-    async def drain(self) -> None:
-        """Wait for the background writes (at shutdown)."""
-        if self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+            self._inflight.write_soon(_RECORD_FAILED, self._audit.record, EVENT_PROTOCOL_ERROR, actor=actor,
+                                      source=source, what=what[:200], stage=stage, count=count)

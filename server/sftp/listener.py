@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, cast
 
 import asyncssh
 
@@ -104,9 +104,12 @@ class _Gate(asyncio.Protocol):
         self._make_connection = make_connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
+        # A stream server's transport is a full Transport (uvloop's has abort() too, though it is
+        # no registered subclass, so a cast rather than an isinstance check).
+        stream = cast(asyncio.Transport, transport)
+        peer = stream.get_extra_info("peername")
         if not peer or not self._screen(str(peer[0]), int(peer[1])):
-            transport.abort()
+            stream.abort()
             return
         connection = self._make_connection()
         transport.set_protocol(connection)
@@ -130,17 +133,18 @@ class _HeaderReader(asyncio.Protocol):
         self._peer = ("?", 0)
         self._timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: Any) -> None:
-        peer = transport.get_extra_info("peername")
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        stream = cast(asyncio.Transport, transport)   # as in _Gate
+        peer = stream.get_extra_info("peername")
         self._peer = (str(peer[0]), int(peer[1])) if peer else ("?", 0)
         if not peer or not self._gate.screen_peer(*self._peer):
-            transport.abort()
+            stream.abort()
             return
         if self._pending[0] >= self._gate.max_pending:
             self._gate.full(*self._peer)
-            transport.abort()
+            stream.abort()
             return
-        self._transport = transport
+        self._transport = stream
         self._pending[0] += 1
         self._timer = asyncio.get_running_loop().call_later(self._gate.timeout, self._timed_out)
 
