@@ -40,6 +40,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
     settings = parse_document(document, Path(path).absolute(), str(path))
     _check_templates(settings, str(path))
     _check_storage(settings, str(path))
+    _check_proxy(settings, str(path))
     return _apply_secret_sources(settings, environ)
 
 
@@ -62,6 +63,13 @@ def _check_storage(settings: Settings, label: str) -> None:
         raise ConfigError(f"{label}: [storage] part_size: an upload has at most {S3_MAX_PARTS} parts, too few "
                           f"for [upload] max_file_size; raise part_size to at least "
                           f"{-(-settings.upload.max_file_size // S3_MAX_PARTS // (1 << 20))}MiB")
+
+
+def _check_proxy(settings: Settings, label: str) -> None:
+    """proxy_protocol without a trusted proxy would refuse every connection."""
+    if settings.server.proxy_protocol and not settings.server.trusted_proxies:
+        raise ConfigError(f"{label}: [server] proxy_protocol = true needs trusted_proxies (the load balancers' "
+                          "addresses, e.g. [\"10.0.0.5\"]); without them every connection would be refused")
 
 
 def parse_document(document: dict[str, Any], config_path: Path, label: str) -> Settings:

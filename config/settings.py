@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from ..keydelivery.templates import DEFAULT_SMS_TEMPLATE
 from .values import (
+    duration_range,
     int_range,
     one_of,
     parse_address,
@@ -69,6 +70,14 @@ class ServerSettings:
                                     "threads that check passwords (argon2id), apart from key logins")
     password_queue: int = setting(16, int_range(0, 10000),
                                   "password checks that may wait for a thread; beyond it an attempt fails at once")
+    proxy_protocol: bool = setting(False, parse_bool,
+                                   "behind a load balancer: every connection starts with a PROXY header (v2 or v1) "
+                                   "from trusted_proxies; every other address is refused")
+    trusted_proxies: tuple[str, ...] = setting([], parse_networks,
+                                               "load balancers (addresses or CIDR blocks) whose PROXY header is "
+                                               "believed, e.g. [\"10.0.0.5\"]; needed with proxy_protocol")
+    proxy_timeout: int = setting("5s", duration_range(1, 60),
+                                 "time a trusted proxy has to send the PROXY header before it is dropped and penalised")
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from .core.storage import LocalStorage, Storage
 from .core.workpool import BoundedPool
 from .sftp.connections import ConnectionRegistry
 from .sftp.gate import Gatekeeper
+from .sftp.inflight import InFlight
 from .sftp.limits import ProcessLimits
 
 
@@ -64,6 +65,7 @@ class App:
     limits: ProcessLimits
     receipts: ReceiptStore
     evidence: EvidenceStore
+    inflight: InFlight        # connections, session cleanups, background writes: shutdown waits for them
 
     def close(self) -> None:
         self.passwords.shutdown()
@@ -105,17 +107,18 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
     incidents = IncidentStore(db, audit, clock)
     connections = ConnectionRegistry(settings.server)
     defender = Defender(settings.defender, BanStore(db, audit), clock)
+    inflight = InFlight()
     return App(settings=settings, clock=clock, db=db, audit=audit, directory=directory, storage=storage,
                policy=policy, outbox=outbox, dropbox=dropbox, janitor=janitor,
                monitor=AccessMonitor(settings, audit, clock), checkpoints=checkpoints,
                connections=connections, defender=defender,
-               gate=Gatekeeper(defender, connections, audit, clock),
+               gate=Gatekeeper(defender, connections, audit, clock, inflight, settings.server.trusted_proxies),
                passwords=BoundedPool("password", settings.server.password_threads, settings.server.password_queue),
                incidents=incidents, notifications=notifications,
                tracker=IncidentTracker(settings, incidents, notifications, clock),
                review=AccountReview(db, clock),
-               limits=ProcessLimits(settings.limits, audit, directory),
-               receipts=receipts, evidence=EvidenceStore(db))
+               limits=ProcessLimits(settings.limits, audit, directory, inflight),
+               receipts=receipts, evidence=EvidenceStore(db), inflight=inflight)
 
 
 def _checkpoint_mailer(settings: Settings) -> Mailer | None:

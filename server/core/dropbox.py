@@ -247,7 +247,7 @@ class DropBox:
         self.storage.discard(upload.temp.key)
 
     def _forget_upload(self, upload_id: str, tenant: Tenant, session: Session, reason: str,
-                       error: str, **detail: object) -> None:
+                       error: str, **detail: Any) -> None:
         with self.db.writer() as tx:
             tx.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
             self.audit.append(tx, "upload.abort", actor=session.actor, tenant=tenant.name,

@@ -159,8 +159,9 @@ MIGRATIONS.append(
     """
 )
 
-EXPECTED_TABLES = ("tenants", "tenant_phones", "users", "user_keys", "deliveries", "uploads", "secrets",
-                   "outbox", "audit", "protocols", "allowances", "resends", "bans")
+EXPECTED_TABLES: tuple[str, ...] = (
+    "tenants", "tenant_phones", "users", "user_keys", "deliveries", "uploads", "secrets",
+    "outbox", "audit", "protocols", "allowances", "resends", "bans")
 
 
 MIGRATIONS.append(

@@ -41,6 +41,8 @@ class Cursor(Protocol):
     @property
     def rowcount(self) -> int: ...
 
+    def __iter__(self) -> Iterator[Any]: ...
+
 
 class Reader(Protocol):
     """What both a `Store` (autocommit reads) and an open `Tx` answer."""
@@ -50,6 +52,8 @@ class Reader(Protocol):
 
 class Tx(Reader, Protocol):
     """An open write transaction; `after_commit` hooks run only once it has committed."""
+
+    hooks: list[Callable[[], None]]   # the after_commit hooks; a rolled-back savepoint cuts its own off
 
     def after_commit(self, hook: Callable[[], None]) -> None: ...
 

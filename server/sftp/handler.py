@@ -321,8 +321,8 @@ class SluisSFTPServer(asyncssh.SFTPServer):
     def _remove(self, path: bytes) -> None:
         entry = self.view.lookup(split_path(path))
         if entry.upload is not None:
-            key = (entry.tenant.name, entry.name) if entry.tenant else None
-            self.uploads.pop(key, None)
+            if entry.tenant is not None:
+                self.uploads.pop((entry.tenant.name, entry.name), None)
             self.dropbox.abort(entry.upload, "deleted by the sender before publishing")
         elif entry.delivery is not None:
             reason = REASON_DELETED if self.session.is_recipient else REASON_WITHDRAWN
