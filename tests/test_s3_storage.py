@@ -123,8 +123,9 @@ def test_kill_mid_upload_leaves_nothing_visible_and_no_multipart_upload(make_ser
         handle.set_pipelined(True)
         for offset in range(0, 8 << 20, 1 << 20):
             handle.write(DATA[offset:offset + (1 << 20)])
-        wait_until(bucket.multipart_uploads, "the upload's multipart upload", timeout=20)
+        wait_until(bucket.uploaded_parts, "a part of the upload in the bucket", timeout=30)
         server.stop(signal.SIGKILL)
+        assert bucket.multipart_uploads()              # cut off in the middle
     assert bucket.objects() == []                      # nothing partial is visible
     server.start()                                     # recovery aborts the dead upload
     janitor = sluis(server.config, "janitor", "run", env=server.env)

@@ -135,7 +135,8 @@ class S3Reader:
         end = min(offset + size, self.size)
         if self._seek is not None or not (self._base <= offset and end <= self._end):
             return None
-        data = bytes(self._buf[offset - self._base:end - self._base])
+        with memoryview(self._buf) as view:     # one copy, not a slice and then a copy
+            data = bytes(view[offset - self._base:end - self._base])
         self._served = max(self._served, end)
         if end > self._demand:
             self._demand = end

@@ -96,5 +96,11 @@ class Bucket:
         response = self.client.list_multipart_uploads(Bucket=self.name)
         return sorted(item["Key"] for item in response.get("Uploads", []))
 
+    def uploaded_parts(self) -> int:
+        """Parts uploaded so far, over every multipart upload in progress."""
+        uploads = self.client.list_multipart_uploads(Bucket=self.name).get("Uploads", [])
+        return sum(len(self.client.list_parts(Bucket=self.name, Key=u["Key"], UploadId=u["UploadId"]).get("Parts", []))
+                   for u in uploads)
+
     def get(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.name, Key=key)["Body"].read()
