@@ -14,7 +14,7 @@ import pytest
 from sluis.config.settings import StorageSettings
 from sluis.server.core.s3storage import S3Storage
 from sluis.server.core.storage import LocalStorage
-from sluis.server.errors import NotFound
+from sluis.server.errors import NotFound, StorageUnavailable
 from tests.support.moto import REGION, Bucket
 from tests.support.waiting import wait_until
 
@@ -229,3 +229,49 @@ def test_s3_stream_cut_midway_goes_on_where_it_stopped(bucket):
         assert reader.gets == 2           # one new GET, from where the first one stopped
     finally:
         reader.close()
+
+
+class NoConditionalWrites:
+    """A store without conditional writes (older Ceph RGW): If-None-Match gets 501 NotImplemented;
+    everything else goes to moto."""
+
+    def __init__(self, client) -> None:
+        self._client = client
+        self.refused = 0
+
+    def complete_multipart_upload(self, **request):
+        if "IfNoneMatch" in request:
+            from botocore.exceptions import ClientError
+
+            self.refused += 1
+            raise ClientError({"Error": {"Code": "NotImplemented", "Message": "If-None-Match"}},
+                              "CompleteMultipartUpload")
+        return self._client.complete_multipart_upload(**request)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+def test_s3_store_without_conditional_writes_still_publishes(bucket):
+    plain = s3_storage(bucket)
+    store = NoConditionalWrites(plain.client)
+    storage = S3Storage(StorageSettings(backend="s3", bucket=bucket.name, prefix=bucket.prefix,
+                                        endpoint_url=bucket.moto.endpoint, region=REGION, part_size=PART),
+                        client=store)
+    publish(storage)
+    publish(storage, key="t000001/u-2222222222222222", temp_key="u-2222222222222222")
+    assert store.refused == 1             # asked once, then no more
+    assert bucket.get(bucket.prefix + KEY) == DATA
+    assert bucket.objects() == [bucket.prefix + KEY, bucket.prefix + "t000001/u-2222222222222222"]
+
+
+def test_s3_completion_never_replaces_an_existing_object(bucket):
+    """If-None-Match on CompleteMultipartUpload: a blob already at the key (which unique upload
+    ids never make) stays, and the publish fails."""
+    storage = s3_storage(bucket)
+    bucket.client.put_object(Bucket=bucket.name, Key=bucket.prefix + KEY, Body=b"already here")
+    temp = write_blob(storage)
+    temp.sync()
+    with pytest.raises(StorageUnavailable):
+        storage.publish(temp, KEY)
+    assert bucket.get(bucket.prefix + KEY) == b"already here"

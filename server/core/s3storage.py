@@ -11,14 +11,17 @@ Credentials come the standard AWS way (environment, shared files, instance role)
 
 from __future__ import annotations
 
+import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Iterator
 
 from ...config.settings import StorageSettings
 from ..errors import NotFound
-from .s3reader import S3Reader, missing, unavailable
+from .s3reader import S3Reader, error_code, missing, unavailable
 from .storage import _KEY, _TEMP, TempBlob
+
+log = logging.getLogger("sluis.storage")
 
 PART_THREADS = 16          # parts in flight, all uploads together (each has at most one)
 
@@ -88,10 +91,20 @@ class _S3Temp:
         """CompleteMultipartUpload: from now on the object is whole and readable."""
         if self._inflight is not None or self._buf:
             raise RuntimeError("complete() before sync(): parts are still pending")
+        request = {"Bucket": self._storage.bucket, "Key": self._object, "UploadId": self.upload_id,
+                   "MultipartUpload": {"Parts": self._parts}}
         try:
-            self._storage.client.complete_multipart_upload(
-                Bucket=self._storage.bucket, Key=self._object, UploadId=self.upload_id,
-                MultipartUpload={"Parts": self._parts}, IfNoneMatch="*")   # never over another blob
+            if self._storage.conditional_writes:   # never over another blob (keys are unique anyway)
+                try:
+                    self._storage.client.complete_multipart_upload(**request, IfNoneMatch="*")
+                    self.completed = True
+                    return
+                except Exception as exc:
+                    if error_code(exc) not in ("NotImplemented", "501"):
+                        raise
+                    self._storage.conditional_writes = False
+                    log.warning("object store: no conditional writes (If-None-Match); completing without")
+            self._storage.client.complete_multipart_upload(**request)
         except Exception as exc:
             raise unavailable("completing the upload", exc) from exc
         self.completed = True
@@ -134,6 +147,7 @@ class S3Storage:
         self.prefix = settings.prefix
         self.part_size = settings.part_size
         self.orphan_grace = float(settings.orphan_grace)
+        self.conditional_writes = True   # False once the store answered If-None-Match with 501
         self.client = client if client is not None else make_client(settings)
         self.parts = ThreadPoolExecutor(max_workers=PART_THREADS, thread_name_prefix="sluis-s3-part")
         self._live: dict[str, _S3Temp] = {}     # this process's uploads by temp key
