@@ -13,9 +13,10 @@ from sluis.config import load_settings
 from sluis.server.app import build_app
 from sluis.server.core.deliveries import COLLECTED, PUBLISHED, fetch
 from sluis.server.core.dropsession import (
-    CONNECTION_LOST, DELETED, REFUSED_WRITE, REPLACED, SESSION_ENDED, UploadState,
+    CONNECTION_LOST, DELETED, INCOMPLETE, REFUSED_WRITE, REPLACED, SESSION_ENDED, WRITE_FAILED, UploadState,
 )
-from sluis.server.errors import LimitReached, NotFound, PermissionDenied, UploadRejected
+from sluis.server.core.storage import LocalStorage
+from sluis.server.errors import LimitReached, NotFound, PermissionDenied, StorageFull, UploadRejected
 from tests.support.frontend import StandInFrontEnd
 from tests.support.library import FAST, FakeClock
 
@@ -240,6 +241,81 @@ def test_close_after_a_refused_write_publishes_nothing(small_share) -> None:
     assert deliveries(app, "genk") == [] and nothing_left(app)
     [abort] = events(app, "upload.abort")
     assert abort.detail["reason"] == REFUSED_WRITE and "offset 31000" in abort.detail["error"]
+
+
+class FillingDisk(LocalStorage):
+    """Local storage whose temporaries take `room` bytes each, then fail as a full disk does."""
+
+    def __init__(self, data_dir, room: int) -> None:
+        super().__init__(data_dir)
+        self.room = room
+
+    def create_temp(self, temp_key: str):
+        return _FillingTemp(super().create_temp(temp_key), self.room)
+
+
+class _FillingTemp:
+    def __init__(self, temp, room: int) -> None:
+        self._temp = temp
+        self._room = room
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self._room:
+            raise StorageFull("no space left for the upload")
+        self._room -= len(data)
+        return self._temp.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._temp, name)
+
+
+def _filling_app(make_server, room: int):
+    srv = make_server(FAST).standard()
+    settings = load_settings(srv.config, {})
+    return build_app(settings, clock=FakeClock(), storage=FillingDisk(settings.data_dir, room))
+
+
+def test_worker_failure_aborts_at_the_next_write(make_server) -> None:
+    app = _filling_app(make_server, room=1 << 20)
+    sender = StandInFrontEnd(app, "agency")
+    chunk = os.urandom(65536)
+
+    async def main() -> None:
+        incoming = await sender.open_upload("genk", "lijst.csv")
+        with pytest.raises(StorageFull):   # the worker's error surfaces within PER_UPLOAD + a batch
+            for offset in range(0, 16 << 20, len(chunk)):
+                await sender.write(incoming, offset, chunk)
+        assert incoming.state == UploadState.ABORTED and incoming.aborted.startswith(WRITE_FAILED + ": ")
+        assert sender.drop.in_progress == 0
+        with pytest.raises(UploadRejected, match="nothing was published: write failed"):
+            await sender.close_upload(incoming)
+
+    try:
+        run(main())
+        assert deliveries(app, "genk") == [] and nothing_left(app)
+        [abort] = events(app, "upload.abort")
+        assert abort.detail["reason"] == WRITE_FAILED and "no space left" in abort.detail["error"]
+    finally:
+        app.close()
+
+
+def test_worker_failure_at_close_aborts(make_server) -> None:
+    app = _filling_app(make_server, room=10_000)
+    sender = StandInFrontEnd(app, "agency")
+
+    async def main() -> None:
+        incoming = await sender.open_upload("genk", "lijst.csv")
+        await sender.send(incoming, DATA)      # one batch: the worker meets the full disk at close
+        with pytest.raises(StorageFull):
+            await sender.close_upload(incoming)
+        assert incoming.state == UploadState.ABORTED and incoming.aborted.startswith(INCOMPLETE + ": ")
+
+    try:
+        run(main())
+        assert deliveries(app, "genk") == [] and nothing_left(app)
+        assert [r.detail["reason"] for r in events(app, "upload.abort")] == [INCOMPLETE]
+    finally:
+        app.close()
 
 
 # --- collection -----------------------------------------------------------------------------

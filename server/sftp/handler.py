@@ -1,9 +1,10 @@
 """The SFTP server a logged-in user talks to. It only checks and delegates: every request is
 normalised (paths.py), authorised (requests.py), resolved in the user's view (views.py) and
 handed to the session's protocol-neutral drop session (core/dropsession.py: the upload
-registry, replace, publish, read coverage, abort); core errors become SFTP errors in status.py. Reads and writes
-cost microseconds and run on the event loop (an upload's hashing, encryption and disk writes
-go to its at-rest worker); everything else (SQLite, open, close, fsync) runs in a thread.
+registry, replace, publish, read coverage, abort); core errors become SFTP errors in
+status.py. Reads and writes cost microseconds and run on the event loop (an upload's hashing,
+encryption and disk writes go to its at-rest worker); everything else (SQLite, open, close,
+fsync) runs in a thread.
 Every request leaves one log line (reads and writes at debug level).
 """
 
