@@ -19,6 +19,7 @@ from sluis.server.core.storage import LocalStorage
 from sluis.server.errors import LimitReached, NotFound, PermissionDenied, StorageFull, UploadRejected
 from tests.support.frontend import StandInFrontEnd
 from tests.support.library import FAST, FakeClock
+from tests.support.pg import both_engines  # noqa: F401  (these tests run on both engines)
 
 DATA = os.urandom(100_000)    # several writes of 32 KiB
 
