@@ -84,7 +84,7 @@ class DropSession:
                  on_limit: Callable[[LimitReached], None] = lambda exc: None) -> None:
         self.dropbox = dropbox
         self.session = session
-        self._on_limit = on_limit       # a write over a shared limit (the front end counts breaches)
+        self._on_limit = on_limit       # a write or read over a limit (the front end counts breaches)
         self._uploads: dict[tuple[str, str], Incoming] = {}
         self._coverage: dict[str, Coverage] = {}    # delivery id -> what this session has read
         self.lost = False               # the connection dropped: closing uploads now aborts them
@@ -198,10 +198,15 @@ class DropSession:
         coverage = self._coverage.setdefault(delivery.id, Coverage())
         return self.dropbox.open_download(self.session, stored_name, coverage)
 
-    @staticmethod
-    def read(download: Download, offset: int, size: int) -> bytes:
-        """One read, on the event loop (a short read is legal at the end of the file)."""
-        return download.read(offset, size)
+    def read(self, download: Download, offset: int, size: int) -> bytes:
+        """One read, on the event loop (a short read is legal at the end of the file). A read
+        that would scatter the session's coverage over too many parts is refused (LimitReached,
+        coverage.MAX_RANGES), and `on_limit` hears of it."""
+        try:
+            return download.read(offset, size)
+        except LimitReached as exc:
+            self._on_limit(exc)
+            raise
 
     def close_download(self, download: Download) -> bool:
         """Close (blocks); True when this session has now read every byte: the file is collected."""
