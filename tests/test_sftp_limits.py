@@ -3,8 +3,8 @@ client (tests/support/raw_sftp.py): channels per connection, open handles and up
 session, 256 KiB messages and READs (advertised in limits@openssh.com), reply backpressure, the
 key-derivation pool; a CLOSE that is never OK unless the upload was published (the shared
 reorder budget running out between two real senders); reads through a handle whose file was
-removed or replaced; and a tripwire on every asyncssh internal that server/sftp/channel.py
-overrides."""
+removed or replaced; scattered reads capped per file; and a tripwire on every asyncssh
+internal that server/sftp/channel.py overrides."""
 
 from __future__ import annotations
 
