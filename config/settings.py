@@ -143,6 +143,26 @@ class StorageSettings:
                                 "(never races another node's publish)")
 
 
+def parse_database_url(value: Any) -> str:
+    """Empty (SQLite in the data directory), a libpq URI or a key=value connection string."""
+    text = parse_str(value).strip()
+    if text and not (text.startswith(("postgresql://", "postgres://")) or "=" in text):
+        raise ValueError(f"expected a PostgreSQL URI (postgresql://…) or a libpq connection string "
+                         f"(host=… dbname=…), or empty for SQLite; got {text.split('@')[-1]!r}")
+    return text
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """[database]: the state database: SQLite in the data directory, or a shared PostgreSQL."""
+
+    url: str = setting("", parse_database_url,
+                       "PostgreSQL libpq URI or connection string (postgresql://user@host/sluis); "
+                       "empty: SQLite state.db in the data directory", secret=True)
+    pool_size: int = setting(10, int_range(1, 200),
+                             "PostgreSQL: connections each process keeps at most")
+
+
 @dataclass(frozen=True)
 class UploadSettings:
     """[upload]: limits that bound what one upload may cost the server."""
@@ -301,6 +321,7 @@ SECTIONS: dict[str, type] = {
     "server": ServerSettings,
     "defender": DefenderSettings,
     "storage": StorageSettings,
+    "database": DatabaseSettings,
     "upload": UploadSettings,
     "limits": LimitSettings,
     "crypto": CryptoSettings,
@@ -323,6 +344,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     defender: DefenderSettings = field(default_factory=DefenderSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
     upload: UploadSettings = field(default_factory=UploadSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     crypto: CryptoSettings = field(default_factory=CryptoSettings)

@@ -30,8 +30,8 @@ from .core.notifications import NotificationQueue
 from .core.receiptkey import load_or_create
 from .core.receipts import ReceiptStore
 from .core.review import AccountReview
-from .core.state import open_database
 from .core.store import Store
+from .core.stores import open_store
 from .core.storage import LocalStorage, Storage
 from .core.workpool import BoundedPool
 from .sftp.connections import ConnectionRegistry
@@ -84,7 +84,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
     clock = clock or SystemClock()
     if not settings.data_dir.is_dir():
         raise FileNotFoundError(f"data directory {settings.data_dir} does not exist (run 'sluis init')")
-    db = open_database(settings.database_path)
+    db = open_store(settings.database, settings.database_path)
     audit, audit_key = open_audit_log(db, clock, settings.resolve(settings.crypto.audit_key_file),
                                       os.environ.get("CREDENTIALS_DIRECTORY"))
     checkpoints = Checkpointer(audit, audit_key, clock,

@@ -12,16 +12,52 @@ from sluis.config import load_settings
 from sluis.server.app import build_app
 from tests.support.library import FAST, FakeClock
 from tests.support.moto import CREDENTIALS, Bucket, MotoServer
+from tests.support.pg import Cluster, start_cluster
 from tests.support.server import SluisServer
 from tests.support.twilio_standin import TwilioStandIn
 
 
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """The session's throwaway PostgreSQL cluster (tests/support/pg.py), started on first use."""
+    yield from start_cluster()
+
+
 @pytest.fixture
-def make_server(tmp_path: Path) -> Iterator:
-    """Factory for servers with custom settings: make_server(overrides={...})."""
+def engine() -> str:
+    """The state database engine of `make_server`'s servers; a module runs on both by importing
+    `tests.support.pg.both_engines`."""
+    return "sqlite"
+
+
+@pytest.fixture
+def new_database(engine: str, request: pytest.FixtureRequest) -> Iterator:
+    """Factory: a fresh `[database] url` for this test's engine ("" for SQLite in the data dir)."""
+    made: list[str] = []
+    cluster: Cluster | None = request.getfixturevalue("pg_cluster") if engine == "postgresql" else None
+
+    def new(*, migrated: bool = True) -> str:
+        if cluster is None:
+            return ""
+        made.append(cluster.new_database(migrated=migrated))
+        return made[-1]
+
+    yield new
+    for url in made:
+        assert cluster is not None
+        cluster.drop(url)
+
+
+@pytest.fixture
+def make_server(tmp_path: Path, new_database) -> Iterator:
+    """Factory for servers with custom settings: make_server(overrides={...}); each server has a
+    database of its own on the test's engine unless overrides name one ([database] url)."""
     made: list[SluisServer] = []
 
     def make(overrides: dict | None = None, env: dict | None = None, name: str = "srv") -> SluisServer:
+        url = (overrides or {}).get("database", {}).get("url")
+        if url is None and (url := new_database()):
+            overrides = {**(overrides or {}), "database": {**(overrides or {}).get("database", {}), "url": url}}
         server = SluisServer(tmp_path / name, overrides, env)
         made.append(server)
         return server

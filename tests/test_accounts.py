@@ -20,6 +20,7 @@ from sluis.server.errors import AlreadyExists, InvalidInput
 from tests.support.library import SLUIS, sluis
 from tests.support.server import SSH_OPTIONS
 from tests.support.waiting import wait_until
+from tests.support.pg import both_engines  # noqa: F401  (these tests run on both engines)
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 

@@ -5,13 +5,15 @@ record when one was edited, deleted, reordered or inserted, and still passes aft
 from __future__ import annotations
 
 import json
-import sqlite3
 from contextlib import closing
+
+from typing import Any
 
 import pytest
 
 from sluis.server.core.audit import GENESIS, canonical, record_hash
 from tests.support.library import FAST, download, sluis, upload
+from tests.support.pg import both_engines, raw_db  # noqa: F401  (both engines)
 
 COLUMNS = ("ts", "event", "actor", "tenant", "delivery", "source", "detail", "prev", "hash")
 
@@ -26,10 +28,9 @@ def srv(make_server):
     return server
 
 
-def db(server) -> sqlite3.Connection:
-    conn = sqlite3.connect(server.data_dir / "state.db", isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    return conn
+def db(server) -> Any:
+    """An autocommit connection to the server's state database, SQLite or PostgreSQL."""
+    return raw_db(server)
 
 
 def verify(server):

@@ -8,9 +8,10 @@ import json
 import logging
 import os
 import re
-import sqlite3
 import stat
 from contextlib import closing
+
+from typing import Any
 
 import pytest
 
@@ -22,14 +23,14 @@ from sluis.server.core.checkpoints import parse_checkpoint, sign_checkpoint
 from tests.support.library import FAST, FakeClock, download, sluis, upload
 from tests.support.smtp_standin import SmtpStandIn
 from tests.support.waiting import wait_until
+from tests.support.pg import both_engines, raw_db  # noqa: F401  (both engines)
 
 COLUMNS = ("seq", "ts", "event", "actor", "tenant", "delivery", "source", "detail", "prev")
 
 
-def db(server) -> sqlite3.Connection:
-    conn = sqlite3.connect(server.data_dir / "state.db", isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    return conn
+def db(server) -> Any:
+    """An autocommit connection to the server's state database, SQLite or PostgreSQL."""
+    return raw_db(server)
 
 
 def verify(server, *args: str):

@@ -6,34 +6,43 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import stat
 import subprocess
 import sys
 from contextlib import closing
+
+from typing import Any
 
 import pytest
 
 from sluis.server.core.store import Conflict
 from sluis.server.core.audit import GENESIS, record_hash
 from tests.support.library import FAST, download, has_secret, sluis, state_of, upload
+from tests.support.pg import RawPostgres, both_engines, raw_db  # noqa: F401  (both engines)
 
 
-def db(server) -> sqlite3.Connection:
-    conn = sqlite3.connect(server.data_dir / "state.db", isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    return conn
+def db(server) -> Any:
+    """An autocommit connection to the server's state database, SQLite or PostgreSQL."""
+    return raw_db(server)
 
 
 def fail_audit(server, event: str) -> None:
     with closing(db(server)) as conn:
+        if isinstance(conn, RawPostgres):
+            # as SQLite's RAISE(FAIL) in a trigger: a constraint failure (Conflict)
+            conn.execute("CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                         " RAISE EXCEPTION 'database or disk is full' USING ERRCODE = 'integrity_constraint_violation';"
+                         " END $$")
+            conn.execute(f"CREATE TRIGGER disk_full BEFORE INSERT ON audit FOR EACH ROW"
+                         f" WHEN (NEW.event = '{event}') EXECUTE FUNCTION disk_full()")
+            return
         conn.execute(f"CREATE TRIGGER disk_full BEFORE INSERT ON audit WHEN NEW.event = '{event}'"
                      " BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END")
 
 
 def heal(server) -> None:
     with closing(db(server)) as conn:
-        conn.execute("DROP TRIGGER disk_full")
+        conn.execute("DROP TRIGGER disk_full" + (" ON audit" if isinstance(conn, RawPostgres) else ""))
 
 
 def events(server) -> list[str]:

@@ -21,6 +21,7 @@ from sluis.server.core.session import Session
 from sluis.server.core.directory import Actor
 from sluis.server.errors import NotFound, PolicyRefused
 from tests.support.library import FAST, FakeClock, blob_path, download, has_secret, sluis, state_of, upload
+from tests.support.pg import both_engines  # noqa: F401  (these tests run on both engines)
 
 
 def try_upload(app, name: str = "lijst.csv", tenant: str = "genk"):
@@ -32,8 +33,10 @@ def set_protocol(app, tenant: str, *, signed: str, effective: str, notice: str |
     tenant_id = app.directory.tenant(tenant).id
     ends = notice_end(date.fromisoformat(notice)).isoformat() if notice else None
     with app.db.writer() as tx:
-        tx.execute("INSERT OR REPLACE INTO protocols (tenant_id, signed, effective, reference, notice, ends)"
-                   " VALUES (?, ?, ?, '', ?, ?)", (tenant_id, signed, effective, notice, ends))
+        tx.execute("INSERT INTO protocols (tenant_id, signed, effective, reference, notice, ends)"
+                   " VALUES (?, ?, ?, '', ?, ?) ON CONFLICT (tenant_id) DO UPDATE SET signed = excluded.signed,"
+                   " effective = excluded.effective, reference = excluded.reference, notice = excluded.notice,"
+                   " ends = excluded.ends", (tenant_id, signed, effective, notice, ends))
 
 
 def assert_allowed_from(message: str, created_at: str) -> str:

@@ -17,6 +17,7 @@ from sluis.server.core.session import Session
 from tests.support.library import (
     FAST, blob_path, download, has_secret, remove_records, sluis, state_of, upload,
 )
+from tests.support.pg import both_engines  # noqa: F401  (these tests run on both engines)
 
 # --- collected, then removed after the grace period ------------------------------------------------
 def test_collected_file_is_removed_after_grace(lib):

@@ -13,7 +13,8 @@ from ..formats import sshsig
 from ..core.audit import AuditLog
 from ..core.auditkey import create_audit_key
 from ..core.clock import SystemClock
-from ..core.state import open_database
+from ...config.settings import DatabaseSettings, parse_database_url
+from ..core.stores import describe, open_store
 from .common import operator
 
 CONFIG_NAME = "sluis.toml"
@@ -39,6 +40,7 @@ def init_setup(directory: Path, overrides: dict | None = None) -> Path:
     for section, values in (overrides or {}).items():
         merged.setdefault(section, {}).update(values)
     overrides = merged
+    database = DatabaseSettings(url=parse_database_url(overrides.get("database", {}).get("url", "")))
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     existing = [name for name in (CONFIG_NAME, HOST_KEY_NAME, SECRET_KEY_NAME, AUDIT_KEY_NAME,
                                   receiptkey.KEY_FILE_NAME, "state.db")
@@ -46,6 +48,11 @@ def init_setup(directory: Path, overrides: dict | None = None) -> Path:
     if existing:
         raise FileExistsError(f"{directory} already holds a setup ({', '.join(existing)}); "
                               "refusing to overwrite it")
+    db = open_store(database, directory / "state.db") if database.url else None
+    if db is not None and db.query_one("SELECT COUNT(*) FROM audit")[0]:
+        db.close()
+        raise FileExistsError(f"the database {describe(database.url)} already holds a setup "
+                              "(its audit log is not empty); refusing to share it with a new one")
     config_path = directory / CONFIG_NAME
     write_private(config_path, render_config(overrides).encode())
     key = asyncssh.generate_private_key("ssh-ed25519", comment="sluis host key")
@@ -54,7 +61,7 @@ def init_setup(directory: Path, overrides: dict | None = None) -> Path:
     create_key_file(directory / SECRET_KEY_NAME)
     audit_key = create_audit_key(directory / AUDIT_KEY_NAME)
     receipt_key = receiptkey.create_key_file(receiptkey.key_path(directory / SECRET_KEY_NAME))
-    db = open_database(directory / "state.db")
+    db = db or open_store(database, directory / "state.db")
     actor = operator()
     AuditLog(db, SystemClock(), audit_key).record("sluis.init", actor=actor.name, source=actor.source,
                                                   host_key=key.get_fingerprint("sha256"),

@@ -14,7 +14,8 @@ from ...keydelivery.sealing import KeyFileError
 from .. import logsafe
 from ..core.receiptkey import ReceiptKeyError
 from ..errors import SluisError
-from . import admin, bans, incidents, ops, receipts, report
+from ..core.stores import DatabaseUnavailable
+from . import admin, bans, database, incidents, ops, receipts, report
 
 log = logging.getLogger("sluis")
 SUBCOMMAND_GROUPS = ("tenant", "user", "key", "audit", "janitor", "delivery", "incidents", "bans", "receipt")
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "secret key that seals passphrases, the audit key (both 0600) and the state database. "
                    "Refuses to overwrite.")
     init.add_argument("dir", type=Path, metavar="DIR")
+    init.add_argument("--database", metavar="URL", default="",
+                      help="keep the state in this PostgreSQL database (libpq URI or connection string; "
+                           "README \"PostgreSQL\") instead of SQLite in DIR")
     command(commands, "serve", ops.cmd_serve, "run the SFTP server with its workers",
             "Run the SFTP server, the key-delivery worker and the janitor in one process. Logs go to "
             "stderr; SIGTERM stops it cleanly (uploads in flight are discarded).")
@@ -52,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     # arguments before parsing (this entry is for `sluis --help`).
     commands.add_parser("send", add_help=False, help="send lists to municipalities (the agency's client; "
                         "see `sluis send --help`)")
+    database.add_database_commands(commands, command)
     admin.add_tenant_commands(commands, command)
     admin.add_user_commands(commands, command)
     ops.add_ops_commands(commands, command)
@@ -89,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("sluis.audit").setLevel(logging.WARNING)  # the CLI prints its own result
     try:
         return args.func(args) or 0
-    except (SluisError, ConfigError, KeyFileError, ReceiptKeyError, FileExistsError, FileNotFoundError) as exc:
+    except (SluisError, ConfigError, KeyFileError, ReceiptKeyError, FileExistsError, FileNotFoundError,
+            DatabaseUnavailable) as exc:
         print(f"sluis: {exc}", file=sys.stderr)
         if isinstance(exc, SluisError) and hasattr(args, "settings"):
             _audit_refusal(args, exc)

@@ -21,7 +21,7 @@ from .init import init_setup
 
 
 def cmd_init(args: Any) -> None:
-    config = init_setup(args.dir)
+    config = init_setup(args.dir, {"database": {"url": args.database}} if args.database else None)
     print(f"created {config}")
     print(f"next: sluis -c {config} tenant add NAME --phone +32...; sluis -c {config} serve")
 

@@ -64,9 +64,12 @@ class BanStore:
 
     def version(self) -> tuple[int, str, float]:
         """Changes whenever a ban is added, lifted or forgotten: a cheap check before `known()`."""
-        row = self._db.query_one("SELECT COUNT(*), COALESCE(MAX(banned_at), ''), TOTAL(julianday(until)) FROM bans")
+        # the time of day of each `until` (HHMMSSffffff of its ISO text) summed: portable SQL
+        row = self._db.query_one(
+            "SELECT COUNT(*), COALESCE(MAX(banned_at), ''), COALESCE(SUM(CAST(SUBSTR(until, 12, 2) ||"
+            " SUBSTR(until, 15, 2) || SUBSTR(until, 18, 2) || SUBSTR(until, 21, 6) AS BIGINT)), 0) FROM bans")
         assert row is not None
-        return (row[0], row[1], row[2])
+        return (int(row[0]), row[1], float(row[2]))
 
     def lift(self, address: str, now: datetime, *, actor: str, source: str) -> bool:
         """End a ban now (its offence count stays, so a repeat still lasts longer); audited."""

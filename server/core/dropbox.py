@@ -197,8 +197,8 @@ class DropBox:
             removed_reason=None)
         delivery = delivery.__class__(**{**delivery.__dict__, "blob_key": f"{tenant.box_key}/{upload.id}"})
         replaced: list[Delivery] = []
-        with self.db.writer() as tx:
-            # Again under the write lock: of two uploads that passed the check at open, only the
+        with self.db.writer(tenant=tenant.id) as tx:
+            # Again under the tenant's lock: of two uploads that passed the check at open, only the
             # first to publish may leave a list waiting; the other's CLOSE fails (PolicyRefused).
             replaced = self.policy.admit(tx, tenant, delivery.id, name)
             for old in replaced:
@@ -294,7 +294,7 @@ class DropBox:
     # --- removal: one path for recipients, senders, the janitor and operators -----------------
     def remove(self, delivery: Delivery, reason: str, *, actor: str, source: str | None = None,
                **detail: object) -> bool:
-        with self.db.writer() as tx:
+        with self.db.writer(tenant=delivery.tenant_id) as tx:   # not while a publish replaces it
             current = fetch(tx, "id = ?", (delivery.id,))
             if not current or current[0].state == REMOVED:
                 return False

@@ -1,18 +1,23 @@
 """The SQLite store: one connection per thread, WAL, busy timeout, BEGIN IMMEDIATE writes.
 
 Implements `store.Store`; SQLite has one writer at a time, so every `writer()` lock is the
-database lock and `lock_audit` has nothing to add.
+database lock and `lock_audit` has nothing to add. One process serves a SQLite database, so
+`notify`/`listen` are no-ops; `try_lock` still holds across processes (a CLI janitor run beside
+`serve`) through an fcntl lock file beside the database.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
+import re
 import sqlite3
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .schema import EXPECTED_TABLES, MIGRATIONS
+from .schema import EXPECTED_TABLES, MIGRATIONS, SQLITE
 from .store import Conflict
 
 BUSY_TIMEOUT_MS = 10_000
@@ -37,9 +42,14 @@ class Tx:
     def after_commit(self, hook: Callable[[], None]) -> None:
         self.hooks.append(hook)
 
+    def notify(self, channel: str) -> None:
+        """No other process shares a SQLite database: nobody to wake."""
+
 
 class Database:
     """Thread-safe access to the state database (a connection per thread)."""
+
+    dialect = SQLITE
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -91,20 +101,50 @@ class Database:
         return self._connection().execute(sql, params).fetchone()
 
     def migrate(self) -> int:
-        """Apply the migrations this database has not seen; returns the schema version."""
+        """Apply the migrations this database has not seen, under BEGIN IMMEDIATE (two processes
+        starting at once migrate once); returns the schema version."""
         with self.writer() as tx:
             conn = tx.conn
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in script.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {number}")
+            if version > len(MIGRATIONS):
+                raise RuntimeError(f"{self.path}: schema version {version} is newer than this sluis "
+                                   f"knows ({len(MIGRATIONS)}); upgrade sluis")
+            for migration in MIGRATIONS[version:]:
+                for statement in migration.statements(SQLITE):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {migration.number}")
         tables = {row[0] for row in self.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
         missing = set(EXPECTED_TABLES) - tables
         if missing:
             raise RuntimeError(f"{self.path}: schema is missing tables {sorted(missing)} after migration")
-        return len(MIGRATIONS)
+        return MIGRATIONS[-1].number
+
+    def version(self) -> int:
+        """How many migrations this database has seen."""
+        return int(self.query_one("PRAGMA user_version")[0])
+
+    @contextlib.contextmanager
+    def try_lock(self, name: str) -> Iterator[bool]:
+        """One holder across processes: an exclusive, non-blocking fcntl lock on
+        `<database>.<name>.lock` (released by the kernel if the holder dies)."""
+        if not re.fullmatch(r"[a-z0-9_-]{1,40}", name):
+            raise ValueError(f"lock name {name!r}: expected lower-case letters, digits, - and _")
+        fd = os.open(f"{self.path}.{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def listen(self, channel: str, callback: Callable[[], None]) -> None:
+        """No other process writes a SQLite database: nothing to listen for."""
 
     def close(self) -> None:
         with self._lock:
@@ -115,10 +155,11 @@ class Database:
         self._local = threading.local()
 
 
-def open_database(path: Path) -> Database:
+def open_database(path: Path, *, migrate: bool = True) -> Database:
     """Open (creating if needed, mode 0600) and migrate the state database."""
     if not path.exists():
         path.touch(mode=0o600)
     db = Database(path)
-    db.migrate()
+    if migrate:
+        db.migrate()
     return db

@@ -10,6 +10,12 @@ also locks that tenant's row (PostgreSQL: SELECT … FOR UPDATE), for check-then
 tenant (publish, the yearly limit). The audit chain takes its own lock inside `append`
 (`tx.lock_audit()`, PostgreSQL: a transaction advisory lock), so two appends never read the
 same head.
+
+On PostgreSQL a failed statement (a `Conflict` included) spoils its transaction: a repository
+that catches `Conflict` must leave the writer (raise), as every one does, not write on.
+Processes that share one database coordinate through the store too: `try_lock(name)` gives one
+holder across processes (the janitor), `tx.notify(channel)` wakes `listen`ers in other processes
+once the transaction commits (the outbox). On SQLite, one process per database, both are local.
 """
 
 from __future__ import annotations
@@ -57,6 +63,10 @@ class Tx(Reader, Protocol):
 
     def after_commit(self, hook: Callable[[], None]) -> None: ...
 
+    def notify(self, channel: str) -> None:
+        """Wake the store's `listen`ers on `channel` once this transaction commits (PostgreSQL:
+        NOTIFY, delivered to every process; SQLite: nothing, there is no other process)."""
+
     def lock_audit(self) -> None:
         """Serialise audit appends until commit (a no-op where writers are already serial)."""
 
@@ -64,13 +74,30 @@ class Tx(Reader, Protocol):
 class Store(Reader, Protocol):
     """A database the core keeps its state in."""
 
+    dialect: str    # "sqlite" | "postgresql" (schema.SQLITE, schema.POSTGRESQL)
+
     def writer(self, *, tenant: int | None = None) -> contextlib.AbstractContextManager[Tx]: ...
 
     def query(self, sql: str, params: Params = ()) -> list[Any]: ...
 
     def query_one(self, sql: str, params: Params = ()) -> Any: ...
 
-    def migrate(self) -> int: ...
+    def migrate(self) -> int:
+        """Apply the migrations the database has not seen (under a lock); the schema version."""
+        ...
+
+    def version(self) -> int:
+        """How many migrations the database has seen."""
+        ...
+
+    def try_lock(self, name: str) -> contextlib.AbstractContextManager[bool]:
+        """Hold the lock `name` for the `with` block if no process holds it (yields True), else
+        yield False at once. PostgreSQL: pg_try_advisory_lock; SQLite: a lock file beside it."""
+        ...
+
+    def listen(self, channel: str, callback: Callable[[], None]) -> None:
+        """Call `callback` (in a store thread) whenever a transaction that `notify`d `channel`
+        commits, in any process; until `close`. A no-op on SQLite (one process)."""
 
     def close(self) -> None: ...
 
