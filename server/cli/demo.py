@@ -36,11 +36,11 @@ def setup(directory: Path) -> Path:
         app.directory.add_tenant(actor, name, nis=nis, phones=[phone], fmt=fmt)
         app.protocols.register(Actor(actor.name, "demo"), app.directory.tenant(name), signed=date(2021, 5, 1),
                                effective=date(2021, 6, 2), reference=f"demo protocol {name}")
-    for name, role, tenant in USERS:
+    for name, role, tenant_name in USERS:
         key = asyncssh.generate_private_key("ssh-ed25519", comment=f"{name}@sluis-demo")
         write_private(keys / name, key.export_private_key("openssh"))
         (keys / f"{name}.pub").write_bytes(key.export_public_key("openssh"))
-        app.directory.add_user(actor, name, role=role, tenant=tenant,
+        app.directory.add_user(actor, name, role=role, tenant=tenant_name,
                                keys=[(key.export_public_key("openssh").decode(), f"{name}.pub")])
     app.close()
     return config

@@ -88,7 +88,7 @@ def cmd_status(args: Any) -> None:
     found = deliveries.listing(app.db, include_removed=args.all)
     tenants = {t.id: t for t in app.directory.tenants()}
     users = {u.id: u.name for u in app.directory.users()}
-    rows = []
+    rows: list[dict[str, Any]] = []   # JSON-shaped: printed as is with --json
     for d in found:
         jobs = [j for j in app.outbox.jobs(d.id)]
         rows.append({"id": d.id, "tenant": tenants[d.tenant_id].name, "file": d.stored_name,
