@@ -9,7 +9,7 @@ taken exactly once (the ids the processes report are disjoint and complete).
 
   .venv/bin/python bench/outbox_claims.py --engine postgresql --processes 2 --count 2000 --batch 20
   .venv/bin/python bench/outbox_claims.py --engine sqlite --processes 2 --count 2000 --batch 1
-(--engine postgresql starts a throwaway cluster, tests/support/pg.py.)
+(--engine postgresql starts a throwaway cluster, tests/support/pg.py: durable unless --fsync-off.)
 """
 
 from __future__ import annotations
@@ -103,6 +103,8 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--count", type=int, default=2000, help="jobs in all")
     parser.add_argument("--batch", type=int, default=20, help="jobs taken per claim transaction")
+    parser.add_argument("--fsync-off", action="store_true",
+                        help="the throwaway PostgreSQL cluster without fsync (as the tests run it)")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -121,12 +123,13 @@ def main() -> None:
                 bin_dir = find_bin_dir()
                 if bin_dir is None:
                     raise SystemExit("PostgreSQL is not installed")
-                cluster = Cluster(bin_dir)
+                cluster = Cluster(bin_dir, durable=not args.fsync_off)
                 overrides["database"] = {"url": cluster.new_database()}
             config = init_setup(Path(tmp) / "sluis", overrides)
             prepare(config, args.count)
             figures = run(config, args.processes, args.batch)
-            print(json.dumps({"engine": args.engine, "processes": args.processes, "batch": args.batch, **figures}))
+            print(json.dumps({"engine": args.engine, "processes": args.processes, "batch": args.batch,
+                              "fsync": args.engine == "sqlite" or not args.fsync_off, **figures}))
         finally:
             if cluster is not None:
                 cluster.stop()
