@@ -8,6 +8,7 @@ removed and no SMS for it is still waiting to go out. Job states are in docs/key
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -113,7 +114,7 @@ class Outbox:
     def wake(self) -> None:
         self._wake()
 
-    def writer(self) -> Any:
+    def writer(self) -> contextlib.AbstractContextManager[Tx]:
         """A write transaction on the store the outbox lives in (for recording an outcome)."""
         return self.db.writer()
 
