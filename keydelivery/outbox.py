@@ -348,8 +348,12 @@ class Outbox:
 
     # --- operator actions ---------------------------------------------------------------------------
     def resend(self, delivery_id: str, *, actor: str, phone: str | None = None, source: str = "cli") -> list[str]:
-        """Send the key again to every phone of the tenant (or one), at most once per interval."""
-        with self.db.writer() as tx:
+        """Send the key again to every phone of the tenant (or one), at most once per interval
+        (checked and recorded under the tenant's lock: two operators at once resend once)."""
+        found = deliveries.by_id(self.db, delivery_id)
+        if found is None:
+            raise NotFound(f"no delivery {delivery_id!r}")
+        with self.db.writer(tenant=found.tenant_id) as tx:
             delivery = deliveries.by_id(tx, delivery_id)
             if delivery is None:
                 raise NotFound(f"no delivery {delivery_id!r}")

@@ -19,6 +19,7 @@ from sluis.keydelivery.notifier import NotificationSender
 from sluis.keydelivery.outbox import ALERT, MAYBE_SENT, PENDING, SENDING, Outbox
 from sluis.keydelivery.providers.console import ConsoleProvider
 from sluis.retention.janitor import LOCK
+from sluis.server.errors import Busy
 from tests.support.library import sluis, upload
 from tests.support.pg import both_engines  # noqa: F401  (these tests run on both engines)
 
@@ -188,3 +189,29 @@ def test_one_monitor_tracker_and_notification_sender_at_a_time(lib, lock):
         assert held
         assert run() == 0
     assert run() > 0
+
+
+def test_two_resends_at_once_queue_the_key_once(lib):
+    """The once-per-interval check and its record are one step under the tenant's lock."""
+    _srv, app, clock = lib
+    delivery = upload(app)
+    for _round in range(5):
+        barrier = threading.Barrier(2)
+        outcomes: list[str] = []
+
+        def resend() -> None:
+            barrier.wait(10)
+            try:
+                app.outbox.resend(delivery.id, actor="admin:test")
+                outcomes.append("queued")
+            except Busy:
+                outcomes.append("busy")
+
+        threads = [threading.Thread(target=resend) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert sorted(outcomes) == ["busy", "queued"]
+        clock.advance(seconds=app.settings.sms.resend_interval + 1)
+    assert len([r for r in app.audit.records() if r.event == "key.resend"]) == 5
