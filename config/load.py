@@ -11,6 +11,9 @@ from typing import Any, Mapping
 from .settings import SECTIONS, Settings, section_fields, toml_key
 
 
+S3_MAX_PARTS = 9_990   # S3 allows 10,000; the few left over absorb the encryption's overhead
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the file, key and what is allowed."""
 
@@ -36,6 +39,8 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         raise ConfigError(f"{path}: not valid TOML: not UTF-8 text ({exc.reason})") from None
     settings = parse_document(document, Path(path).absolute(), str(path))
     _check_templates(settings, str(path))
+    _check_storage(settings, str(path))
+    _check_proxy(settings, str(path))
     return _apply_secret_sources(settings, environ)
 
 
@@ -47,6 +52,24 @@ def _check_templates(settings: Settings, label: str) -> None:
         validate_sms_template(settings.sms.template)
     except TemplateError as exc:
         raise ConfigError(f"{label}: [sms] template: {exc}") from None
+
+
+def _check_storage(settings: Settings, label: str) -> None:
+    """An S3 backend without a bucket cannot store anything: say so at startup."""
+    storage = settings.storage
+    if storage.backend == "s3" and not storage.bucket:
+        raise ConfigError(f"{label}: [storage] bucket: required with backend = 's3'")
+    if storage.backend == "s3" and settings.upload.max_file_size > storage.part_size * S3_MAX_PARTS:
+        raise ConfigError(f"{label}: [storage] part_size: an upload has at most {S3_MAX_PARTS} parts, too few "
+                          f"for [upload] max_file_size; raise part_size to at least "
+                          f"{-(-settings.upload.max_file_size // S3_MAX_PARTS // (1 << 20))}MiB")
+
+
+def _check_proxy(settings: Settings, label: str) -> None:
+    """proxy_protocol without a trusted proxy would refuse every connection."""
+    if settings.server.proxy_protocol and not settings.server.trusted_proxies:
+        raise ConfigError(f"{label}: [server] proxy_protocol = true needs trusted_proxies (the load balancers' "
+                          "addresses, e.g. [\"10.0.0.5\"]); without them every connection would be refused")
 
 
 def parse_document(document: dict[str, Any], config_path: Path, label: str) -> Settings:

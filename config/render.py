@@ -34,11 +34,18 @@ def render_config(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> s
     return "\n".join(lines)
 
 
+def section_summary(section: type) -> str:
+    """What a section is for: its docstring after the colon (`[server]: the SSH/SFTP listener.`)."""
+    if not section.__doc__ or ": " not in section.__doc__:
+        raise ValueError(f"settings section {section.__name__} needs a docstring '[name]: what it is for'")
+    return section.__doc__.split(": ", 1)[1]
+
+
 def render_reference() -> str:
     """The configuration reference in Markdown, as the README carries it (a test keeps them equal)."""
     lines: list[str] = []
     for name, section in SECTIONS.items():
-        lines += ["", f"**[{name}]** — {section.__doc__.split(': ', 1)[1]}", "",
+        lines += ["", f"**[{name}]** — {section_summary(section)}", "",
                   "| key | default | meaning |", "|---|---|---|"]
         for spec in section_fields(section):
             raw = _toml_value(spec.metadata["raw"])

@@ -7,12 +7,15 @@ written in sluis.toml, `parse` turns TOML into the typed value, `doc` is the one
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Callable
 
 from ..keydelivery.templates import DEFAULT_SMS_TEMPLATE
 from .values import (
+    duration_range,
     int_range,
     one_of,
     parse_address,
@@ -67,6 +70,14 @@ class ServerSettings:
                                     "threads that check passwords (argon2id), apart from key logins")
     password_queue: int = setting(16, int_range(0, 10000),
                                   "password checks that may wait for a thread; beyond it an attempt fails at once")
+    proxy_protocol: bool = setting(False, parse_bool,
+                                   "behind a load balancer: every connection starts with a PROXY header (v2 or v1) "
+                                   "from trusted_proxies; every other address is refused")
+    trusted_proxies: tuple[str, ...] = setting([], parse_networks,
+                                               "load balancers (addresses or CIDR blocks) whose PROXY header is "
+                                               "believed, e.g. [\"10.0.0.5\"]; needed with proxy_protocol")
+    proxy_timeout: int = setting("5s", duration_range(1, 60),
+                                 "time a trusted proxy has to send the PROXY header before it is dropped and penalised")
 
 
 @dataclass(frozen=True)
@@ -88,12 +99,48 @@ class DefenderSettings:
     score_login_timeout: int = setting(3, int_range(0, 1000), "score of a connection cut at the login timeout")
 
 
+class StorageBackend(StrEnum):
+    """Where the encrypted files live."""
+
+    LOCAL = "local"
+    S3 = "s3"
+
+
+def parse_backend(value: Any) -> StorageBackend:
+    return StorageBackend(one_of(*(backend.value for backend in StorageBackend))(value))
+
+
+def parse_s3_prefix(value: Any) -> str:
+    """'' or a key prefix such as 'sluis/' or 'prod/sluis/' (a missing final '/' is added)."""
+    text = parse_str(value)
+    if text and not text.endswith("/"):
+        text += "/"
+    if text and (not re.fullmatch(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*/", text) or
+                 any(part in (".", "..") for part in text.split("/"))):
+        raise ValueError(f"expected a key prefix of letters, digits, '.', '_', '-' and '/' such as "
+                         f"'sluis/', got {value!r}")
+    return text
+
+
 @dataclass(frozen=True)
 class StorageSettings:
     """[storage]: where state and the encrypted files live."""
 
     data_dir: Path = setting(".", parse_path,
                              "directory for the state database and the drop boxes, relative to this file")
+    # The encrypted files in an S3-compatible bucket (AWS S3, an EU provider, Ceph RGW); the
+    # credentials come the standard AWS way (environment, shared file, instance role), never here.
+    backend: StorageBackend = setting("local", parse_backend,
+                                      "where the encrypted files live: 'local' (data_dir/boxes) or 's3'")
+    bucket: str = setting("", parse_str, "s3: bucket name (required with backend = 's3')")
+    prefix: str = setting("", parse_s3_prefix, "s3: key prefix inside the bucket, e.g. 'sluis/' ('' = none)")
+    endpoint_url: str = setting("", parse_str, "s3: endpoint of a non-AWS store, e.g. 'https://s3.example.eu' ('' = AWS)")
+    region: str = setting("", parse_str, "s3: region, e.g. 'eu-west-1' ('' = from the AWS configuration)")
+    part_size: int = setting("8MiB", size_range(5 << 20, 5 << 30),
+                             "s3: multipart part size; one upload holds at most two parts in memory")
+    orphan_grace: int = setting("1h", parse_duration,
+                                "s3: an object no delivery refers to is removed only after this long "
+                                "(never races another node's publish)")
 
 
 def parse_database_url(value: Any) -> str:

@@ -143,3 +143,13 @@ def parse_networks(value: Any) -> tuple[str, ...]:
         return tuple(str(ipaddress.ip_network(v.strip(), strict=False)) for v in value)
     except ValueError as exc:
         raise ValueError(f"expected addresses or CIDR blocks such as '10.0.0.0/8': {exc}") from None
+
+
+def duration_range(low: int, high: int) -> Callable[[Any], int]:
+    """A duration (as parse_duration) from `low` to `high` seconds inclusive."""
+    def parse(value: Any) -> int:
+        seconds = parse_duration(value)
+        if not low <= seconds <= high:
+            raise ValueError(f"expected a duration from {format_duration(low)} to {format_duration(high)}, got {value!r}")
+        return seconds
+    return parse

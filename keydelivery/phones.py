@@ -64,6 +64,8 @@ def normalise_phone(raw: str, default_region: str = "BE") -> PhoneNumber:
         reason = _PARSE_REASONS.get(exc.error_type, str(exc))
         raise InvalidPhoneError(f"phone number {raw!r} is invalid: {reason}") from None
 
+    if number.country_code is None:  # parse() sets it on success; the type allows None
+        raise InvalidPhoneError(f"phone number {raw!r} is invalid: no country code")
     region = phonenumbers.region_code_for_country_code(number.country_code)
     where = f"+{number.country_code} ({region})"
     length = phonenumbers.is_possible_number_with_reason(number)

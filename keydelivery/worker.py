@@ -162,6 +162,8 @@ class OutboxWorker:
 
     def _poll(self, job: Job) -> None:
         assert job.provider_id is not None
+        status: str | None   # unknown (None) when the provider cannot be asked and never answered
+        error: str | None
         try:
             status = self.provider.fetch_status(job.provider_id)
         except (TransientProviderError, PermanentProviderError) as exc:

@@ -54,7 +54,7 @@ def load_protocol(conn: Any, tenant_id: int) -> Protocol | None:
     if row is None:
         return None
     as_date = lambda text: date.fromisoformat(text) if text else None  # noqa: E731
-    return Protocol(signed=as_date(row["signed"]), effective=as_date(row["effective"]),
+    return Protocol(signed=date.fromisoformat(row["signed"]), effective=date.fromisoformat(row["effective"]),
                     reference=row["reference"], notice=as_date(row["notice"]), ends=as_date(row["ends"]))
 
 

@@ -6,7 +6,7 @@ import functools
 import os
 from dataclasses import dataclass, field
 
-from ..config.settings import Settings
+from ..config.settings import Settings, StorageBackend
 from ..keydelivery.mail import send_mail
 from ..keydelivery.outbox import Outbox
 from ..keydelivery.passphrase import new_passphrase
@@ -36,6 +36,7 @@ from .core.storage import LocalStorage, Storage
 from .core.workpool import BoundedPool
 from .sftp.connections import ConnectionRegistry
 from .sftp.gate import Gatekeeper
+from .sftp.inflight import InFlight
 from .sftp.limits import ProcessLimits
 
 
@@ -64,11 +65,20 @@ class App:
     limits: ProcessLimits
     receipts: ReceiptStore
     evidence: EvidenceStore
+    inflight: InFlight        # connections, session cleanups, background writes: shutdown waits for them
     migrated: list[str] = field(default_factory=list)   # the migrations this process applied at start
 
     def close(self) -> None:
         self.passwords.shutdown()
         self.db.close()
+
+
+def open_storage(settings: Settings) -> Storage:
+    """[storage] backend: files under data_dir/boxes, or objects in an S3-compatible bucket."""
+    if settings.storage.backend == StorageBackend.S3:
+        from .core.s3storage import S3Storage   # boto3 is imported only when it is used
+        return S3Storage(settings.storage)
+    return LocalStorage(settings.data_dir)
 
 
 def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storage | None = None) -> App:
@@ -87,7 +97,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
                                CheckpointFile(settings.resolve(settings.audit.checkpoint_file)),
                                _checkpoint_mailer(settings))
     directory = Directory(db, audit, clock)
-    storage = storage or LocalStorage(settings.data_dir)
+    storage = storage or open_storage(settings)
     policy = YearlyPolicy(settings.policy, clock)
     sealer = functools.cache(lambda: load_sealer(settings.resolve(settings.crypto.secret_key_file),
                                                  os.environ.get("CREDENTIALS_DIRECTORY")))
@@ -103,17 +113,19 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
     incidents = IncidentStore(db, audit, clock)
     connections = ConnectionRegistry(settings.server)
     defender = Defender(settings.defender, BanStore(db, audit), clock)
+    inflight = InFlight()
     return App(settings=settings, clock=clock, db=db, audit=audit, directory=directory, storage=storage,
                policy=policy, outbox=outbox, dropbox=dropbox, janitor=janitor,
                monitor=AccessMonitor(settings, audit, clock), checkpoints=checkpoints,
                connections=connections, defender=defender,
-               gate=Gatekeeper(defender, connections, audit, clock),
+               gate=Gatekeeper(defender, connections, audit, clock, inflight, settings.server.trusted_proxies),
                passwords=BoundedPool("password", settings.server.password_threads, settings.server.password_queue),
                incidents=incidents, notifications=notifications,
                tracker=IncidentTracker(settings, incidents, notifications, clock),
                review=AccountReview(db, clock),
-               limits=ProcessLimits(settings.limits, audit, directory),
-               receipts=receipts, evidence=EvidenceStore(db), migrated=applied)
+               limits=ProcessLimits(settings.limits, audit, directory, inflight),
+               receipts=receipts, evidence=EvidenceStore(db), inflight=inflight,
+               migrated=applied)
 
 
 def _checkpoint_mailer(settings: Settings) -> Mailer | None:

@@ -50,6 +50,10 @@ class StorageFull(SluisError):
     """The storage has no room for the upload; nothing was published."""
 
 
+class StorageUnavailable(SluisError):
+    """The object store refused a request or did not answer; nothing was published."""
+
+
 class Busy(SluisError):
     """A shared limit is exhausted right now; retrying later can succeed."""
 

@@ -1,13 +1,17 @@
 """`sluis serve`: the SFTP listener, the outbox worker and the janitor in one process.
 
-SIGTERM/SIGINT stop it cleanly: the listener closes, open connections are closed (uploads in
-flight are discarded through the normal abort path), workers stop, a last signed checkpoint of
-the audit chain is written, the database is closed.
+SIGTERM/SIGINT stop it cleanly: the listener closes, open connections are closed, and it waits
+(at most SHUTDOWN_GRACE_SECONDS in all) until every connection has ended and every SFTP
+session has cleaned up (uploads in flight aborted and audited through the normal abort path,
+downloads closed and audited) and every background audit write is done (app.inflight); then the
+workers stop, a last signed checkpoint of the audit chain is written, and the database closes
+(after asyncio.Runner has waited for the worker threads of cancelled passes).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -28,11 +32,14 @@ from .core.session import Session
 from .sftp.auth import SluisSSHServer
 from .sftp.gate import EVENT_TERMINATED
 from .sftp import fastpath
-from .sftp.listener import listen
+from .sftp.listener import ProxyGate, listen
 from .sftp.limits import raise_descriptor_limit
 
 log = logging.getLogger("sluis")
-SHUTDOWN_GRACE_SECONDS = 5.0
+# SIGTERM waits at most this long, in all, for connections to end and sessions to clean up before
+# the workers stop and the database closes; what is still running then is logged, and the next
+# start removes what an unfinished upload left. Well below systemd's TimeoutStopSec=30.
+SHUTDOWN_GRACE_SECONDS = 10.0
 HOST_KEY_CREDENTIAL = "sluis-host-key"
 WATCH_INTERVAL_SECONDS = 2.0   # disabled accounts' sessions end, and lifted bans take effect, within this
 
@@ -52,6 +59,15 @@ def announce_receipt_key(app: App) -> None:
         log.warning("created the receipt signing key %s (%s): copy it to every other node and publish "
                     "`sluis receipt allowed-signers` to whoever verifies receipts", loaded.origin,
                     loaded.fingerprint)
+
+
+def proxy_gate(app: App) -> ProxyGate | None:
+    """With [server] proxy_protocol: connections come from trusted_proxies, each with a header."""
+    server = app.settings.server
+    if not server.proxy_protocol:
+        return None
+    return ProxyGate(screen_peer=app.gate.screen_proxy, failed=app.gate.proxy_failed, full=app.gate.proxy_full,
+                     timeout=server.proxy_timeout, max_pending=server.max_startups)
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -96,7 +112,7 @@ class Service:
         keys = await asyncio.to_thread(lambda: [asyncssh.read_private_key(str(p)) for p in host_key_paths(app)])
         await asyncio.to_thread(app.defender.load)   # bans from before a restart hold at once
         acceptor = await listen(
-            host, port, app.gate.screen,
+            host, port, app.gate.screen, proxy=proxy_gate(app),
             server_factory=lambda: SluisSSHServer(app, app.gate, app.passwords),
             server_host_keys=algorithms.host_keypairs(keys), server_version="sluis",
             **algorithms.server_options(),
@@ -115,25 +131,57 @@ class Service:
         log.info("sluis listening on %s:%d (sms provider: %s; event loop: %s; transport fast path: %s)",
                  host, self.port, app.settings.sms.provider, loop_name(loop),
                  ",".join(sorted(fastpath.installed())) or "off")
+        if app.settings.server.proxy_protocol:
+            log.info("PROXY protocol: connections only from %s, each starting with a PROXY header",
+                     ", ".join(app.settings.server.trusted_proxies))
         if app.settings.sms.provider == "console":
             log.warning("SMS provider \"console\" writes every passphrase to this log: for a demo only; "
                         "set provider = \"twilio\" under sms in the configuration before real lists are sent")
         if on_ready:
             on_ready(self.port)
         await self.stopping.wait()
-        log.info("stopping: closing the listener and %d connections", len(app.connections.live))
-        acceptor.close()
-        for server in app.connections.live:
-            server.terminate("server shutting down")
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(acceptor.wait_closed(), SHUTDOWN_GRACE_SECONDS)
-        await asyncio.sleep(0.2)  # let the SFTP sessions run their cleanup (abort open uploads)
-        await app.gate.drain()
+        deadline = loop.time() + SHUTDOWN_GRACE_SECONDS
+        await self._close_connections(acceptor, deadline)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.to_thread(self._checkpoint, SHUTDOWN)  # after the last records of this run
+        await self._finish_passes(deadline)
+        # The last records of this run are written by now: the shutdown checkpoint covers them.
+        # (The default executor is shut down, so it gets a thread of its own.)
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sluis-shutdown") as last:
+            await loop.run_in_executor(last, self._checkpoint, SHUTDOWN)
         log.info("stopped")
+
+    async def _close_connections(self, acceptor: asyncio.Server, deadline: float) -> None:
+        """Stop accepting, end every connection, and wait (until `deadline`) for each session's
+        cleanup and every tracked write: nothing of a session is still writing when the database closes."""
+        app, loop = self.app, asyncio.get_running_loop()
+        live = app.connections.live
+        log.info("stopping: closing the listener and %d connections", len(live))
+        acceptor.close()
+        for server in live:
+            server.terminate("server shutting down")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(acceptor.wait_closed(), max(deadline - loop.time(), 0.0))
+        left = await app.inflight.settle(max(deadline - loop.time(), 0.0))
+        if left:
+            log.warning("stopping: %d connections, session cleanups or audit writes still running after %.0f s; "
+                        "stopping anyway (the next start removes what unfinished uploads left)",
+                        left, SHUTDOWN_GRACE_SECONDS)
+        else:
+            log.info("stopping: every connection ended and every session cleaned up")
+
+    async def _finish_passes(self, deadline: float) -> None:
+        """Wait (until `deadline`) for the threads of the passes just cancelled: a cancelled
+        `to_thread` runs on to its end (an outbox pass mid-SMS, a janitor pass), and what it records
+        must come before the shutdown checkpoint and the closing of the database."""
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(asyncio.shield(loop.shutdown_default_executor()),
+                                   max(deadline - loop.time(), 0.0))
+        except asyncio.TimeoutError:
+            log.warning("stopping: a worker pass is still running after %.0f s; stopping anyway "
+                        "(what it records comes after the shutdown checkpoint)", SHUTDOWN_GRACE_SECONDS)
 
     async def _janitor_loop(self) -> None:
         while True:

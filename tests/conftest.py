@@ -11,6 +11,7 @@ import pytest
 from sluis.config import load_settings
 from sluis.server.app import build_app
 from tests.support.library import FAST, FakeClock
+from tests.support.moto import CREDENTIALS, Bucket, MotoServer
 from tests.support.pg import ENGINES, Cluster, start_cluster
 from tests.support.server import SluisServer
 from tests.support.twilio_standin import TwilioStandIn
@@ -90,3 +91,31 @@ def twilio() -> Iterator[TwilioStandIn]:
     """The Twilio stand-in; a message is 'delivered' at its first poll."""
     with TwilioStandIn(polls_to_deliver=1) as standin:
         yield standin
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[MotoServer]:
+    """moto's standalone S3 server on loopback for the session; AWS credentials in the environment
+    (the standard way, inherited by `sluis serve` subprocesses) while it runs."""
+    try:
+        import moto  # noqa: F401
+    except ImportError:
+        if os.environ.get("SLUIS_REQUIRE_CLIENTS") == "1":
+            pytest.fail("moto[server] is not installed, and SLUIS_REQUIRE_CLIENTS=1 requires it")
+        pytest.skip("moto[server] is not installed")
+    saved = {key: os.environ.get(key) for key in CREDENTIALS}
+    os.environ.update(CREDENTIALS)
+    server = MotoServer().start()
+    yield server
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def bucket(moto_s3: MotoServer) -> Bucket:
+    """A fresh bucket on the session's moto server."""
+    return Bucket(moto_s3)

@@ -203,7 +203,10 @@ def test_asyncssh_internals():
     assert "Login timeout expired" in timer
     assert "self._owner.connection_made" in inspect.getsource(asyncssh.connection.SSHConnection.connection_made)
     assert inspect.iscoroutinefunction(asyncssh.SSHServerConnectionOptions.construct)
-    for name in ("send_userauth_failure", "send_userauth_success", "_login_timer_callback"):
+    made = inspect.getsource(asyncssh.connection.SSHConnection.connection_made)
+    assert made.index("self._peer_addr, self._peer_port") < made.index("self._connection_made()")
+    assert "self._peer_addr" in inspect.getsource(asyncssh.SSHServerConnection._connection_made)
+    for name in ("send_userauth_failure", "send_userauth_success", "_login_timer_callback", "_connection_made"):
         assert name in SluisServerConnection.__dict__
 
 
@@ -235,7 +238,7 @@ def test_a_protocol_error_is_logged_with_the_clients_words_quoted_and_audited(li
 
     async def main() -> None:
         app.gate.protocol_error("192.0.2.9", "192.0.2.9:4000", "-", what)
-        await app.gate.drain()
+        assert await app.inflight.settle(5) == 0
 
     with caplog.at_level(logging.INFO, logger="sluis.gate"):
         asyncio.run(main())

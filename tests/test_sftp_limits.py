@@ -3,8 +3,8 @@ client (tests/support/raw_sftp.py): channels per connection, open handles and up
 session, 256 KiB messages and READs (advertised in limits@openssh.com), reply backpressure, the
 key-derivation pool; a CLOSE that is never OK unless the upload was published (the shared
 reorder budget running out between two real senders); reads through a handle whose file was
-removed or replaced; and a tripwire on every asyncssh internal that server/sftp/channel.py
-overrides."""
+removed or replaced; scattered reads capped per file; and a tripwire on every asyncssh
+internal that server/sftp/channel.py overrides."""
 
 from __future__ import annotations
 
@@ -20,11 +20,12 @@ from asyncssh import sftp as upstream_sftp
 from asyncssh import stream as upstream_stream
 
 from sluis.config.settings import LimitSettings
+from sluis.server.core.coverage import MAX_RANGES
 from sluis.server.sftp.limits import MAX_BREACHES, max_read
 from tests.support.clients_extra import audit, blob, data_files, deliveries, uploads, wait_audit, wait_until
 from tests.support.raw_sftp import (
-    FX_FAILURE, FX_NO_SUCH_FILE, FX_OK, FXF_CREAT, FXF_READ, FXF_TRUNC, FXF_WRITE, HANDLE, RawSFTP,
-    connect, proc_status, string, u32,
+    DATA, FX_FAILURE, FX_NO_SUCH_FILE, FX_OK, FXF_CREAT, FXF_READ, FXF_TRUNC, FXF_WRITE, HANDLE, READ,
+    RawSFTP, connect, proc_status, string, u32, u64,
 )
 from tests.support.server import SluisServer
 
@@ -414,6 +415,38 @@ def test_close_of_a_replaced_upload_fails_and_the_new_one_publishes(shared: Slui
     run(main())
     [delivery] = deliveries(shared, name="list.csv", tenant_id=shared.app().directory.tenant(tenant).id)
     assert delivery["plain_size"] == len(b"new list\n")
+
+
+def test_scattered_reads_are_capped_per_file(shared: SluisServer) -> None:
+    """One byte in two: the 4097th separate part read of one file is refused (audited as
+    sftp.limit coverage_ranges); reading on in order still works, and collects the file."""
+    tenant, clerk = new_tenant(shared)
+    data = blob(20_000, seed=7)
+    stored = run(publish(shared, tenant, "list.bin", data))
+    [delivery] = deliveries(shared, tenant_id=shared.app().directory.tenant(tenant).id)
+    size = delivery["stored_size"]
+
+    async def main() -> None:
+        async with await connect(shared, clerk) as conn:
+            raw = await RawSFTP.open(conn)
+            handle = (await raw.open_file(f"/{stored}", FXF_READ)).handle
+            for batch in range(0, MAX_RANGES, 512):     # pipelined: 512 requests, then the replies
+                for part in range(batch, batch + 512):
+                    raw.send(READ, string(handle) + u64(2 * part) + u32(1))
+                for _ in range(512):
+                    reply = await raw.read_reply()
+                    assert reply.kind == DATA and len(reply.data) == 1, reply
+            refused = await raw.read(handle, 2 * MAX_RANGES, 1)
+            assert refused.code == FX_FAILURE and f"at most {MAX_RANGES}" in refused.message, refused
+            for offset in range(0, size, 32768):
+                assert (await raw.read(handle, offset, 32768)).kind == DATA
+            assert (await raw.close(handle)).code == FX_OK
+    run(main())
+    [record] = wait_until(lambda: limit_records(shared, "coverage_ranges"), "sftp.limit coverage_ranges")
+    assert record["actor"] == clerk
+    assert record["detail"] == {"limit": "coverage_ranges", "value": MAX_RANGES + 1, "allowed": MAX_RANGES}
+    [delivery] = deliveries(shared, id=delivery["id"])
+    assert delivery["state"] == "collected"
 
 
 # --- item 5: reads through a handle whose file went away ---------------------------------------

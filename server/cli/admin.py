@@ -244,8 +244,9 @@ def cmd_user_add(args: Any) -> None:
 def cmd_user_list(args: Any) -> None:
     app = open_app(args)
     users = app.directory.users()
-    tenants = {t.id: t.name for t in app.directory.tenants()}
-    rows = [{"name": u.name, "role": u.role, "tenant": tenants.get(u.tenant_id), "active": u.active,
+    tenants: dict[int | None, str] = {t.id: t.name for t in app.directory.tenants()}
+    rows: list[dict[str, Any]] = [
+            {"name": u.name, "role": u.role, "tenant": tenants.get(u.tenant_id), "active": u.active,
              "function": u.function, "keys": [k.fingerprint for k in app.directory.keys(u)],
              "key_expiry": {k.fingerprint: k.expires_at for k in app.directory.keys(u) if k.expires_at},
              "password": u.password_hash is not None}

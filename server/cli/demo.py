@@ -38,11 +38,11 @@ def setup(directory: Path) -> Path:
                        (tenant.id, "2021-05-01", "2021-06-02", f"demo protocol {name}"))
             app.audit.append(tx, "protocol.register", actor=actor.name, tenant=name, source="demo",
                              signed="2021-05-01", effective="2021-06-02")
-    for name, role, tenant in USERS:
+    for name, role, tenant_name in USERS:
         key = asyncssh.generate_private_key("ssh-ed25519", comment=f"{name}@sluis-demo")
         write_private(keys / name, key.export_private_key("openssh"))
         (keys / f"{name}.pub").write_bytes(key.export_public_key("openssh"))
-        app.directory.add_user(actor, name, role=role, tenant=tenant,
+        app.directory.add_user(actor, name, role=role, tenant=tenant_name,
                                keys=[(key.export_public_key("openssh").decode(), f"{name}.pub")])
     app.close()
     return config

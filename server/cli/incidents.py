@@ -53,7 +53,7 @@ def cmd_incidents(args: Any) -> int:
                  "DEADLINE", "LEFT", "DPO"],
                 [(i.id, i.state, i.kind, i.source or "-", _safe(i.account), i.tenant or "-", i.count,
                   i.first_seen[:19], i.last_seen[:19], i.deadline[:16],
-                  _left(i.time_left(now)) if i.state == OPEN else f"reported {i.ack_at[:16]}",
+                  _left(i.time_left(now)) if i.state == OPEN else f"reported {(i.ack_at or '?')[:16]}",
                   " ".join(p for p in (i.dpo_name, i.dpo_email, i.dpo_phone) if p) or "-")
                  for i in incidents])
     for i in incidents:

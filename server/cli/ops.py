@@ -90,7 +90,7 @@ def cmd_status(args: Any) -> None:
     deliveries = fetch(app.db, where, () if args.all else (REMOVED,))
     tenants = {t.id: t for t in app.directory.tenants()}
     users = {u.id: u.name for u in app.directory.users()}
-    rows = []
+    rows: list[dict[str, Any]] = []   # JSON-shaped: printed as is with --json
     for d in deliveries:
         jobs = [j for j in app.outbox.jobs(d.id)]
         rows.append({"id": d.id, "tenant": tenants[d.tenant_id].name, "file": d.stored_name,

@@ -20,10 +20,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..core.listcheck import check_file
 from .sendclient import TRANSIENT, Connection, Endpoint, HostKeyError, Refused
+
+if TYPE_CHECKING:  # rich is imported only when a bar is drawn (a terminal), not at start
+    from rich.progress import Progress as Bar, TaskID
 
 SENT, VALID, REFUSED, FAILED = "sent", "valid", "refused", "failed"
 DEFAULT_MAX_ROWS = 100000
@@ -195,8 +198,8 @@ class Progress:
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
-        self.bar = None
-        self.task = None
+        self.bar: Bar | None = None
+        self.task: TaskID | None = None
         if not quiet and sys.stderr.isatty():
             from rich.progress import (BarColumn, DownloadColumn, Progress as Bar, TextColumn,
                                        TransferSpeedColumn)

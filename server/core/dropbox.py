@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from datetime import timedelta
-from typing import Any, Callable, Container, Protocol
+from datetime import datetime, timedelta
+from typing import Any, Callable, Protocol
 from weakref import WeakValueDictionary
 
 from ...config.settings import Settings
@@ -21,13 +21,14 @@ from .deliveries import (
     COLLECTED, PUBLISHED, REASON_COLLECTED, REASON_REPLACED, REMOVED, VISIBLE, fetch,
 )
 from .directory import Directory
+from .download import Download
 from .encryption import SUFFIXES, HashingOutput, open_encryptor
 from .names import check_name, staged_base
 from .pipeline import AtRestWorkers
 from .records import Delivery, Tenant
 from .session import Session
 from .store import Store, Tx
-from .storage import BlobReader, Storage
+from .storage import Storage
 from .uploads import Upload
 from .window import MemoryBudget, ReorderWindow
 
@@ -59,32 +60,6 @@ class DeliveryPolicy(Protocol):
               name: str | None = None) -> list[Delivery]: ...
 
 
-class Download:
-    """An open recipient handle on one delivery; reads are recorded in the session's coverage.
-
-    A handle opened before its delivery was withdrawn, replaced or removed reads no more: this
-    process marks it in `revoked` when it removes one, and a removal by another process (the
-    janitor, an operator's command) unlinks the blob, which the open reader notices (one fstat,
-    no database query per read)."""
-
-    def __init__(self, delivery: Delivery, reader: BlobReader, coverage: Coverage,
-                 revoked: Container[str] = frozenset()) -> None:
-        self.delivery = delivery
-        self.reader = reader
-        self.coverage = coverage
-        self.revoked = revoked
-        self.sent = 0
-
-    def read(self, offset: int, size: int) -> bytes:
-        if self.delivery.id in self.revoked or self.reader.removed():
-            raise NotFound(f"{self.delivery.stored_name} was withdrawn, replaced or removed after it was "
-                           "opened; list the folder again")
-        data = self.reader.read_at(offset, size)
-        self.coverage.add(offset, offset + len(data))
-        self.sent += len(data)
-        return data
-
-
 class DropBox:
     """Uploads, downloads, collection and removal of deliveries."""
 
@@ -108,6 +83,7 @@ class DropBox:
         self._sender_budgets: WeakValueDictionary[int, MemoryBudget] = WeakValueDictionary()
         self._budgets_lock = threading.Lock()
         self.revoked: set[str] = set()  # deliveries this process removed: open handles read no more
+        self._unreferenced: dict[str, datetime] = {}  # blob key -> first sweep that found it orphaned
 
     # --- what users see ----------------------------------------------------------------------
     def active_tenant(self, name: str) -> Tenant:
@@ -168,7 +144,11 @@ class DropBox:
                                                          upload_id, session.source, iso(self.clock.now())))
             self.audit.append(tx, "upload.start", actor=session.actor, tenant=tenant.name,
                               source=session.source, upload=upload_id, name=name)
-        temp = self.storage.create_temp(upload_id)
+        try:   # the blob's final key is chosen now (S3: the multipart upload is created for it)
+            temp = self.storage.create_temp(upload_id, f"{tenant.box_key}/{upload_id}")
+        except BaseException:
+            self._forget_upload(upload_id, tenant, session, "failed to start", "storage")
+            raise
         try:
             out = HashingOutput(temp)
             passphrase = self.passphrases()
@@ -215,7 +195,7 @@ class DropBox:
             expires_at=iso(now + timedelta(seconds=self.settings.retention.expire_after)),
             collected_at=None, collected_by=None, collected_from=None, removed_at=None,
             removed_reason=None)
-        delivery = delivery.__class__(**{**delivery.__dict__, "blob_key": f"{tenant.box_key}/{delivery.id}"})
+        delivery = delivery.__class__(**{**delivery.__dict__, "blob_key": f"{tenant.box_key}/{upload.id}"})
         replaced: list[Delivery] = []
         with self.db.writer(tenant=tenant.id) as tx:
             # Again under the tenant's lock: of two uploads that passed the check at open, only the
@@ -243,8 +223,8 @@ class DropBox:
                               plain_sha256=sealed.plain_sha256, stored_size=sealed.stored_size,
                               stored_sha256=sealed.stored_sha256, key_jobs=jobs,
                               replaces=[d.id for d in replaced])
-            # Inside the transaction: if the rename fails nothing commits; if we crash after the
-            # rename but before COMMIT, the blob is an orphan that recovery removes.
+            # Inside the transaction: if the rename (S3: CompleteMultipartUpload) fails nothing
+            # commits; if we crash after it but before COMMIT, the blob is an orphan the sweep removes.
             self.storage.publish(upload.temp, delivery.blob_key)
         upload.finished = True
         upload.passphrase = ""
@@ -267,7 +247,7 @@ class DropBox:
         self.storage.discard(upload.temp.key)
 
     def _forget_upload(self, upload_id: str, tenant: Tenant, session: Session, reason: str,
-                       error: str, **detail: object) -> None:
+                       error: str, **detail: Any) -> None:
         with self.db.writer() as tx:
             tx.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
             self.audit.append(tx, "upload.abort", actor=session.actor, tenant=tenant.name,
@@ -357,22 +337,33 @@ class DropBox:
         return count + self.sweep_orphans()
 
     def sweep_orphans(self) -> int:
-        """Remove blobs and temporaries that no record refers to (a crash between rename and commit).
+        """Remove temporaries and blobs that no record refers to (a crash between publishing the
+        blob and COMMIT, an upload whose abort did not reach the store).
 
-        It runs under the write lock: publish renames inside its transaction and an upload's row
-        exists before its temporary does, so what this sees unreferenced really is an orphan.
+        The store is listed before the records are read. A temporary exists only after its
+        upload's row committed and its row goes only after it was published or aborted, so one
+        listed without a row is stale (an S3 multipart upload: aborted). A blob is published
+        just before its delivery commits; where that does not run under this transaction's lock
+        (S3, several nodes) a blob must stay unreferenced for `storage.orphan_grace` seconds,
+        seen by sweeps of this process, before it is removed.
         """
         removed = 0
+        temps = self.storage.temp_keys()
+        blobs = self.storage.keys()
+        now = self.clock.now()
         with self.db.writer(exclusive=True) as tx:    # not while another process publishes
             live_uploads = {r[0] for r in tx.execute("SELECT temp_key FROM uploads")}
             live_blobs = {r[0] for r in tx.execute("SELECT blob_key FROM deliveries WHERE state != ?",
                                                     (REMOVED,))}
-            for key in self.storage.temp_keys():
+            for key in temps:
                 if key not in live_uploads:
                     removed += self._remove_orphan(tx, "temporary", key, self.storage.discard)
-            for key in self.storage.keys():
-                if key not in live_blobs:
+            unreferenced = [key for key in blobs if key not in live_blobs]
+            self._unreferenced = {key: self._unreferenced.get(key, now) for key in unreferenced}
+            for key in unreferenced:
+                if (now - self._unreferenced[key]).total_seconds() >= self.storage.orphan_grace:
                     removed += self._remove_orphan(tx, "blob", key, self.storage.delete)
+                    del self._unreferenced[key]
         return removed
 
     def _remove_orphan(self, tx: Tx, kind: str, key: str, remove: Callable[[str], bool]) -> int:

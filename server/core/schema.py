@@ -16,9 +16,10 @@ from importlib import resources
 SQLITE = "sqlite"
 POSTGRESQL = "postgresql"
 
-EXPECTED_TABLES = ("tenants", "tenant_phones", "users", "user_keys", "deliveries", "uploads", "secrets",
-                   "outbox", "audit", "protocols", "allowances", "resends", "bans",
-                   "incidents", "cursors", "notifications", "receipts")
+EXPECTED_TABLES: tuple[str, ...] = (
+    "tenants", "tenant_phones", "users", "user_keys", "deliveries", "uploads", "secrets",
+    "outbox", "audit", "protocols", "allowances", "resends", "bans",
+    "incidents", "cursors", "notifications", "receipts")
 
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _COMMENT = re.compile(r"--[^\n]*")

@@ -1,7 +1,8 @@
 """Where encrypted blobs live. The core talks only to `Storage`; LocalStorage is the default.
 
-Keys are made by the core from ids (`t000001/d-...`), never from names a client sent. An S3
-backend would map `create_temp`/`publish` to a multipart upload completed on publish.
+Keys are made by the core from ids (`t000001/u-...`), never from names a client sent. The key a
+blob is published under is chosen when its upload starts (`create_temp`): an S3 multipart upload
+is created for its final key and completed on publish (s3storage.py).
 """
 
 from __future__ import annotations
@@ -35,15 +36,23 @@ class TempBlob(Protocol):
 
 
 class BlobReader(Protocol):
-    def read_at(self, offset: int, size: int) -> bytes: ...
+    def read_at(self, offset: int, size: int) -> bytes: ...   # may block (network): not on the loop
+    def read_now(self, offset: int, size: int) -> bytes | None: ...  # None: read_at would wait
+    async def read_async(self, offset: int, size: int) -> bytes: ...   # on the loop, waiting for them
     def removed(self) -> bool: ...  # the blob was deleted since it was opened (cheap: no I/O)
     def close(self) -> None: ...
 
 
 class Storage(Protocol):
-    """The small surface the drop-box core needs from a blob store."""
+    """The small surface the drop-box core needs from a blob store.
 
-    def create_temp(self, temp_key: str) -> TempBlob: ...
+    `orphan_grace`: seconds a blob no record refers to must stay unreferenced before the sweep
+    removes it (0 where publish runs under the sweep's own lock, as LocalStorage with SQLite).
+    """
+
+    orphan_grace: float
+
+    def create_temp(self, temp_key: str, key: str) -> TempBlob: ...
     def publish(self, temp: TempBlob, key: str) -> None: ...
     def discard(self, temp_key: str) -> bool: ...
     def open_read(self, key: str) -> BlobReader: ...
@@ -93,6 +102,12 @@ class _LocalReader:
     def read_at(self, offset: int, size: int) -> bytes:
         return os.pread(self._fd, size, offset)
 
+    def read_now(self, offset: int, size: int) -> bytes:
+        return os.pread(self._fd, size, offset)   # the page cache: microseconds, as it always was
+
+    async def read_async(self, offset: int, size: int) -> bytes:
+        return os.pread(self._fd, size, offset)   # never called: read_now always answers
+
     def removed(self) -> bool:
         return os.fstat(self._fd).st_nlink == 0
 
@@ -111,6 +126,8 @@ def fsync_dir(path: Path) -> None:
 class LocalStorage:
     """Blobs as files under DATA_DIR/boxes, temporaries under DATA_DIR/tmp (same filesystem)."""
 
+    orphan_grace = 0.0   # publish renames inside its transaction, under the sweep's write lock
+
     def __init__(self, data_dir: Path) -> None:
         self.boxes = data_dir / "boxes"
         self.tmp = data_dir / "tmp"
@@ -127,7 +144,8 @@ class LocalStorage:
             raise ValueError(f"malformed temporary key {temp_key!r}")
         return self.tmp / f"{temp_key}.part"
 
-    def create_temp(self, temp_key: str) -> _LocalTemp:
+    def create_temp(self, temp_key: str, key: str) -> _LocalTemp:
+        self._path(key)   # checked now, as S3 does; the rename comes at publish
         return _LocalTemp(temp_key, self._temp_path(temp_key))
 
     def publish(self, temp: TempBlob, key: str) -> None:

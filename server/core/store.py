@@ -59,6 +59,8 @@ class Reader(Protocol):
 class Tx(Reader, Protocol):
     """An open write transaction; `after_commit` hooks run only once it has committed."""
 
+    hooks: list[Callable[[], None]]   # the after_commit hooks; a rolled-back savepoint cuts its own off
+
     def after_commit(self, hook: Callable[[], None]) -> None: ...
 
     def notify(self, channel: str) -> None:

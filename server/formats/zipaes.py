@@ -11,11 +11,13 @@ import struct
 import zlib
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import BinaryIO, ClassVar
+from typing import ClassVar
 
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+
+from .sink import Sink
 
 # --- PKWARE APPNOTE.TXT 6.3.x -------------------------------------------------------------
 SIG_LOCAL_FILE_HEADER = 0x04034B50  # "PK\x03\x04", APPNOTE 4.3.7
@@ -130,7 +132,7 @@ class ZipAesWriter:
 
     def __init__(
         self,
-        out: BinaryIO,
+        out: Sink,
         passphrase: str,
         member_name: str,
         *,

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import asyncssh
 from asyncssh.kex import get_kex_algs
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..errors import SluisError
 
@@ -59,7 +60,10 @@ def host_keypairs(keys: Sequence[asyncssh.SSHKey]) -> list[asyncssh.SSHKeyPair]:
         if algorithm == "ssh-ed25519":
             pairs.append(pair)
         elif algorithm == "ssh-rsa":
-            bits = key.pyca_key.key_size
+            rsa_key = key.pyca_key
+            if not isinstance(rsa_key, rsa.RSAPrivateKey):
+                raise HostKeyError(f"the host key {_name(key)} says ssh-rsa but is no RSA private key")
+            bits = rsa_key.key_size
             if bits < RSA_MIN_BITS:
                 raise HostKeyError(f"the RSA host key {_name(key)} has {bits} bits; "
                                    f"sluis needs at least {RSA_MIN_BITS} (or use ed25519)")

@@ -24,6 +24,7 @@ from ..core.workpool import BoundedPool, PoolBusy
 from .channel import SluisSession
 from .gate import EVENT_LIMIT, Gatekeeper
 from .handler import SluisSFTPServer
+from .inflight import InFlight
 from .limits import ConnectionLimits, ProcessLimits
 
 log = logging.getLogger("sluis.auth")
@@ -63,6 +64,7 @@ class SluisSSHServer(asyncssh.SSHServer):
         self.max_sessions_per_user: int = app.settings.server.max_sessions_per_user
         self.gate = gate
         self.passwords = passwords
+        self.inflight: InFlight = app.inflight
         self.max_auth_tries: int = app.settings.server.max_auth_tries
         self.conn: asyncssh.SSHServerConnection | None = None
         self.host = "unknown"
@@ -77,18 +79,28 @@ class SluisSSHServer(asyncssh.SSHServer):
         self._key_rejected: Penalty | None = None  # scored once, if the connection never logs in
         self._ended_by_server = False
         self.limits: ConnectionLimits | None = None
+        self._via: dict[str, str] = {}
 
     # --- connection --------------------------------------------------------------------------------
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
-        peer = conn.get_extra_info("peername") or ("?", 0)
+        self.inflight.opened(self)   # shutdown waits for connection_lost (and what it records)
+        peer = conn.get_extra_info("peername") or ("?", 0)   # behind a proxy: the client (listener.py)
         self.host, self.source = str(peer[0]), f"{peer[0]}:{peer[1]}"
+        proxy = conn.get_extra_info("proxy")
+        self._via = {"via": f"{proxy[0]}:{proxy[1]}"} if proxy else {}   # the proxy that relayed it
         why = self.gate.admit(self, self.host)
         if why is not None:   # the listener screened it; only a race could get here
             self._ended_by_server = True
             conn.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self._lost(exc)
+        finally:
+            self.inflight.closed(self)
+
+    def _lost(self, exc: Exception | None) -> None:
         self.gate.release(self)
         code = getattr(exc, "code", None)
         if self.session:
@@ -236,7 +248,7 @@ class SluisSSHServer(asyncssh.SSHServer):
     def _record_success(self, session: Session) -> None:
         self.audit.record("auth.success", actor=session.user.name, tenant=self._tenant_name(session.user),
                               source=self.source, method="publickey" if session.key else "password",
-                              key=session.key, session=session.id)
+                              key=session.key, session=session.id, **self._via)
 
     def _record_limit(self, user: User, allowed: int) -> None:
         try:
@@ -246,7 +258,7 @@ class SluisSSHServer(asyncssh.SSHServer):
             log.error("could not record a refused login of %s: %s", user.name, exc)
 
     def session_requested(self) -> SluisSession | bool:
-        if self.session is None:
+        if self.session is None or self.conn is None:   # not logged in (or not connected)
             return False
         session = self.session
         if self.limits is None:  # [limits] of this connection (server/sftp/limits.py)
@@ -254,4 +266,4 @@ class SluisSSHServer(asyncssh.SSHServer):
         limits = self.limits
         limits.open_channel()  # ChannelOpenError beyond channels_per_connection
         return SluisSession(lambda chan: SluisSFTPServer(chan, self.dropbox, session, limits),
-                            limits.close_channel)
+                            limits.close_channel, self.inflight.track)

@@ -18,8 +18,9 @@ tests/test_sftp_limits.py::test_asyncssh_internals fails when an upgrade changes
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from typing import Any, Awaitable, Callable, Mapping, cast
+from typing import Any, Awaitable, Callable, Mapping, Protocol, cast
 
 from asyncssh.channel import SSHServerChannel
 from asyncssh.packet import PacketDecodeError, SSHPacket
@@ -35,6 +36,12 @@ from .requests import EXTENSIONS, PACKETS
 SFTP_VERSION = 3
 MIN_MESSAGE = 5  # a type byte and a request id (or INIT's version)
 _Handler = Callable[[Any, SSHPacket], Awaitable[Any]]
+
+
+class Tracker(Protocol):
+    """InFlight.track: holds a task until done, for shutdown to wait on."""
+
+    def __call__(self, future: asyncio.Future[Any], label: str, *, report: bool = True) -> None: ...
 
 
 def _reporting_malformed(func: _Handler) -> _Handler:
@@ -146,9 +153,11 @@ class SluisSession(SSHServerStreamSession):
     """A session channel that offers the 'sftp' subsystem and nothing else (no shell, exec, pty)."""
 
     def __init__(self, make_server: Callable[[Any], SluisSFTPServer],
-                 on_close: Callable[[], None] = lambda: None) -> None:
+                 on_close: Callable[[], None] = lambda: None, track: Tracker | None = None) -> None:
         super().__init__(None, make_server, SFTP_VERSION, allow_scp=False)
+        self._make_server = make_server
         self._on_close = on_close
+        self._track = track
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The channel is gone: give its place back ([limits] channels_per_connection)."""
@@ -170,12 +179,17 @@ class SluisSession(SSHServerStreamSession):
         return subsystem == "sftp"
 
     def session_started(self) -> None:
-        if self._chan.get_subsystem() != "sftp":   # unreachable: every other request was refused
-            self._chan.close()
+        chan, conn = self._chan, self._conn
+        if chan is None or conn is None:   # asyncssh sets both in connection_made, before this
+            raise RuntimeError("SFTP session started without its channel")
+        if chan.get_subsystem() != "sftp":   # unreachable: every other request was refused
+            chan.close()
             return
-        self._chan.set_encoding(None)
+        chan.set_encoding(None)
         self._encoding = None
-        reader: SSHReader[bytes] = SSHReader(self, self._chan)
-        writer: SSHWriter[bytes] = SSHWriter(self, self._chan)
-        handler = SluisSFTPHandler(self._sftp_factory(self._chan), reader, writer, SFTP_VERSION)
-        self._conn.create_task(handler.run(), reader.logger)
+        reader: SSHReader[bytes] = SSHReader(self, chan)
+        writer: SSHWriter[bytes] = SSHWriter(self, chan)
+        handler = SluisSFTPHandler(self._make_server(chan), reader, writer, SFTP_VERSION)
+        task = conn.create_task(handler.run(), reader.logger)
+        if self._track is not None:   # shutdown waits for the session's cleanup (asyncssh logs its errors)
+            self._track(task, "SFTP session", report=False)

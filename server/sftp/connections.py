@@ -29,6 +29,7 @@ class Refusal(str, Enum):
     MAX_CONNECTIONS = "max_connections"
     MAX_STARTUPS = "max_startups"
     PER_SOURCE_MAX_STARTUPS = "per_source_max_startups"
+    UNTRUSTED_PROXY = "untrusted_proxy"   # [server] proxy_protocol: a peer not in trusted_proxies
 
 
 @dataclass

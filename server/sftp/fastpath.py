@@ -311,7 +311,7 @@ _METHODS: dict[tuple[type, str], Callable[..., Any]] = {
     (_channel.SSHChannel, "send_packet"): channel_send_packet,
     (_sftp.SFTPHandler, "send_packet"): sftp_send_packet,
 }
-_PARTS = {"packet": [(_connection.SSHConnection, "send_packet")],
+_PARTS: dict[str, list[tuple[type, str]]] = {"packet": [(_connection.SSHConnection, "send_packet")],
           "coalesce": [(_connection.SSHConnection, "_send"), (_connection.SSHConnection, "_force_close")],
           "flow": [(_connection.SSHConnection, "pause_writing"), (_connection.SSHConnection, "resume_writing"),
                    (_channel.SSHChannel, "_pause_resume_writing")],
@@ -341,7 +341,7 @@ def install(parts: frozenset[str] = PARTS) -> None:
         for owner, name in _PARTS[part]:
             setattr(owner, name, _METHODS[owner, name])
     if "packet" in parts and "coalesce" not in parts:
-        _connection.SSHConnection._send = _send_joined
+        setattr(_connection.SSHConnection, "_send", _send_joined)   # as the parts above
     _installed = frozenset(parts)
 
 

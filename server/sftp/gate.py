@@ -2,20 +2,21 @@
 connection does before logging in into penalties and audit records (docs/defender.md).
 
 Runs on the event loop: decisions are in memory; database writes (bans, audit records) go to
-threads in the background, kept referenced until done.
+threads, tracked by InFlight until done (shutdown waits for them).
 """
 
 from __future__ import annotations
 
-import asyncio
+import ipaddress
 import logging
-from typing import Any, Callable
+from typing import Any
 
 from ..core.audit import AuditLog
 from ..core.clock import Clock, iso
 from ..core.defender import Defender, Penalty, Throttle, source_key
 from ..logsafe import quoted
 from .connections import ConnectionRegistry, Refusal
+from .inflight import InFlight
 
 log = logging.getLogger("sluis.gate")
 
@@ -23,20 +24,24 @@ EVENT_REFUSED = "auth.refused"
 EVENT_PROTOCOL_ERROR = "protocol.error"
 EVENT_LIMIT = "sftp.limit"
 EVENT_TERMINATED = "session.terminated"
+_RECORD_FAILED = "recording a pre-authentication event"
 
 
 class Gatekeeper:
-    def __init__(self, defender: Defender, registry: ConnectionRegistry, audit: AuditLog, clock: Clock) -> None:
+    def __init__(self, defender: Defender, registry: ConnectionRegistry, audit: AuditLog, clock: Clock,
+                 inflight: InFlight, trusted_proxies: tuple[str, ...] = ()) -> None:
         self.defender = defender
+        self._proxies = [ipaddress.ip_network(network) for network in trusted_proxies]
         self.registry = registry
         self._audit = audit
+        self._inflight = inflight
         self._refusals = Throttle(clock)          # auth.refused: one record per address per minute
         self._protocol_errors = Throttle(clock)   # protocol.error before login: the same
-        self._pending: set[asyncio.Future[Any]] = set()
 
     # --- admission ------------------------------------------------------------------------------
     def screen(self, host: str, port: int) -> bool:
-        """Admit a just-accepted socket? A refusal is recorded (rate-limited) here."""
+        """Admit a connection from client `host` (the socket's peer, or the address in the PROXY
+        header)? A refusal is recorded (rate-limited) here."""
         why = Refusal.BANNED if self.defender.banned(host) else self.registry.refusal(host)
         if why is Refusal.MAX_STARTUPS:
             victim = self.registry.make_room(host)
@@ -47,12 +52,45 @@ class Gatekeeper:
                 why = self.registry.refusal(host)
         if why is None:
             return True
+        self._refused(host, port, why)
+        return False
+
+    def screen_proxy(self, host: str, port: int) -> bool:
+        """With [server] proxy_protocol: may peer `host` send a PROXY header? Only a trusted proxy
+        that is not banned; any other peer is refused (recorded as `screen` does)."""
+        why = (Refusal.UNTRUSTED_PROXY if not self.is_proxy(host)
+               else Refusal.BANNED if self.defender.banned(host) else None)
+        if why is None:
+            return True
+        self._refused(host, port, why)
+        return False
+
+    def proxy_failed(self, host: str, port: int, what: str) -> None:
+        """A trusted proxy sent a bad header, or none in time: penalised and recorded like any
+        protocol error before authentication (the proxy's own address is the source)."""
+        self.protocol_error(host, f"{host}:{port}", "-", what)
+
+    def proxy_full(self, host: str, port: int) -> None:
+        """A trusted proxy opened a connection while max_startups sockets were still reading
+        their PROXY header: refused and recorded as `max_startups`."""
+        self._refused(host, port, Refusal.MAX_STARTUPS)
+
+    def is_proxy(self, host: str) -> bool:
+        """Is `host` in trusted_proxies? (Then it is a proxy, never a client.)"""
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self._proxies)
+
+    def _refused(self, host: str, port: int, why: Refusal) -> None:
         count = self._refusals.hit(source_key(host))
         if count is not None:
             log.warning("refused connections from %s: %s (%d since the last report)", host, why.value, count)
-            self._background(self._audit.record, EVENT_REFUSED, actor="-", source=f"{host}:{port}",
-                             address=host, why=why.value, count=count)
-        return False
+            self._inflight.write_soon(_RECORD_FAILED, self._audit.record, EVENT_REFUSED, actor="-",
+                                      source=f"{host}:{port}", address=host, why=why.value, count=count)
 
     def admit(self, connection: Any, host: str) -> Refusal | None:
         return self.registry.admit(connection, host)
@@ -69,7 +107,7 @@ class Gatekeeper:
         if ban is not None:
             log.warning("banned %s until %s (score %d: %s, ban number %d)", ban.address, iso(ban.until),
                         ban.score, ban.reasons, ban.offences)
-            self._background(self.defender.save, ban, source=source)
+            self._inflight.write_soon("saving a ban", self.defender.save, ban, source=source)
 
     def protocol_error(self, host: str, source: str, actor: str, what: str, *, logged_in: bool = False) -> None:
         """A connection broke the SSH protocol, or left before trying to log in: an audit record
@@ -80,21 +118,5 @@ class Gatekeeper:
             self.penalise(host, source, Penalty.PROTOCOL_ERROR)
         count = self._protocol_errors.hit(source_key(host))
         if count is not None:
-            self._background(self._audit.record, EVENT_PROTOCOL_ERROR, actor=actor, source=source,
-                             what=what[:200], stage=stage, count=count)
-
-    # --- background writes ----------------------------------------------------------------------
-    def _background(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        future = asyncio.ensure_future(asyncio.to_thread(func, *args, **kwargs))
-        self._pending.add(future)
-        future.add_done_callback(self._done)
-
-    def _done(self, future: asyncio.Future[Any]) -> None:
-        self._pending.discard(future)
-        if not future.cancelled() and future.exception() is not None:
-            log.error("could not record a pre-authentication event: %s", future.exception())
-
-    async def drain(self) -> None:
-        """Wait for the background writes (at shutdown)."""
-        if self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+            self._inflight.write_soon(_RECORD_FAILED, self._audit.record, EVENT_PROTOCOL_ERROR, actor=actor,
+                                      source=source, what=what[:200], stage=stage, count=count)

@@ -1,8 +1,10 @@
 """The SFTP server a logged-in user talks to. It only checks and delegates: every request is
 normalised (paths.py), authorised (requests.py), resolved in the user's view (views.py) and
-handed to the drop-box core; core errors become SFTP errors in status.py. Reads and writes
-cost microseconds and run on the event loop (an upload's hashing, encryption and disk writes
-go to its at-rest worker); everything else (SQLite, open, close, fsync) runs in a thread.
+handed to the session's protocol-neutral drop session (core/dropsession.py: the upload
+registry, replace, publish, read coverage, abort); core errors become SFTP errors in
+status.py. Reads and writes cost microseconds and run on the event loop (an upload's hashing,
+encryption and disk writes go to its at-rest worker); everything else (SQLite, open, close,
+fsync) runs in a thread.
 Every request leaves one log line (reads and writes at debug level).
 """
 
@@ -12,20 +14,16 @@ import asyncio
 import inspect
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, TypeVar
 
 import asyncssh
 from asyncssh import SFTPAttrs, SFTPName
 from asyncssh.sftp import FXF_APPEND, FXF_READ, FXF_WRITE, SFTPLimits
 
-from ..core.coverage import Coverage
-from ..core.deliveries import REASON_DELETED, REASON_WITHDRAWN
 from ..core.dropbox import Download, DropBox
-from ..core.names import check_name, staged_base
+from ..core.dropsession import DropSession, Incoming
 from ..core.session import Session
-from ..core.uploads import Upload
-from ..errors import Busy, ContentRefused, LimitReached, NotFound, OutsideView, PermissionDenied, UploadRejected
+from ..errors import ContentRefused, NotFound, OutsideView, PermissionDenied
 from ..logsafe import quoted
 from .limits import ConnectionLimits
 from .notice import tell_client
@@ -39,19 +37,6 @@ T = TypeVar("T")
 _QUIET = {"read", "write"}
 
 
-@dataclass
-class UploadHandle:
-    upload: Upload
-    key: tuple[str, str]
-    staged: bool
-    refused: set[tuple[int, int]] = field(default_factory=set)  # (offset, size) of refused writes
-
-
-@dataclass
-class DownloadHandle:
-    download: Download
-
-
 class SluisSFTPServer(asyncssh.SFTPServer):
     """One SFTP session of one user."""
 
@@ -62,10 +47,11 @@ class SluisSFTPServer(asyncssh.SFTPServer):
         self.session = session
         self.limits = limits
         self.max_message = limits.max_message
-        self.uploads: dict[tuple[str, str], Upload] = {}
-        self.coverage: dict[str, Coverage] = {}
-        self.view = View(dropbox, session, self.uploads, int(time.time()))
-        self.lost = False   # set when the connection drops: closing handles then must not publish
+        # File handles are the drop session's own objects: Incoming (write), Download (read),
+        # and ReceiptHandle (a sender's receipt, read from memory).
+        self.drop = DropSession(dropbox, session,
+                                on_limit=lambda exc: limits.breach(exc.limit, exc.value, exc.allowed))
+        self.view = View(dropbox, session, self.drop, int(time.time()))
 
     # --- the one wrapper every request goes through ---------------------------------------------
     async def _run(self, op: str, target: str, func: Callable[..., T], *args: Any) -> T:
@@ -134,12 +120,12 @@ class SluisSFTPServer(asyncssh.SFTPServer):
         return await self._run("stat", "<handle>", self._handle_attrs, file_obj)
 
     def _handle_attrs(self, file_obj: object) -> SFTPAttrs:
-        if isinstance(file_obj, UploadHandle):
-            return file_attrs(file_obj.upload.size, int(time.time()))
+        if isinstance(file_obj, Incoming):
+            return file_attrs(file_obj.size, int(time.time()))
         if isinstance(file_obj, ReceiptHandle):
             return file_attrs(len(file_obj.content), int(time.time()))
-        assert isinstance(file_obj, DownloadHandle)
-        return file_attrs(file_obj.download.delivery.stored_size, int(time.time()))
+        assert isinstance(file_obj, Download)
+        return file_attrs(file_obj.delivery.stored_size, int(time.time()))
 
     async def setstat(self, path: bytes, attrs: SFTPAttrs) -> None:
         def check() -> None:
@@ -154,8 +140,7 @@ class SluisSFTPServer(asyncssh.SFTPServer):
     def _fsetstat(file_obj: object, attrs: SFTPAttrs) -> None:
         # OpenSSH scp (SFTP mode) and lftp 'truncate' the file to the bytes they wrote: for an
         # upload of exactly that size that is a no-op, so it is acknowledged like the times.
-        if isinstance(file_obj, UploadHandle) and attrs.size is not None \
-                and attrs.size == file_obj.upload.size:
+        if isinstance(file_obj, Incoming) and attrs.size is not None and attrs.size == file_obj.size:
             attrs = SFTPAttrs(uid=attrs.uid, gid=attrs.gid, permissions=attrs.permissions,
                               atime=attrs.atime, mtime=attrs.mtime)
         _only_times(attrs)
@@ -187,7 +172,7 @@ class SluisSFTPServer(asyncssh.SFTPServer):
     async def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> object:
         shown = self._show(path)
         if pflags & (FXF_WRITE | FXF_APPEND):
-            self.limits.check_uploads(len(self.uploads))
+            self.limits.check_uploads(self.drop.in_progress)
             # Each upload derives a key with scrypt (32 MiB): a few at a time, process-wide. The
             # slot is held from the open until the derivation ends, but the OPEN is answered as
             # soon as the checks pass: the derivation runs in the upload's at-rest worker, and
@@ -196,7 +181,7 @@ class SluisSFTPServer(asyncssh.SFTPServer):
             await slots.acquire()
             try:
                 handle = await self._run("open_write", shown, self._open_write, path, pflags)
-                key_ready = handle.upload.begin()
+                key_ready = handle.begin()
             except BaseException:
                 slots.release()
                 raise
@@ -208,111 +193,38 @@ class SluisSFTPServer(asyncssh.SFTPServer):
             return await self._run("open_read", shown, self._open_read, path)
         raise to_sftp_error(PermissionDenied("open needs read or write access"))
 
-    def _open_read(self, path: bytes) -> DownloadHandle:
+    def _open_read(self, path: bytes) -> Download:
         parts = split_path(path)
         if len(parts) != 1:
             raise NotFound("no such file")
-        delivery = self.dropbox.recipient_file(self.session, parts[0])
-        coverage = self.coverage.setdefault(delivery.id, Coverage())
-        return DownloadHandle(self.dropbox.open_download(self.session, parts[0], coverage))
+        return self.drop.open_download(parts[0])
 
-    def _open_write(self, path: bytes, pflags: int) -> UploadHandle:
+    def _open_write(self, path: bytes, pflags: int) -> Incoming:
         if pflags & (FXF_READ | FXF_APPEND):
             raise PermissionDenied("uploads are write-only and start at the beginning (no read, no append)")
         parts = split_path(path)
-        tenant = self.view.tenant_dir(parts)
-        name = check_name(parts[1])
-        key = (tenant.name, name)
-        previous = self.uploads.pop(key, None)
-        if previous is not None:
-            self.dropbox.abort(previous, "replaced by a new upload of the same name in this session")
-        upload = self.dropbox.start_upload(self.session, tenant.name, name)
-        self.uploads[key] = upload
-        return UploadHandle(upload, key, staged=staged_base(name) is not None)
+        return self.drop.open_upload(self.view.tenant_dir(parts), parts[1])
 
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:
         if isinstance(file_obj, ReceiptHandle):
             return await self._run("read_receipt", "<receipt>", file_obj.read, offset, size)
-        if not isinstance(file_obj, DownloadHandle):
+        if not isinstance(file_obj, Download):
             raise to_sftp_error(PermissionDenied("this handle was not opened for reading"))
         # A longer READ gets at most the cap, as from OpenSSH's sftp-server (a short read is legal).
         size = min(size, self.limits.max_read)
-        return await self._run_here("read", "<handle>", file_obj.download.read, offset, size)
+        return await self._run_here("read", "<handle>", self.drop.read, file_obj, offset, size)
 
     async def write(self, file_obj: object, offset: int, data: bytes) -> int:
-        if not isinstance(file_obj, UploadHandle):
+        if not isinstance(file_obj, Incoming):
             raise to_sftp_error(PermissionDenied("this handle was not opened for writing"))
-        await self._run_here("write", "<handle>", self._write, file_obj, offset, data)
+        await self._run_here("write", "<handle>", self.drop.write, file_obj, offset, data)
         return len(data)
 
-    async def _write(self, handle: UploadHandle, offset: int, data: bytes) -> None:
-        try:
-            handle.upload.write(offset, data)
-            await handle.upload.room()
-        except (UploadRejected, Busy) as exc:
-            if handle.upload.failed:   # raised in the at-rest worker (Upload._feed): final
-                await asyncio.to_thread(self._drop, handle, "write failed", exc)
-                raise
-            if isinstance(exc, LimitReached):
-                self.limits.breach(exc.limit, exc.value, exc.allowed)
-            # The client may still fix this (a retry of the same write, once the shared reorder
-            # memory frees up); the upload stays open, but until then closing the handle must not
-            # publish what arrived so far.
-            handle.refused.add((offset, len(data)))
-            raise
-        except Exception as exc:   # the at-rest worker failed (disk full...): nothing will be published
-            await asyncio.to_thread(self._drop, handle, "write failed", exc)
-            raise
-        handle.refused.discard((offset, len(data)))
-
     async def close(self, file_obj: object) -> None:
-        if isinstance(file_obj, DownloadHandle):
-            await self._run("close", file_obj.download.delivery.stored_name,
-                            self.dropbox.close_download, self.session, file_obj.download)
-        elif isinstance(file_obj, UploadHandle):
-            await self._run_here("close", "/".join(file_obj.key), self._close_upload_async, file_obj)
-
-    async def _close_upload_async(self, handle: UploadHandle) -> None:
-        """Wait (on the loop) for the at-rest worker to catch up, then seal and publish in a thread."""
-        upload = handle.upload
-        if not (self.lost or upload.finished or handle.refused):
-            try:
-                await upload.drain()
-            except Exception as exc:
-                await asyncio.to_thread(self._drop, handle, "could not be completed", exc)
-                raise
-        await asyncio.to_thread(self._close_upload, handle)
-
-    def _close_upload(self, handle: UploadHandle) -> None:
-        upload = handle.upload
-        if self.lost:   # asyncssh closes the handles of a lost session: nobody hears an answer
-            self._drop(handle, "connection lost before the upload was closed")
-            return
-        if upload.finished:
-            # Only this close publishes (or seals) an upload, so a finished one was dropped: by
-            # a failed write, a new upload of the same name, or a remove. Never answer OK then.
-            raise UploadRejected(f"nothing was published: {upload.aborted or 'the upload was discarded'}; "
-                                 "upload the file again")
-        if handle.refused:
-            offset, size = min(handle.refused)
-            error = UploadRejected(f"nothing was published: the write of {size} bytes at offset {offset} "
-                                   "was refused; upload the file again")
-            self._drop(handle, "closed after a refused write", error)
-            raise error
-        try:
-            if handle.staged:
-                upload.seal()       # published when the client renames it to its final name
-            else:
-                self.dropbox.publish(upload)
-                self.uploads.pop(handle.key, None)
-        except Exception as exc:
-            self._drop(handle, "could not be completed", exc)
-            raise
-
-    def _drop(self, handle: UploadHandle, reason: str, exc: BaseException | None = None) -> None:
-        if self.uploads.get(handle.key) is handle.upload:   # not a newer upload of the same name
-            del self.uploads[handle.key]
-        self.dropbox.abort(handle.upload, reason, exc)
+        if isinstance(file_obj, Download):
+            await self._run("close", file_obj.delivery.stored_name, self.drop.close_download, file_obj)
+        elif isinstance(file_obj, Incoming):
+            await self._run_here("close", "/".join(file_obj.key), self.drop.close_upload, file_obj)
 
     # --- removal and renaming ------------------------------------------------------------------
     async def remove(self, path: bytes) -> None:
@@ -321,12 +233,9 @@ class SluisSFTPServer(asyncssh.SFTPServer):
     def _remove(self, path: bytes) -> None:
         entry = self.view.lookup(split_path(path))
         if entry.upload is not None:
-            key = (entry.tenant.name, entry.name) if entry.tenant else None
-            self.uploads.pop(key, None)
-            self.dropbox.abort(entry.upload, "deleted by the sender before publishing")
+            self.drop.discard(entry.upload)
         elif entry.delivery is not None:
-            reason = REASON_DELETED if self.session.is_recipient else REASON_WITHDRAWN
-            self.dropbox.remove(entry.delivery, reason, actor=self.session.actor, source=self.session.source)
+            self.drop.remove(entry.delivery)
         else:
             raise PermissionDenied("receipts are read-only" if entry.content is not None else "folders cannot be removed")
 
@@ -342,11 +251,7 @@ class SluisSFTPServer(asyncssh.SFTPServer):
         tenant = self.view.tenant_dir(old)
         if self.view.tenant_dir(new).name != tenant.name:
             raise PermissionDenied("a file cannot move to another municipality's folder")
-        upload = self.uploads.get((tenant.name, old[1]))
-        if upload is None or upload.sealed is None:
-            raise PermissionDenied("only a completed temporary upload (such as NAME.filepart) can be renamed")
-        self.dropbox.publish(upload, check_name(new[1]))
-        self.uploads.pop((tenant.name, old[1]), None)
+        self.drop.rename(tenant, old[1], new[1])
 
     # --- refused outright (the request table allows these to nobody) ----------------------------
     async def mkdir(self, path: bytes, attrs: SFTPAttrs) -> None:
@@ -363,13 +268,12 @@ class SluisSFTPServer(asyncssh.SFTPServer):
 
     # --- end of session -------------------------------------------------------------------------
     def connection_lost(self) -> None:
-        self.lost = True
+        """Called before asyncssh closes a lost session's handles: they must not publish."""
+        self.drop.connection_lost()
 
     async def exit(self) -> None:
         """Uploads not published by now (never closed, or never renamed) are discarded."""
-        for key, upload in list(self.uploads.items()):
-            self.uploads.pop(key, None)
-            await asyncio.to_thread(self.dropbox.abort, upload, "session ended before the upload was complete")
+        await asyncio.to_thread(self.drop.end)
 
 
 def _direct(func: Callable[..., Any], *args: Any) -> Any:

@@ -23,6 +23,7 @@ from asyncssh.sftp import SFTPFailure, SFTPLimits
 from ...config.settings import LimitSettings, Settings
 from ..core.session import Session
 from ..logsafe import quoted
+from .inflight import InFlight
 
 log = logging.getLogger("sluis.limits")
 
@@ -72,13 +73,14 @@ def raise_descriptor_limit(settings: Settings) -> str | None:
 class ProcessLimits:
     """The process-wide side of the caps, shared by every connection."""
 
-    def __init__(self, settings: LimitSettings, audit: Recorder, directory: TenantNames) -> None:
+    def __init__(self, settings: LimitSettings, audit: Recorder, directory: TenantNames,
+                 inflight: InFlight) -> None:
         self.settings = settings
         self.max_read = max_read(settings)
         self._audit = audit
         self._directory = directory
+        self._inflight = inflight
         self._derivations: asyncio.Semaphore | None = None
-        self._writes: set[asyncio.Task[None]] = set()
 
     @property
     def key_derivations(self) -> asyncio.Semaphore:
@@ -91,15 +93,9 @@ class ProcessLimits:
         return ConnectionLimits(self, session, conn)
 
     def record_soon(self, event: str, session: Session, **detail: Any) -> None:
-        """Called on the event loop (sync asyncssh callbacks too): the write goes to a thread."""
-        task = asyncio.get_running_loop().create_task(asyncio.to_thread(self.record, event, session, **detail))
-        self._writes.add(task)
-        task.add_done_callback(self._written)
-
-    def _written(self, task: asyncio.Task[None]) -> None:
-        self._writes.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("audit record of a broken limit failed", exc_info=task.exception())
+        """Called on the event loop (sync asyncssh callbacks too): the write goes to a thread,
+        tracked until done (shutdown waits for it)."""
+        self._inflight.write_soon("audit record of a broken limit", self.record, event, session, **detail)
 
     def record(self, event: str, session: Session, **detail: Any) -> None:
         """Write one audit record for the session (blocks: call off the event loop)."""

@@ -17,14 +17,29 @@ tests/test_preauth_units.py::test_asyncssh_internals fails if an upgrade changes
   `auth.success` audit record committed); if it says no, the login is refused and closed.
 - `_login_timer_callback`: upstream drops the connection at the login timeout without telling
   the owner; here the owner learns it first (to penalise the source).
+- `_connection_made` (behind a proxy only): the peer address asyncssh keeps and logs is the
+  client's from the PROXY header, not the proxy's.
+
+Behind a load balancer (`[server] proxy_protocol`, docs/defender.md "Behind a load balancer")
+a socket from a trusted proxy first gets `_HeaderReader`: it reads the PROXY header
+(sftp/proxyproto.py) within `proxy_timeout` and at most `proxyproto.MAX_HEADER` bytes, then the
+client address from it goes through the same screen and becomes the connection's `peername`, so
+caps, penalties, bans, log lines and audit `source` all see the client. A LOCAL header (a health
+check; also a v1 header naming the proxy itself as the client, as HAProxy's v1 checks send)
+is answered with the SSH version line and closed, logging nothing. Any other peer is refused
+before a byte is read.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Protocol
+import ipaddress
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, cast
 
 import asyncssh
+
+from . import proxyproto
 
 
 class AuthOwner(Protocol):
@@ -38,6 +53,17 @@ class AuthOwner(Protocol):
 
 
 Screen = Callable[[str, int], bool]   # (host, port) -> admit? (a refusal is recorded by the screen)
+
+
+@dataclass(frozen=True)
+class ProxyGate:
+    """What the listener needs to take connections through a load balancer (PROXY protocol)."""
+
+    screen_peer: Screen                          # may this peer send a header? (refusal recorded)
+    failed: Callable[[str, int, str], None]      # (peer host, port, what): no or bad header, penalise
+    full: Callable[[str, int], None]             # (peer host, port) refused: max_pending reached
+    timeout: float                               # seconds a trusted peer has to send the header
+    max_pending: int                             # sockets reading a header at once; more are refused
 
 
 class SluisServerConnection(asyncssh.SSHServerConnection):
@@ -57,6 +83,12 @@ class SluisServerConnection(asyncssh.SSHServerConnection):
             return
         await super().send_userauth_success()
 
+    def _connection_made(self) -> None:
+        client: Any = self._extra.get("peername")
+        if client is not None:   # behind a proxy: the client's address, as get_extra_info gives it
+            self._peer_addr, self._peer_port = client[0], client[1]
+        super()._connection_made()
+
     def _login_timer_callback(self) -> None:
         owner: Any = self._owner
         if owner is not None:
@@ -72,9 +104,12 @@ class _Gate(asyncio.Protocol):
         self._make_connection = make_connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
+        # A stream server's transport is a full Transport (uvloop's has abort() too, though it is
+        # no registered subclass, so a cast rather than an isinstance check).
+        stream = cast(asyncio.Transport, transport)
+        peer = stream.get_extra_info("peername")
         if not peer or not self._screen(str(peer[0]), int(peer[1])):
-            transport.abort()
+            stream.abort()
             return
         connection = self._make_connection()
         transport.set_protocol(connection)
@@ -84,10 +119,124 @@ class _Gate(asyncio.Protocol):
         pass
 
 
-async def listen(host: str, port: int, screen: Screen, *, backlog: int = 1024,
-                 **options: Any) -> asyncio.Server:
-    """Listen like `asyncssh.create_server(**options)`, refusing what `screen` refuses first."""
+class _HeaderReader(asyncio.Protocol):
+    """A socket from a peer that must start with a PROXY header: read it (bounded in bytes and
+    time), then screen the client it names and hand the socket to an SSH connection."""
+
+    def __init__(self, gate: ProxyGate, screen: Screen, make_connection: Callable[[], SluisServerConnection],
+                 pending: list[int], health_reply: bytes) -> None:
+        self._gate, self._screen, self._make_connection = gate, screen, make_connection
+        self._pending = pending            # [sockets reading a header], shared by the listener
+        self._health_reply = health_reply
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._peer = ("?", 0)
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        stream = cast(asyncio.Transport, transport)   # as in _Gate
+        peer = stream.get_extra_info("peername")
+        self._peer = (str(peer[0]), int(peer[1])) if peer else ("?", 0)
+        if not peer or not self._gate.screen_peer(*self._peer):
+            stream.abort()
+            return
+        if self._pending[0] >= self._gate.max_pending:
+            self._gate.full(*self._peer)
+            stream.abort()
+            return
+        self._transport = stream
+        self._pending[0] += 1
+        self._timer = asyncio.get_running_loop().call_later(self._gate.timeout, self._timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        if self._transport is None:
+            return
+        self._buffer += data
+        try:
+            header = proxyproto.parse(bytes(self._buffer))
+        except proxyproto.ProxyHeaderError as exc:
+            self._fail(str(exc))
+            return
+        if header is not None:
+            self._proceed(header)
+
+    def eof_received(self) -> bool:
+        if self._transport is not None:
+            if self._buffer:
+                self._fail("connection closed inside the PROXY header")
+            else:   # a bare connect (a TCP check without check-send-proxy): nothing to record
+                self._finish().close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._finish()
+
+    def _finish(self) -> asyncio.Transport:
+        """Stop reading the header: the timer and the pending count are released once."""
+        transport, self._transport = self._transport, None
+        assert transport is not None
+        self._pending[0] -= 1
+        if self._timer is not None:
+            self._timer.cancel()
+        return transport
+
+    def _timed_out(self) -> None:
+        if self._transport is not None:
+            self._fail(f"no complete PROXY header within {self._gate.timeout:g}s")
+
+    def _fail(self, what: str) -> None:
+        self._finish().abort()
+        self._gate.failed(*self._peer, what)
+
+    def _proceed(self, header: proxyproto.Header) -> None:
+        transport = self._finish()
+        rest = bytes(self._buffer[header.length:])
+        self._buffer.clear()
+        client = header.source
+        if header.command is proxyproto.Command.LOCAL or client is None or (
+                header.version == 1 and _same_host(client[0], self._peer[0])):
+            # A health check: LOCAL (v2, v1 UNKNOWN), or a v1 header naming the proxy itself as
+            # the client (HAProxy's v1 checks do). Answered: the node is alive, SSH would answer.
+            transport.write(self._health_reply)
+            transport.close()
+            return
+        if not self._screen(*client):
+            transport.abort()
+            return
+        connection = self._make_connection()
+        connection.set_extra_info(peername=client, proxy=self._peer)
+        transport.set_protocol(connection)
+        connection.connection_made(transport)
+        if rest and not transport.is_closing():
+            connection.data_received(rest)
+
+
+def _same_host(a: str, b: str) -> bool:
+    """The same IP address (an IPv4-mapped IPv6 address is its IPv4 address)."""
+    def plain(text: str) -> str:
+        try:
+            ip = ipaddress.ip_address(text.split("%", 1)[0])
+        except ValueError:
+            return text
+        mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+        return str(mapped or ip)
+    return plain(a) == plain(b)
+
+
+async def listen(host: str, port: int, screen: Screen, *, proxy: ProxyGate | None = None,
+                 backlog: int = 1024, **options: Any) -> asyncio.Server:
+    """Listen like `asyncssh.create_server(**options)`, refusing what `screen` refuses first;
+    with `proxy`, every connection comes through a trusted proxy and starts with its header."""
     loop = asyncio.get_running_loop()
     conn_options = await asyncssh.SSHServerConnectionOptions.construct(None, host=host, port=port, **options)
-    return await loop.create_server(
-        lambda: _Gate(screen, lambda: SluisServerConnection(loop, conn_options)), host, port, backlog=backlog)
+
+    def make_connection() -> SluisServerConnection:
+        return SluisServerConnection(loop, conn_options)
+
+    if proxy is None:
+        return await loop.create_server(lambda: _Gate(screen, make_connection), host, port, backlog=backlog)
+    pending = [0]
+    reply = f"SSH-2.0-{options.get('server_version', 'sluis')}\r\n".encode("ascii")
+    return await loop.create_server(lambda: _HeaderReader(proxy, screen, make_connection, pending, reply),
+                                    host, port, backlog=backlog)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import asyncssh
 
@@ -13,7 +14,8 @@ from ..errors import (
 
 log = logging.getLogger("sluis.sftp")
 
-_STATUS: list[tuple[type[Exception], type[asyncssh.SFTPError]]] = [
+# Each error class takes the reason (its code is fixed): a callable of one string, to mypy.
+_STATUS: list[tuple[type[Exception], Callable[[str], asyncssh.SFTPError]]] = [
     (NotFound, asyncssh.SFTPNoSuchFile),
     (PermissionDenied, asyncssh.SFTPPermissionDenied),      # includes InvalidPath, PolicyRefused
     (Unsupported, asyncssh.SFTPOpUnsupported),

@@ -17,11 +17,11 @@ from asyncssh import SFTPAttrs
 
 from ..core.clock import parse_iso
 from ..core.dropbox import DropBox
+from ..core.dropsession import DropSession, Incoming
 from ..core.receipts import Receipt
 from ..core.records import Delivery, Tenant
 from ..core.session import Session
 from ..core.directory import NIS_CODE
-from ..core.uploads import Upload
 from ..errors import NotFound, OutsideView, PermissionDenied, SluisError
 from .paths import split_path
 
@@ -36,7 +36,7 @@ class Entry:
     name: str
     attrs: SFTPAttrs
     delivery: Delivery | None = None
-    upload: Upload | None = None
+    upload: Incoming | None = None
     tenant: Tenant | None = None
     content: bytes | None = None    # a read-only file served from memory (a receipt)
 
@@ -70,11 +70,10 @@ def _created(delivery: Delivery) -> int:
 class View:
     """Resolves normalised path components for one session (called off the event loop)."""
 
-    def __init__(self, dropbox: DropBox, session: Session, uploads: dict[tuple[str, str], Upload],
-                 started: int) -> None:
+    def __init__(self, dropbox: DropBox, session: Session, drop: DropSession, started: int) -> None:
         self.dropbox = dropbox
         self.session = session
-        self.uploads = uploads      # (tenant, name) -> Upload open or staged in this session
+        self.drop = drop            # the uploads open or staged in this session
         self.started = started
 
     def lookup(self, parts: tuple[str, ...]) -> Entry:
@@ -145,9 +144,8 @@ class View:
                 Entry(RECEIPTS, dir_attrs(self.started))]
         entries = {d.name: Entry(d.name, file_attrs(d.plain_size, _created(d)), delivery=d)
                    for d in self.dropbox.sender_pending(self.session, entry.tenant)}
-        for (tenant_name, name), upload in self.uploads.items():
-            if tenant_name == entry.tenant.name:
-                entries[name] = Entry(name, file_attrs(upload.size, self.started), upload=upload)
+        for upload in self.drop.uploads_in(entry.tenant.name):
+            entries[upload.name] = Entry(upload.name, file_attrs(upload.size, self.started), upload=upload)
         return sorted(entries.values(), key=lambda e: e.name)
 
     def is_receipt(self, path: bytes) -> bool:
@@ -191,7 +189,7 @@ class View:
                      delivery=delivery)
 
     def _sender_file(self, tenant: Tenant, name: str) -> Entry:
-        upload = self.uploads.get((tenant.name, name))
+        upload = self.drop.upload_named(tenant.name, name)
         if upload is not None:
             return Entry(name, file_attrs(upload.size, self.started), upload=upload, tenant=tenant)
         delivery = self.dropbox.sender_file(self.session, tenant, name)

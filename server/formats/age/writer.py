@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from types import TracebackType
-from typing import BinaryIO
 
 from . import scrypt
 from .header import FILE_KEY_SIZE, Stanza, encode_header
@@ -13,6 +12,7 @@ from .hybrid import HybridRecipient
 from .keys import Recipient, parse_recipient
 from .scrypt import DEFAULT_LOG_N
 from .stream import CHUNK_SIZE, NONCE_SIZE, StreamSealer, payload_key
+from ..sink import Sink
 
 
 def _stanzas(
@@ -46,7 +46,7 @@ class AgeWriter:
 
     def __init__(
         self,
-        out: BinaryIO,
+        out: Sink,
         passphrase: str | None = None,
         *,
         recipients: Sequence[Recipient | str] | None = None,

@@ -1,0 +1,11 @@
+"""What the streaming encryptors write to: anything with `write(bytes)` (a file, a hashing temp)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Sink(Protocol):
+    """A write-only byte destination; the encryptors need nothing else of it."""
+
+    def write(self, data: bytes, /) -> object: ...
