@@ -126,7 +126,8 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
                tracker=IncidentTracker(settings, incidents, notifications, clock),
                review=AccountReview(db, clock),
                limits=ProcessLimits(settings.limits, audit, directory, inflight),
-               receipts=receipts, evidence=EvidenceStore(db), inflight=inflight, migrated=applied)
+               receipts=receipts, evidence=EvidenceStore(db), inflight=inflight,
+               migrated=applied)
 
 
 def _checkpoint_mailer(settings: Settings) -> Mailer | None:
