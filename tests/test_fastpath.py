@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 import asyncssh
 import pytest
+from asyncssh import channel as upstream_channel
 from asyncssh import connection as upstream_connection
 from asyncssh import encryption as upstream_encryption
 from asyncssh import mac as upstream_mac
@@ -46,6 +47,9 @@ REPLACED = {
     "SSHChannel._flush_send_buf": "3f11e9dc27c58b18",      # slices, String()
     "SSHChannel.send_packet": "00e81b763c8f3dd2",          # joined payload
     "SFTPHandler.send_packet": "0c22ab5cc5f282e9",         # reply built by two concatenations
+    "SSHConnection._recv_data": "fc4e0735191bb0fd",         # input cut once per read (fastrecv.py)
+    "SSHConnection._recv_pkthdr": "7adc4d88fe20593c",       # first block sliced off the input
+    "SSHConnection._recv_packet": "b3daa22e9763eee9",       # slices, joins; _dispatch copies its tail
 }
 RELIED_ON = {
     upstream_encryption.GCMEncryption: "d255f9e6b1fa73ee",
@@ -58,8 +62,10 @@ RELIED_ON = {
     upstream_chacha.poly1305_key: "c8627dfb53b0c702",
     upstream_mac._HMAC: "1de8e893cd46a29c",                # _key, _hash_alg, _hash_size, sign
     upstream_connection.SSHConnection.send_newkeys: "0b41234420373618",   # _send_enchdrlen/_blocksize
-    upstream_connection.SSHConnection._recv_packet: "b3daa22e9763eee9",   # decrypt_packet(seq, first, rest, 4, mac)
-    upstream_connection.SSHConnection._recv_pkthdr: "7adc4d88fe20593c",   # decrypt_header
+    upstream_connection.SSHConnection.data_received: "b2d14a83b2604db6",   # _inpbuf += data (fastrecv)
+    upstream_connection.SSHConnection._finish_recv_packet: "e12d96db58b3524e",   # seq, handler reset
+    upstream_channel.SSHChannel._process_data: "342490795c4b893c",   # the checks fastrecv._channel_data makes
+    upstream_channel.SSHChannel._accept_data: "33121e9e185c9850",    # window, buffer while paused
     upstream_stream.SSHStreamSession.pause_writing: "938c7d566804ea04",
     upstream_stream.SSHStreamSession.resume_writing: "879610913ac64f92",
 }
@@ -118,10 +124,20 @@ def receive(dec: Any, seq: int, wire: bytes, block: int) -> bytes | None:
     return dec.decrypt_packet(seq, first, rest, 4, mac)
 
 
+def receive_in_place(dec: Any, seq: int, wire: bytes, block: int) -> bytes | None:
+    """What fastrecv._recv_pkthdr/_recv_packet do: the header as upstream, then `open` on a view
+    of the whole packet inside a larger buffer (as the socket input is)."""
+    _, header = dec.decrypt_header(seq, wire[:block], 4)
+    length = int.from_bytes(header[:4], "big")
+    buffer = b"junk" + wire + b"next packet"
+    return dec.open(seq, memoryview(buffer)[4:4 + len(wire)], length)
+
+
 @pytest.mark.parametrize("enc,mac", CASES, ids=[c[0] for c in CASES])
 def test_fast_encryption_matches_upstream(enc: str, mac: str) -> None:
     upstream, fast, block = encryptions(enc, mac)
     send_up, send_fast, send_fast2, recv_up, recv_fast = upstream(), fast(), fast(), upstream(), fast()
+    recv_open = fast()
     for seq, packet in packets():
         header = len(packet).to_bytes(4, "big")
         data, tag = send_up.encrypt_packet(seq, header, packet)
@@ -130,11 +146,13 @@ def test_fast_encryption_matches_upstream(enc: str, mac: str) -> None:
         assert send_fast2.encrypt_packet(seq, header, packet) == (data, tag)
         assert receive(recv_up, seq, sealed, block) == packet            # upstream reads the fast path's
         assert receive(recv_fast, seq, data + tag, block) == packet      # and the fast path upstream's
+        assert receive_in_place(recv_open, seq, data + tag, block) == packet   # in place too
 
 
 @pytest.mark.parametrize("enc,mac", CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("where", ["length", "data", "tag"])
-def test_fast_encryption_refuses_tampering(enc: str, mac: str, where: str) -> None:
+@pytest.mark.parametrize("receive", [receive, receive_in_place], ids=["decrypt_packet", "open"])
+def test_fast_encryption_refuses_tampering(enc: str, mac: str, where: str, receive: Any) -> None:
     upstream, fast, block = encryptions(enc, mac)
     send, recv = upstream(), fast()
     packet = bytes([4]) + os.urandom(47)

@@ -3,7 +3,10 @@ their per-packet context creation (server/sftp/fastpath.py registers them at `sl
 
 Each produces the same wire bytes as the asyncssh class it replaces (tests/test_fastpath.py
 checks that byte for byte, both ways, and that tampering is refused). `seal` returns a packet's
-wire bytes in pieces, for fastpath.send_packet to hand to the socket unjoined.
+wire bytes in pieces, for fastpath.send_packet to hand to the socket unjoined; `open` takes a
+received packet's wire bytes as one view of the receive buffer (length field to tag, no copy
+made to gather them) and returns the plaintext packet, or None when the tag does not verify
+(server/sftp/fastrecv.py).
 """
 
 from __future__ import annotations
@@ -52,6 +55,15 @@ class FastGCMEncryption(GCMEncryption):
         sealed = self._aead.encrypt(self._nonce(), packet, header)
         return header + sealed[:-_GCM_TAG], sealed[-_GCM_TAG:]
 
+    def open(self, seq: int, wire: memoryview, length: int) -> Optional[bytes]:
+        """`decrypt_packet` on the wire bytes in place: ciphertext and tag are contiguous there,
+        so AESGCM reads them from the receive buffer (upstream joins them into a new string)."""
+        nonce = self._nonce()
+        try:
+            return self._aead.decrypt(nonce, wire[4:], wire[:4])
+        except InvalidTag:
+            return None
+
     def decrypt_packet(self, seq: int, first: bytes, rest: bytes, header_len: int,
                        mac: bytes) -> Optional[bytes]:
         nonce = self._nonce()   # advanced on failure too, as upstream (the connection ends then)
@@ -98,6 +110,19 @@ class FastChachaEncryption(ChachaEncryption):
         length = Cipher(ChaCha20(self._adkey, _CTR0 + seq.to_bytes(8, "big")), mode=None).encryptor()
         return first_block, length.update(first_block[:header_len])
 
+    def open(self, seq: int, wire: memoryview, length: int) -> Optional[bytes]:
+        """`decrypt_packet` on the wire bytes in place: Poly1305 over length and ciphertext in one
+        piece, checked before anything is decrypted; the data decrypted straight from the buffer."""
+        stream, poly_key = self._contexts(seq)
+        end = 4 + length
+        check = Poly1305(poly_key)
+        check.update(wire[:end])
+        try:
+            check.verify(bytes(wire[end:]))   # the tag: Poly1305.verify takes bytes only
+        except InvalidSignature:
+            return None
+        return stream.update(wire[4:end])
+
     def decrypt_packet(self, seq: int, first: bytes, rest: bytes, header_len: int,
                        mac: bytes) -> Optional[bytes]:
         stream, poly_key = self._contexts(seq)
@@ -134,6 +159,13 @@ class FastETMEncryption(ETMEncryption):
     def encrypt_packet(self, seq: int, header: bytes, packet: bytes) -> Tuple[bytes, bytes]:
         data = self._cipher.encrypt(packet)
         return header + data, self._sign(seq, header, data)
+
+    def open(self, seq: int, wire: memoryview, length: int) -> Optional[bytes]:
+        """`decrypt_packet` on the wire bytes in place (length in clear, ciphertext, MAC)."""
+        end = 4 + length
+        if not hmac.compare_digest(self._sign(seq, wire[:end]), wire[end:]):
+            return None
+        return self._cipher.decrypt(wire[4:end])
 
     def decrypt_packet(self, seq: int, first: bytes, rest: bytes, header_len: int,
                        mac: bytes) -> Optional[bytes]:
