@@ -12,7 +12,7 @@ made to gather them) and returns the plaintext packet, or None when the tag does
 from __future__ import annotations
 
 import hmac
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 from asyncssh.encryption import BasicEncryption, ChachaEncryption, ETMEncryption, GCMEncryption
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -20,6 +20,12 @@ from cryptography.hazmat.primitives.ciphers import Cipher
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
 from cryptography.hazmat.primitives.poly1305 import Poly1305
+
+try:   # what Cipher(...).encryptor() calls after its checks (two abc isinstance checks, ~4 µs)
+    from cryptography.hazmat.bindings._rust import openssl as _rust_openssl
+    _create_ctx: Optional[Callable[[Any, Any], Any]] = _rust_openssl.ciphers.create_encryption_ctx
+except (ImportError, AttributeError):  # pragma: no cover  (another cryptography: the public way)
+    _create_ctx = None
 
 _GCM_TAG = 16
 _U64 = 0xFFFFFFFFFFFFFFFF
@@ -73,6 +79,14 @@ class FastGCMEncryption(GCMEncryption):
             return None
 
 
+def _chacha20(key: bytes, seq: int) -> Any:
+    """A ChaCha20 keystream context at block 0 for the packet with sequence number `seq`."""
+    algorithm = ChaCha20(key, _CTR0 + seq.to_bytes(8, "big"))
+    if _create_ctx is not None:
+        return _create_ctx(algorithm, None)
+    return Cipher(algorithm, mode=None).encryptor()  # pragma: no cover
+
+
 class FastChachaEncryption(ChachaEncryption):
     """Replaces ChachaEncryption/ChachaCipher, which create three ChaCha20 contexts per packet
     (length, Poly1305 key, data) and concatenate header and data for Poly1305: here one context
@@ -89,12 +103,11 @@ class FastChachaEncryption(ChachaEncryption):
         return cls(key)
 
     def _contexts(self, seq: int) -> tuple[Any, bytes]:
-        nonce = _CTR0 + seq.to_bytes(8, "big")
-        stream = Cipher(ChaCha20(self._key, nonce), mode=None).encryptor()
+        stream = _chacha20(self._key, seq)
         return stream, stream.update(_ZERO_BLOCK)[:32]
 
     def seal(self, seq: int, header: bytes, packet: bytes) -> _Pieces:
-        length = Cipher(ChaCha20(self._adkey, _CTR0 + seq.to_bytes(8, "big")), mode=None).encryptor().update(header)
+        length = _chacha20(self._adkey, seq).update(header)
         stream, poly_key = self._contexts(seq)
         data = stream.update(packet)
         tag = Poly1305(poly_key)
@@ -107,8 +120,7 @@ class FastChachaEncryption(ChachaEncryption):
         return length + data, tag
 
     def decrypt_header(self, seq: int, first_block: bytes, header_len: int) -> Tuple[bytes, bytes]:
-        length = Cipher(ChaCha20(self._adkey, _CTR0 + seq.to_bytes(8, "big")), mode=None).encryptor()
-        return first_block, length.update(first_block[:header_len])
+        return first_block, _chacha20(self._adkey, seq).update(first_block[:header_len])
 
     def open(self, seq: int, wire: memoryview, length: int) -> Optional[bytes]:
         """`decrypt_packet` on the wire bytes in place: Poly1305 over length and ciphertext in one
