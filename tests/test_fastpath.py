@@ -25,7 +25,7 @@ from asyncssh import stream as upstream_stream
 from asyncssh.crypto import chacha as upstream_chacha
 from asyncssh.crypto import cipher as upstream_cipher
 
-from sluis.server.sftp import fastciphers, fastpath
+from sluis.server.sftp import fastciphers, fastpath, fastrecv
 from sluis.server.sftp.algorithms import ENCRYPTION, MACS
 
 
@@ -213,4 +213,217 @@ def test_one_write_per_loop_iteration_and_bounded() -> None:
         fastpath._send(conn, b"tail")
         fastpath._flush(conn)                                  # what _force_close does first
         assert conn._transport.writes[2:] == [b"tail"]
+    asyncio.run(main())
+
+
+# --- the receive side (fastrecv.py) against upstream-encrypted input, split every way ----------
+class RecvChannel:
+    """A channel stand-in: what fastrecv._channel_data reads and calls."""
+
+    def __init__(self, views: bool) -> None:
+        self._encoding = None
+        self._recv_state = "open"
+        self._recv_window = 1 << 30
+        self._session = type("Session", (), {"accepts_views": views})()
+        self.got: list[Any] = []
+
+        self.dispatched: list[int] = []
+
+    def _accept_data(self, data: Any) -> None:
+        self.got.append(data)
+
+    def log_received_packet(self, *args: Any) -> None:
+        pass
+
+    def process_packet(self, pkttype: int, seq: int, packet: Any) -> bool:
+        """Upstream's SSHChannel._process_data would check and refuse what lands here."""
+        self.dispatched.append(pkttype)
+        return True
+
+
+class RecvConn:
+    """The SSHConnection state the receive path touches, with upstream's own `data_received` and
+    `_finish_recv_packet` and the fast path's `_recv_data`, `_recv_pkthdr`, `_recv_packet`."""
+
+    data_received = upstream_connection.SSHConnection.data_received
+    _finish_recv_packet = upstream_connection.SSHConnection._finish_recv_packet
+    _recv_data = fastrecv._recv_data
+    _recv_pkthdr = fastrecv._recv_pkthdr
+    _recv_packet = fastrecv._recv_packet
+    logger = type("Logger", (), {"_debug_level": 0})()
+
+    def __init__(self, encryption: Any, block: int, macsize: int, chan: RecvChannel) -> None:
+        self._inpbuf = b""
+        self._recv_handler = self._recv_pkthdr
+        self._recv_encryption, self._recv_blocksize, self._recv_macsize = encryption, block, macsize
+        self._recv_seq = 0
+        self._max_recv_pktlen = 35000 + 1024
+        self._auth_complete = self._transport = True
+        self._decompressor = None
+        self._strict_kex = False
+        self._channels = {7: chan}
+        self.ignored: list[bytes] = []
+        self.closed: list[Exception] = []
+
+    def _reset_keepalive_timer(self) -> None:
+        pass
+
+    def _send_disconnect(self, code: int, reason: str, lang: str) -> None:
+        pass
+
+    def _force_close(self, exc: Exception) -> None:
+        self.closed.append(exc)
+        self._inpbuf = b""
+
+    def internal_error(self) -> None:  # pragma: no cover  (a bug: fail the test)
+        raise
+
+    def log_received_packet(self, *args: Any) -> None:
+        pass
+
+    def process_packet(self, pkttype: int, seq: int, packet: Any) -> bool:
+        """MSG_IGNORE reaches here through fastrecv._dispatch (upstream's dispatch code)."""
+        assert pkttype == 2
+        self.ignored.append(packet.get_string())
+        return True
+
+
+def wire_packets(enc: Any, payloads: list[bytes], block: int) -> bytes:
+    """Each payload padded as asyncssh's send_packet pads it (length not counted: AEAD and ETM),
+    encrypted by `enc` at sequence numbers 0, 1, ..."""
+    out = []
+    for seq, payload in enumerate(payloads):
+        padlen = -(1 + len(payload)) % block
+        padlen += block if padlen < 4 else 0
+        packet = bytes([padlen]) + payload + os.urandom(padlen)
+        data, tag = enc.encrypt_packet(seq, len(packet).to_bytes(4, "big"), packet)
+        out.append(data + tag)
+    return b"".join(out)
+
+
+def mac_size(enc: str, mac: str) -> int:
+    return upstream_encryption.get_encryption_params(enc.encode(), mac.encode())[4]
+
+
+def channel_data(data: bytes) -> bytes:
+    return bytes([94]) + (7).to_bytes(4, "big") + len(data).to_bytes(4, "big") + data
+
+
+@pytest.mark.parametrize("enc,mac", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("views", [True, False], ids=["views", "bytes"])
+def test_receive_path_any_split(enc: str, mac: str, views: bool) -> None:
+    """Channel data (and a packet for upstream's dispatch) arrives intact and in order however the
+    socket splits the input: one byte at a time, odd sizes, all at once."""
+    upstream, fast, block = encryptions(enc, mac)
+    macsize = mac_size(enc, mac)
+    messages = [os.urandom(n) for n in (1, 100, 32768, 5, 32768, 4000)]
+    payloads = [channel_data(m) for m in messages[:3]] + [bytes([2]) + (3).to_bytes(4, "big") + b"ign"] + \
+        [channel_data(m) for m in messages[3:]]
+    for sizes in ([1], [7, 13, 4096], [1 << 20]):
+        wire = wire_packets(upstream(), payloads, block)
+        chan = RecvChannel(views)
+        conn = RecvConn(fast(), block, macsize, chan)
+        pos, i = 0, 0
+        while pos < len(wire):
+            step = sizes[i % len(sizes)]
+            conn.data_received(wire[pos:pos + step])
+            pos, i = pos + step, i + 1
+        assert not conn.closed
+        assert [bytes(d) for d in chan.got] == messages
+        assert all(isinstance(d, memoryview if views else bytes) for d in chan.got)
+        assert conn.ignored == [b"ign"]
+        assert conn._recv_seq == len(payloads) and conn._inpbuf == b""   # nothing held when idle
+
+
+@pytest.mark.parametrize("enc,mac", CASES, ids=[c[0] for c in CASES])
+def test_receive_path_refuses_tampering(enc: str, mac: str) -> None:
+    upstream, fast, block = encryptions(enc, mac)
+    macsize = mac_size(enc, mac)
+    wire = bytearray(wire_packets(upstream(), [channel_data(b"x" * 300), channel_data(b"y" * 300)], block))
+    wire[-40] ^= 1   # inside the second packet
+    chan = RecvChannel(True)
+    conn = RecvConn(fast(), block, macsize, chan)
+    conn.data_received(bytes(wire))
+    assert [bytes(d) for d in chan.got] == [b"x" * 300]
+    assert len(conn.closed) == 1 and "MAC verification failed" in str(conn.closed[0])
+
+
+@pytest.mark.parametrize("enc,mac", CASES[:2], ids=[c[0] for c in CASES[:2]])
+def test_receive_path_leaves_odd_channel_data_to_upstream(enc: str, mac: str) -> None:
+    """Channel data whose length field does not match the packet (trailing bytes, or short) or
+    that is empty is not delivered by the fast path but dispatched as upstream does
+    (SSHChannel._process_data then refuses it: check_end); an unknown channel ends the connection."""
+    upstream, fast, block = encryptions(enc, mac)
+    good = channel_data(b"ok")
+    odd = [good + b"xx", good[:-1], channel_data(b"")]
+    chan = RecvChannel(True)
+    conn = RecvConn(fast(), block, mac_size(enc, mac), chan)
+    conn.data_received(wire_packets(upstream(), [*odd, good], block))
+    assert [bytes(d) for d in chan.got] == [b"ok"]
+    assert chan.dispatched == [94, 94, 94]
+    unknown = bytes([94]) + (8).to_bytes(4, "big") + (2).to_bytes(4, "big") + b"ok"
+    conn = RecvConn(fast(), block, mac_size(enc, mac), chan)
+    conn.data_received(wire_packets(upstream(), [unknown], block))
+    assert "Invalid channel number 8" in str(conn.closed[0])   # upstream's refusal, reached
+
+
+# --- SFTP messages read without waiting (channel.py SluisSession.take) -----------------------------
+class TakeChannel:
+    """What SSHStreamSession.connection_made and reading ask of a channel."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, window: int) -> None:
+        self._loop, self._window = loop, window
+        self.paused = 0
+
+    def get_connection(self) -> None:
+        return None
+
+    def get_encoding(self) -> tuple[None, str]:
+        return None, "strict"
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def get_recv_window(self) -> int:
+        return self._window
+
+    def get_read_datatypes(self) -> set[None]:
+        return {None}
+
+    def get_write_datatypes(self) -> set[None]:
+        return {None}
+
+    def pause_reading(self) -> None:
+        self.paused += 1
+
+    def resume_reading(self) -> None:
+        self.paused -= 1
+
+
+def test_take_reads_what_is_buffered_as_read_would() -> None:
+    from sluis.server.sftp.channel import SluisSession
+
+    async def main() -> None:
+        chan = TakeChannel(asyncio.get_running_loop(), window=100)
+        session = SluisSession(lambda chan: None)  # type: ignore[arg-type,return-value]
+        session.connection_made(chan)  # type: ignore[arg-type]
+        stream = os.urandom(300)
+        for start, end in ((0, 3), (3, 50), (50, 51), (51, 120)):   # views and bytes, as fastrecv hands them
+            piece = stream[start:end]
+            session.data_received(memoryview(piece) if start % 2 else piece, None)
+        assert chan.paused == 1                              # 120 buffered > the 100-byte window
+        head = session.take(4)
+        assert head == stream[:4] and type(head) is bytes and chan.paused == 1
+        assert session.take(60) == stream[4:64] and chan.paused == 0   # under the window: resumed
+        assert session.take(57) is None                      # not all there: read() waits instead
+        async with session._read_locks[None]:                # a read() in progress: leave it alone
+            assert session.take(1) is None
+        last = session.take(56)
+        assert last == stream[64:120] and type(last) is bytes   # SSHPacket decodes strings: bytes, not views
+        session.data_received(stream[120:200], None)
+        session.connection_lost(ConnectionError("gone"))     # queued after the data, as upstream
+        assert session.take(80) == stream[120:200]
+        assert session.take(1) is None
+        with pytest.raises(ConnectionError):
+            await session.read(None, 1, True)                # the exception is still there for read()
     asyncio.run(main())

@@ -169,7 +169,7 @@ class SluisSession(SSHServerStreamSession):
         first buffered piece (a copy of its rest) and takes a lock per call; here the rest stays
         a view, and one copy (or none, for a whole bytes piece) makes the result. Reading is
         resumed as upstream's read does, once the buffer is under the channel window."""
-        if self._recv_buf_len < size or self._read_locks[None].locked():
+        if size <= 0 or self._recv_buf_len < size or self._read_locks[None].locked():
             return None
         pending = self._recv_buf[None]
         head = pending[0]
