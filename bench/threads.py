@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import procs  # noqa: E402
-from clients import OpenSSH  # noqa: E402
+from clients import Client, OpenSSH, Psftp  # noqa: E402
 from run import make_source  # noqa: E402
 from servers import start_sluis  # noqa: E402
 
@@ -51,15 +51,16 @@ def split(pid: int, before: dict[int, float], after: dict[int, float]) -> tuple[
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sluis-exe", action="append", required=True, help="a sluis command (give two)")
-    ap.add_argument("--cipher", default="chacha20-poly1305@openssh.com")
+    ap.add_argument("--cipher", default="chacha20-poly1305@openssh.com",
+                    help="the cipher forced on OpenSSH sftp, or 'psftp' for PuTTY psftp with its own choice")
     ap.add_argument("--size-mib", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     nbytes = args.size_mib * 1024 * 1024
     gib = nbytes / 2**30
-    client = OpenSSH(args.cipher, "curve25519-sha256")
     with tempfile.TemporaryDirectory(prefix="sluis-threads-") as tmp:
         work = Path(tmp)
+        client: Client = Psftp(work) if args.cipher == "psftp" else OpenSSH(args.cipher, "curve25519-sha256")
         keys = {}
         for who in ("up", "down"):
             keys[who] = work / f"{who}_ed25519"
