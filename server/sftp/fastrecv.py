@@ -24,6 +24,12 @@ from asyncssh.constants import (
 from asyncssh.misc import CompressionError, DisconnectError, MACError, ProtocolError
 from asyncssh.packet import PacketDecodeError, SSHPacket, UInt32
 
+# Smaller channel data is copied out rather than kept as a view: a view keeps its whole packet
+# (up to 265 bytes of header and padding) and a memoryview object (184 bytes) alive, so a client
+# sending 1-byte packets into a full channel window would hold some 400 times the window's worth
+# of memory; from 1 KiB on, a view costs at most 1.5 times its data.
+VIEW_MIN = 1024
+
 
 def _recv_data(self: Any) -> None:
     """Replaces SSHConnection._recv_data: as upstream (parse while there is input and the current
@@ -91,7 +97,7 @@ def _recv_packet(self: Any) -> bool:
         packet_data = encryption.decrypt_packet(seq, self._packet, buf[pos:pos + rem - macsize], 4,
                                                 buf[pos + rem - macsize:pos + rem])
     else:
-        packet_data = self._packet[4:] + buf[pos:pos + rem]
+        packet_data = self._packet[4:] + buf[pos:pos + rem - macsize]
     if not packet_data:
         raise MACError("MAC verification failed")
     self._fp_pos = pos + rem
@@ -108,7 +114,7 @@ def _recv_packet(self: Any) -> bool:
 def _channel_data(self: Any, packet_data: bytes) -> bool:
     """MSG_CHANNEL_DATA straight to its channel (SSHChannel._process_data's checks, without the
     SSHPacket and its slices): the data is a view of the plaintext for a session that takes views
-    (`accepts_views`, SluisSession), bytes otherwise. False: let `_dispatch` handle the packet
+    (`accepts_views`, SluisSession) when it is VIEW_MIN bytes or more, bytes otherwise. False: let `_dispatch` handle the packet
     (unknown channel, malformed, logging at packet level), as upstream would."""
     padlen = packet_data[0]
     chan = self._channels.get(int.from_bytes(packet_data[2:6], "big"))
@@ -120,8 +126,10 @@ def _channel_data(self: Any, packet_data: bytes) -> bool:
         raise ProtocolError("Channel not open for sending")
     if size > chan._recv_window:
         raise ProtocolError("Window exceeded")
-    data = memoryview(packet_data)[10:10 + size]
-    chan._accept_data(data if getattr(chan._session, "accepts_views", False) else bytes(data))
+    if size >= VIEW_MIN and getattr(chan._session, "accepts_views", False):
+        chan._accept_data(memoryview(packet_data)[10:10 + size])
+    else:
+        chan._accept_data(packet_data[10:10 + size])
     return True
 
 
