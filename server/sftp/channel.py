@@ -184,19 +184,22 @@ class SluisSession(SSHServerStreamSession):
         else:   # spread over pieces (an exception queued among them: leave it all to read())
             ahead, count = 0, 0
             while ahead < size:
-                if isinstance(pending[count], Exception):
+                queued = pending[count]
+                if isinstance(queued, Exception):
                     return None
-                ahead += len(pending[count])
+                ahead += len(queued)
                 count += 1
-            pieces, need = [], size
+            pieces: list[bytes | memoryview] = []
+            need = size
             while need:
-                piece = pending[0]
+                piece = cast("bytes | memoryview", pending[0])   # data: exceptions checked above
                 if len(piece) > need:
                     pieces.append(piece[:need])
                     pending[0] = memoryview(piece)[need:]
                     need = 0
                 else:
-                    pieces.append(pending.pop(0))
+                    del pending[0]
+                    pieces.append(piece)
                     need -= len(piece)
             data = b"".join(pieces)
         self._recv_buf_len -= size
