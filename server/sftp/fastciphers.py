@@ -12,7 +12,7 @@ made to gather them) and returns the plaintext packet, or None when the tag does
 from __future__ import annotations
 
 import hmac
-from typing import Any, Callable, Optional, Tuple, cast
+from typing import Any, Optional, Tuple, cast
 
 from asyncssh.encryption import BasicEncryption, ChachaEncryption, ETMEncryption, GCMEncryption
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -20,12 +20,6 @@ from cryptography.hazmat.primitives.ciphers import Cipher
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
 from cryptography.hazmat.primitives.poly1305 import Poly1305
-
-try:   # what Cipher(...).encryptor() calls after its checks (two abc isinstance checks, ~4 µs)
-    from cryptography.hazmat.bindings._rust import openssl as _rust_openssl
-    _create_ctx: Optional[Callable[[Any, Any], Any]] = _rust_openssl.ciphers.create_encryption_ctx
-except (ImportError, AttributeError):  # pragma: no cover  (another cryptography: the public way)
-    _create_ctx = None
 
 _GCM_TAG = 16
 _U64 = 0xFFFFFFFFFFFFFFFF
@@ -79,23 +73,24 @@ class FastGCMEncryption(GCMEncryption):
             return None
 
 
-def _chacha20(key: bytes, seq: int) -> Any:
-    """A ChaCha20 keystream context at block 0 for the packet with sequence number `seq`."""
-    algorithm = ChaCha20(key, _CTR0 + seq.to_bytes(8, "big"))
-    if _create_ctx is not None:
-        return _create_ctx(algorithm, None)
-    return Cipher(algorithm, mode=None).encryptor()  # pragma: no cover
-
-
 class FastChachaEncryption(ChachaEncryption):
     """Replaces ChachaEncryption/ChachaCipher, which create three ChaCha20 contexts per packet
-    (length, Poly1305 key, data) and concatenate header and data for Poly1305: here one context
-    yields the Poly1305 key (block 0) and then the data keystream (block 1 on), and Poly1305 is
-    fed the pieces. Same construction as OpenSSH's chacha20-poly1305@openssh.com (PROTOCOL.chacha20poly1305)."""
+    (length, Poly1305 key, data) and concatenate header and data for Poly1305: here two contexts
+    per direction and key, moved to each packet's nonce (its sequence number) with `reset_nonce`
+    (cryptography ≥ 43: no new OpenSSL context, no per-call checks); the main one yields the
+    Poly1305 key (block 0) and then the data keystream (block 1 on), and Poly1305 is fed the
+    pieces. Same construction as OpenSSH's chacha20-poly1305@openssh.com (PROTOCOL.chacha20poly1305).
+    One object serves one direction of one connection, on its event loop: each use starts with
+    `reset_nonce`, so a context never carries state from one packet to the next."""
 
     def __init__(self, key: bytes) -> None:   # upstream takes a ChachaCipher
-        self._key = key[:32]
-        self._adkey = key[32:]
+        self._main = Cipher(ChaCha20(key[:32], bytes(16)), mode=None).encryptor()
+        self._length = Cipher(ChaCha20(key[32:], bytes(16)), mode=None).encryptor()
+
+    def _at(self, context: Any, seq: int) -> Any:
+        """`context` at block 0 of the keystream for the packet with sequence number `seq`."""
+        context.reset_nonce(_CTR0 + seq.to_bytes(8, "big"))
+        return context
 
     @classmethod
     def new(cls, cipher_name: str, key: bytes, iv: bytes, mac_alg: bytes = b"",
@@ -103,11 +98,11 @@ class FastChachaEncryption(ChachaEncryption):
         return cls(key)
 
     def _contexts(self, seq: int) -> tuple[Any, bytes]:
-        stream = _chacha20(self._key, seq)
+        stream = self._at(self._main, seq)
         return stream, stream.update(_ZERO_BLOCK)[:32]
 
     def seal(self, seq: int, header: bytes, packet: bytes) -> _Pieces:
-        length = _chacha20(self._adkey, seq).update(header)
+        length = self._at(self._length, seq).update(header)
         stream, poly_key = self._contexts(seq)
         data = stream.update(packet)
         tag = Poly1305(poly_key)
@@ -120,7 +115,7 @@ class FastChachaEncryption(ChachaEncryption):
         return length + data, tag
 
     def decrypt_header(self, seq: int, first_block: bytes, header_len: int) -> Tuple[bytes, bytes]:
-        return first_block, _chacha20(self._adkey, seq).update(first_block[:header_len])
+        return first_block, self._at(self._length, seq).update(first_block[:header_len])
 
     def open(self, seq: int, wire: memoryview, length: int) -> Optional[bytes]:
         """`decrypt_packet` on the wire bytes in place: Poly1305 over length and ciphertext in one
