@@ -1,5 +1,6 @@
 """Server CPU per GiB of uploads, split by thread: the event loop (SSH transport and SFTP) apart
-from the at-rest workers (scrypt, hashing, age encryption), for two sluis builds side by side.
+from the at-rest workers (scrypt, hashing, age encryption), for two sluis builds side by side;
+and the event loop's CPU for the download that collects each upload.
 
 The event-loop thread's CPU is the figure the transport fast path moves; on a machine shared with
 other work it is far steadier than wall time, and it leaves out the at-rest work, which runs on
@@ -72,24 +73,29 @@ def main() -> int:
             servers.append(start_sluis(work / str(i), keys))
         src = work / "src.bin"
         make_source(src, nbytes)
-        results: list[list[tuple[float, float]]] = [[] for _ in servers]
+        results: list[list[tuple[float, float, float]]] = [[] for _ in servers]
         try:
             for r in range(args.rounds):
                 for i, (srv, down) in enumerate(servers):
                     t0 = thread_cpu(srv.pid)
                     client.upload(srv, src, f"r{r}.bin", work)
-                    loop, rest = split(srv.pid, t0, thread_cpu(srv.pid))
+                    t1 = thread_cpu(srv.pid)
                     client.download(down, f"r{r}.bin", work / "got.age", work)   # collected: the next may come
-                    results[i].append((loop / gib, rest / gib))
-                    procs.log(f"round {r + 1} {args.sluis_exe[i]}: loop {loop / gib:.2f} s/GiB, other threads {rest / gib:.2f}")
+                    loop, rest = split(srv.pid, t0, t1)
+                    down_loop, _ = split(srv.pid, t1, thread_cpu(srv.pid))
+                    results[i].append((loop / gib, rest / gib, down_loop / gib))
+                    procs.log(f"round {r + 1} {args.sluis_exe[i]}: upload loop {loop / gib:.2f} s/GiB, "
+                              f"other threads {rest / gib:.2f}; download loop {down_loop / gib:.2f}")
         finally:
             for srv, _ in servers:
                 procs.stop_group(srv.proc)
-    print(f"upload {args.size_mib} MiB, {args.cipher}, {args.rounds} rounds: server CPU s/GiB, median (min-max)")
+    print(f"{args.size_mib} MiB, {args.cipher}, {args.rounds} rounds: server CPU s/GiB, median (min-max)")
+
+    def stat(xs: list[float]) -> str:
+        return f"{statistics.median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})"
     for exe, rows in zip(args.sluis_exe, results):
-        loops, rests = [x for x, _ in rows], [y for _, y in rows]
-        print(f"{exe}: event loop {statistics.median(loops):.2f} ({min(loops):.2f}-{max(loops):.2f}), "
-              f"other threads {statistics.median(rests):.2f} ({min(rests):.2f}-{max(rests):.2f})")
+        print(f"{exe}: upload: event loop {stat([x[0] for x in rows])}, other threads {stat([x[1] for x in rows])}; "
+              f"download (the .age, slightly larger): event loop {stat([x[2] for x in rows])}")
     return 0
 
 
