@@ -10,8 +10,9 @@ tripwire) when an asyncssh upgrade changes an overridden internal.
 - `send_packet`: no empty MSG_IGNORE before each packet when the cipher is AEAD or
   encrypt-then-MAC (kept for plain encrypt-and-MAC); the packet is built with one join
   instead of three concatenations; AEAD packets are sealed by the contexts below.
-- Encryption (server/sftp/fastciphers.py): AES-GCM keeps one AESGCM object per direction and key; ChaCha20-Poly1305 uses one
-  ChaCha20 context per packet for the Poly1305 key and the data (upstream: two), Poly1305 fed
+- Encryption (server/sftp/fastciphers.py): AES-GCM keeps one AESGCM object per direction and key;
+  ChaCha20-Poly1305 keeps two ChaCha20 contexts per direction (main and length key), moved to
+  each packet's nonce with `reset_nonce` (upstream: three new contexts per packet), Poly1305 fed
   in pieces; encrypt-then-MAC HMAC starts from a keyed copy instead of re-keying per packet.
 - `_send`: the packets of one loop iteration leave in one transport write (bounded:
   COALESCE_LIMIT bytes at most wait; the transport's own flow control still applies).
