@@ -21,6 +21,7 @@ from asyncssh import channel as upstream_channel
 from asyncssh import connection as upstream_connection
 from asyncssh import encryption as upstream_encryption
 from asyncssh import mac as upstream_mac
+from asyncssh import packet as upstream_packet
 from asyncssh import stream as upstream_stream
 from asyncssh.crypto import chacha as upstream_chacha
 from asyncssh.crypto import cipher as upstream_cipher
@@ -66,6 +67,7 @@ RELIED_ON = {
     upstream_connection.SSHConnection._finish_recv_packet: "e12d96db58b3524e",   # seq, handler reset
     upstream_channel.SSHChannel._process_data: "342490795c4b893c",   # the checks fastrecv._channel_data makes
     upstream_channel.SSHChannel._accept_data: "33121e9e185c9850",    # window, buffer while paused
+    upstream_packet.SSHPacketHandler.process_packet: "490a59d971d0ce03",  # a channel's dispatch by type
     upstream_stream.SSHStreamSession.pause_writing: "938c7d566804ea04",
     upstream_stream.SSHStreamSession.resume_writing: "879610913ac64f92",
 }
@@ -82,6 +84,8 @@ def test_asyncssh_internals_fastpath() -> None:
     for alg, fast in fastpath._ENCRYPTIONS.items():
         registered, _ = upstream_encryption._enc_params[alg]
         assert issubclass(fast, registered) and registered is not fast, alg
+    # fastrecv._channel_data stands for what a channel does with MSG_CHANNEL_DATA: _process_data.
+    assert upstream_channel.SSHChannel._packet_handlers[94] is upstream_channel.SSHChannel._process_data
     # Every cipher sluis offers is covered, so none of them gets the MSG_IGNORE-free path unsealed.
     assert {alg.encode() for alg in ENCRYPTION} == set(fastpath._ENCRYPTIONS)
 
