@@ -139,6 +139,7 @@ class Outbox:
     def revoke(self, tx: Tx, delivery_id: str, reason: str) -> None:
         """Destroy the key and cancel what has not gone out; an attempt in flight (`sending`) is
         left to the worker, which records what the provider answers."""
+        tx.lock_audit()   # before any job row: the order `_lock_job` keeps too
         self._destroy_key(tx, delivery_id, f"delivery {reason}")
         self.store.cancel_waiting(tx, delivery_id, f"delivery {reason}", self._now())
 
@@ -170,6 +171,12 @@ class Outbox:
             return True
         return current.lease_until is None or current.lease_until <= self._now() or gone(current.claimed_by, self.owner)
 
+    def _lock_job(self, tx: Tx, job_id: int) -> Job | None:
+        """The job, its row locked until commit. The audit lock first: a removal holds it when it
+        cancels jobs, so taking both in that order everywhere leaves no deadlock (PostgreSQL)."""
+        tx.lock_audit()
+        return self.store.get(tx, job_id, lock=True)
+
     def context(self, job: Job) -> tuple[Delivery, str]:
         """The job's delivery and its tenant's name (for the message and the audit record)."""
         delivery = deliveries.by_id(self.db, job.delivery_id)
@@ -193,7 +200,7 @@ class Outbox:
         and may resend.
         """
         with self.db.writer() as tx:
-            current = self.store.get(tx, job.id, lock=True)
+            current = self._lock_job(tx, job.id)
             if current is None or current.state != PENDING or not self._held(current):
                 return None
             job = current
@@ -239,7 +246,7 @@ class Outbox:
 
     def settle_sent(self, tx: Tx, job: Job) -> JobState:
         """The state a job takes once the provider accepted it: `sent`, unless something settled it."""
-        current = self.store.get(tx, job.id, lock=True)
+        current = self._lock_job(tx, job.id)
         state = current.state if current else CANCELLED
         return SENT if state in (SENDING, PENDING) else state
 
@@ -252,7 +259,7 @@ class Outbox:
         settled: list[tuple[Job, JobState]] = []
         for job_id in self.store.sending():
             with self.db.writer() as tx:
-                current = self.store.get(tx, job_id, lock=True)
+                current = self._lock_job(tx, job_id)
                 if current is None or current.state != SENDING or not self._held(current):
                     continue
                 job = current
@@ -310,7 +317,7 @@ class Outbox:
     def finish(self, tx: Tx, job: Job, **changes: Any) -> bool:
         """Record a job's outcome and give up its lease, if this process still holds it; False
         (nothing written) if the lease ran out and another process took the job over."""
-        if not self._held(self.store.get(tx, job.id, lock=True)):
+        if not self._held(self._lock_job(tx, job.id)):
             return False
         self.update(tx, job, claimed_by=None, lease_until=None, **changes)
         return True
