@@ -41,9 +41,19 @@ __all__ = ["ALERT", "CANCELLED", "DELIVERED", "EMAIL", "FAILED", "IN_FLIGHT", "M
            "backoff_seconds", "job_from_row"]
 
 
+def machine() -> str:
+    """This host and PID namespace ('host~inode'): pids can be checked only within one (containers
+    on one host may share a host name but never see each other's pids)."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{socket.gethostname()}~{namespace}"
+
+
 def process_name() -> str:
-    """Who holds a lease: host, pid and a random tag (a pid is reused after a restart)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    """Who holds a lease: machine, pid and a random tag (a pid is reused after a restart)."""
+    return f"{machine()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 def _parts(name: str) -> tuple[str, str]:
@@ -52,15 +62,15 @@ def _parts(name: str) -> tuple[str, str]:
 
 
 def gone(owner: str, me: str) -> bool:
-    """Whether lease holder `owner`, seen by process `me`, is a process of the same host that no
-    longer runs: its leases need not be waited out (a restart after a crash resumes at once).
-    Another host's leases expire."""
+    """Whether lease holder `owner`, seen by process `me`, is a process of the same machine (host
+    and PID namespace) that no longer runs: its leases need not be waited out (a restart after a
+    crash resumes at once). Other machines' leases expire."""
     host, pid = _parts(owner)
     my_host, my_pid = _parts(me)
-    if host != my_host or host != socket.gethostname() or not pid.isdigit():
+    if host != my_host or host != machine() or not pid.isdigit():
         return False
-    if pid == my_pid:   # our pid, another tag: an earlier process that had it (a container's fixed
-        return True     # pid after a restart); one process runs one worker
+    if pid == my_pid:   # our pid, another tag: an earlier process that had it; one process runs
+        return True     # one worker
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:

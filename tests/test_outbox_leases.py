@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from sluis.keydelivery.notifier import NotificationSender
-from sluis.keydelivery.outbox import ALERT, MAYBE_SENT, PENDING, SENDING, Outbox
+from sluis.keydelivery.outbox import ALERT, MAYBE_SENT, PENDING, SENDING, Outbox, machine
 from sluis.keydelivery.providers.console import ConsoleProvider
 from sluis.retention.janitor import LOCK
 from sluis.server.errors import Busy
@@ -35,7 +35,7 @@ def _dead_owner() -> str:
     """The lease name of a process of this host that has exited."""
     child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                            text=True, check=True)
-    return f"{socket.gethostname()}:{child.stdout.strip()}:dead00"
+    return f"{machine()}:{child.stdout.strip()}:dead00"
 
 
 def _sms(app: Any, delivery: Any) -> Any:
@@ -98,10 +98,10 @@ def test_the_jobs_of_a_process_of_this_host_that_is_gone_are_taken_at_once(lib):
 
 
 def test_a_lease_of_an_earlier_process_with_this_pid_is_free(lib):
-    """A container restarts its one process with the same pid: the old name differs in its tag."""
+    """The same pid in the same PID namespace under another tag: an earlier process had it."""
     _srv, app, clock = lib
     upload(app)
-    earlier = _other(app, clock, f"{socket.gethostname()}:{os.getpid()}:000000")
+    earlier = _other(app, clock, f"{machine()}:{os.getpid()}:000000")
     assert earlier.take()
     assert [j.claimed_by for j in app.outbox.take()] == [app.outbox.owner]
 
@@ -215,3 +215,14 @@ def test_two_resends_at_once_queue_the_key_once(lib):
         assert sorted(outcomes) == ["busy", "queued"]
         clock.advance(seconds=app.settings.sms.resend_interval + 1)
     assert len([r for r in app.audit.records() if r.event == "key.resend"]) == 5
+
+
+def test_a_process_of_another_pid_namespace_is_never_judged_by_its_pid(lib):
+    """Containers may share a host name; a pid of another namespace says nothing: its lease expires."""
+    _srv, app, clock = lib
+    upload(app)
+    elsewhere = _other(app, clock, _dead_owner().replace(machine(), f"{socket.gethostname()}~1"))
+    assert elsewhere.take()
+    assert app.outbox.take() == []
+    clock.advance(seconds=app.settings.sms.lease + 1)
+    assert app.outbox.take()
