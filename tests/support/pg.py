@@ -52,6 +52,9 @@ class Cluster:
     def __init__(self, bin_dir: Path, *, durable: bool = False) -> None:
         self.bin_dir = bin_dir
         self.root = Path(tempfile.mkdtemp(prefix="sluis-pg-"))
+        # the socket lives here: reachable by a test process without root's capabilities
+        # (test_coredump drops them); the data directory inside stays 0700
+        self.root.chmod(0o755)
         self.data = self.root / "data"
         self.log = self.root / "postgres.log"
         self._names = itertools.count(1)
