@@ -6,13 +6,17 @@ the same way as an SMS: 4xx replies and network trouble are retried, 5xx replies
 
 from __future__ import annotations
 
-import smtplib
 import ssl
 from dataclasses import dataclass, field
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from typing import TYPE_CHECKING
 
 from sluis.keydelivery.providers.base import PermanentProviderError, TransientProviderError
+
+if TYPE_CHECKING:
+    from email.message import EmailMessage
+
+# smtplib and the email package (about 1 MiB) are imported when a mail is sent, not with this
+# module: `sluis serve` imports it always and sends mail only when [email] is set up.
 
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -45,6 +49,8 @@ def send_mail(settings: MailServer, *, to: list[str], subject: str, body: str) -
     If the server refuses only some recipients the others have already received the message;
     the error then names the refused ones. Send one mail per recipient to retry individually.
     """
+    import smtplib
+
     if not to:
         raise ValueError("send_mail needs at least one recipient")
     message = _build_message(settings, to=to, subject=subject, body=body)
@@ -85,6 +91,9 @@ def _tls_context(settings: MailServer) -> ssl.SSLContext:
 
 def _build_message(settings: MailServer, *, to: list[str], subject: str, body: str) -> EmailMessage:
     """Compose the message with the headers a well-behaved submission needs."""
+    from email.message import EmailMessage
+    from email.utils import formatdate, make_msgid
+
     message = EmailMessage()
     message["From"] = settings.sender
     message["To"] = ", ".join(to)

@@ -90,6 +90,10 @@ UPSTREAM = {
     (upstream_stream.SSHServerStreamSession, "session_started"): "9baa3d185c0a7fb2",
     (upstream_stream.SSHStreamSession, "connection_lost"): "c015e4ebb89ef401",  # channel count
     (upstream_stream.SSHStreamSession, "drain"): "1be6dae580164576",
+    # SluisSession.take: the receive buffer it reads as read() does (pieces, length, lock, resume)
+    (upstream_stream.SSHStreamSession, "read"): "595142239a785afb",
+    (upstream_stream.SSHStreamSession, "data_received"): "7a6181d076246336",
+    (upstream_stream.SSHStreamSession, "_maybe_resume_reading"): "eb4ce0e4ccc96fb5",
 }
 
 

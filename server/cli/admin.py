@@ -7,13 +7,16 @@ from datetime import date, datetime, time, timezone
 from pathlib import Path
 from typing import Any
 
-from ...keydelivery.phones import InvalidPhoneError, normalise_phone
 from ...retention.policy import load_protocol, notice_end
 from ..errors import InvalidInput, NotFound
 from .common import open_app, operator, print_json, print_table
 
 
 def _phones(raw: list[str], region: str) -> list[str]:
+    # phonenumbers' metadata is imported here, not at module level: `sluis serve` (which imports
+    # every command's module to build its parser) never parses a number (tests/test_memory.py).
+    from ...keydelivery.phones import InvalidPhoneError, normalise_phone
+
     numbers = []
     for text in raw:
         try:

@@ -63,13 +63,20 @@ class SluisSFTPHandler(SFTPServerHandler):
     _extensions = list(EXTENSIONS)
     _server: SluisSFTPServer
     _init_seen = False
+    _take: Callable[[int], bytes | None] = staticmethod(lambda size: None)
+
+    def read_from(self, session: SluisSession) -> None:
+        """Read messages from `session.take` when their bytes are buffered (no lock, no wait)."""
+        self._take = session.take
 
     async def recv_packet(self) -> SSHPacket:
         """Replaces SFTPHandler.recv_packet, which refuses only above asyncssh's MAX_SFTP_PACKET_LEN
         (4 MiB + 1 KiB): here the [limits] max_message (256 KiB, OpenSSH's SFTP_MAX_MSG_LENGTH) is
         checked on the length field, before the body is read, and the session ends (as OpenSSH)."""
         assert self._reader is not None
-        length = int.from_bytes(await self._reader.readexactly(4), "big")
+        take = self._take
+        head = take(4)
+        length = int.from_bytes(head if head is not None else await self._reader.readexactly(4), "big")
         allowed = self._server.max_message
         if length > allowed:
             self._server.message_too_long(length)
@@ -77,7 +84,9 @@ class SluisSFTPHandler(SFTPServerHandler):
         if length < MIN_MESSAGE:
             self._server.malformed(f"SFTP message of {length} bytes is too short")
             raise SFTPBadMessage(f"SFTP message of {length} bytes is too short")
-        data = await self._reader.readexactly(length)
+        data = take(length)
+        if data is None:
+            data = await self._reader.readexactly(length)
         if not self._init_seen:   # upstream run() ends a session whose first message is not INIT
             self._init_seen = True
             if data[0] != FXP_INIT:
@@ -152,6 +161,51 @@ class SluisSFTPHandler(SFTPServerHandler):
 class SluisSession(SSHServerStreamSession):
     """A session channel that offers the 'sftp' subsystem and nothing else (no shell, exec, pty)."""
 
+    accepts_views = True   # fastrecv hands channel data over as views of the decrypted packet
+
+    def take(self, size: int) -> bytes | None:
+        """`size` bytes from the receive buffer if that many are there and no read is waiting,
+        else None (then SSHStreamSession.read, which waits). Upstream `readexactly` slices the
+        first buffered piece (a copy of its rest) and takes a lock per call; here the rest stays
+        a view, and one copy (or none, for a whole bytes piece) makes the result. Reading is
+        resumed as upstream's read does, once the buffer is under the channel window."""
+        if size <= 0 or self._recv_buf_len < size or self._read_locks[None].locked():
+            return None
+        pending = self._recv_buf[None]
+        head = pending[0]
+        if isinstance(head, Exception):
+            return None
+        if len(head) > size:
+            data = bytes(head[:size])
+            pending[0] = memoryview(head)[size:]
+        elif len(head) == size:
+            del pending[0]
+            data = head if type(head) is bytes else bytes(head)
+        else:   # spread over pieces (an exception queued among them: leave it all to read())
+            ahead, count = 0, 0
+            while ahead < size:
+                queued = pending[count]
+                if isinstance(queued, Exception):
+                    return None
+                ahead += len(queued)
+                count += 1
+            pieces: list[bytes | memoryview] = []
+            need = size
+            while need:
+                piece = cast("bytes | memoryview", pending[0])   # data: exceptions checked above
+                if len(piece) > need:
+                    pieces.append(piece[:need])
+                    pending[0] = memoryview(piece)[need:]
+                    need = 0
+                else:
+                    del pending[0]
+                    pieces.append(piece)
+                    need -= len(piece)
+            data = b"".join(pieces)
+        self._recv_buf_len -= size
+        self._maybe_resume_reading()
+        return data
+
     def __init__(self, make_server: Callable[[Any], SluisSFTPServer],
                  on_close: Callable[[], None] = lambda: None, track: Tracker | None = None) -> None:
         super().__init__(None, make_server, SFTP_VERSION, allow_scp=False)
@@ -190,6 +244,7 @@ class SluisSession(SSHServerStreamSession):
         reader: SSHReader[bytes] = SSHReader(self, chan)
         writer: SSHWriter[bytes] = SSHWriter(self, chan)
         handler = SluisSFTPHandler(self._make_server(chan), reader, writer, SFTP_VERSION)
+        handler.read_from(self)
         task = conn.create_task(handler.run(), reader.logger)
         if self._track is not None:   # shutdown waits for the session's cleanup (asyncssh logs its errors)
             self._track(task, "SFTP session", report=False)

@@ -3,13 +3,16 @@ their per-packet context creation (server/sftp/fastpath.py registers them at `sl
 
 Each produces the same wire bytes as the asyncssh class it replaces (tests/test_fastpath.py
 checks that byte for byte, both ways, and that tampering is refused). `seal` returns a packet's
-wire bytes in pieces, for fastpath.send_packet to hand to the socket unjoined.
+wire bytes in pieces, for fastpath.send_packet to hand to the socket unjoined; `open` takes a
+received packet's wire bytes as one view of the receive buffer (length field to tag, no copy
+made to gather them) and returns the plaintext packet, or None when the tag does not verify
+(server/sftp/fastrecv.py).
 """
 
 from __future__ import annotations
 
 import hmac
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Tuple, cast
 
 from asyncssh.encryption import BasicEncryption, ChachaEncryption, ETMEncryption, GCMEncryption
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -52,6 +55,15 @@ class FastGCMEncryption(GCMEncryption):
         sealed = self._aead.encrypt(self._nonce(), packet, header)
         return header + sealed[:-_GCM_TAG], sealed[-_GCM_TAG:]
 
+    def open(self, seq: int, wire: memoryview, length: int) -> Optional[bytes]:
+        """`decrypt_packet` on the wire bytes in place: ciphertext and tag are contiguous there,
+        so AESGCM reads them from the receive buffer (upstream joins them into a new string)."""
+        nonce = self._nonce()
+        try:
+            return self._aead.decrypt(nonce, wire[4:], wire[:4])
+        except InvalidTag:
+            return None
+
     def decrypt_packet(self, seq: int, first: bytes, rest: bytes, header_len: int,
                        mac: bytes) -> Optional[bytes]:
         nonce = self._nonce()   # advanced on failure too, as upstream (the connection ends then)
@@ -63,13 +75,22 @@ class FastGCMEncryption(GCMEncryption):
 
 class FastChachaEncryption(ChachaEncryption):
     """Replaces ChachaEncryption/ChachaCipher, which create three ChaCha20 contexts per packet
-    (length, Poly1305 key, data) and concatenate header and data for Poly1305: here one context
-    yields the Poly1305 key (block 0) and then the data keystream (block 1 on), and Poly1305 is
-    fed the pieces. Same construction as OpenSSH's chacha20-poly1305@openssh.com (PROTOCOL.chacha20poly1305)."""
+    (length, Poly1305 key, data) and concatenate header and data for Poly1305: here two contexts
+    per direction and key, moved to each packet's nonce (its sequence number) with `reset_nonce`
+    (cryptography ≥ 43: no new OpenSSL context, no per-call checks); the main one yields the
+    Poly1305 key (block 0) and then the data keystream (block 1 on), and Poly1305 is fed the
+    pieces. Same construction as OpenSSH's chacha20-poly1305@openssh.com (PROTOCOL.chacha20poly1305).
+    One object serves one direction of one connection, on its event loop: each use starts with
+    `reset_nonce`, so a context never carries state from one packet to the next."""
 
     def __init__(self, key: bytes) -> None:   # upstream takes a ChachaCipher
-        self._key = key[:32]
-        self._adkey = key[32:]
+        self._main = Cipher(ChaCha20(key[:32], bytes(16)), mode=None).encryptor()
+        self._length = Cipher(ChaCha20(key[32:], bytes(16)), mode=None).encryptor()
+
+    def _at(self, context: Any, seq: int) -> Any:
+        """`context` at block 0 of the keystream for the packet with sequence number `seq`."""
+        context.reset_nonce(_CTR0 + seq.to_bytes(8, "big"))
+        return context
 
     @classmethod
     def new(cls, cipher_name: str, key: bytes, iv: bytes, mac_alg: bytes = b"",
@@ -77,12 +98,11 @@ class FastChachaEncryption(ChachaEncryption):
         return cls(key)
 
     def _contexts(self, seq: int) -> tuple[Any, bytes]:
-        nonce = _CTR0 + seq.to_bytes(8, "big")
-        stream = Cipher(ChaCha20(self._key, nonce), mode=None).encryptor()
+        stream = self._at(self._main, seq)
         return stream, stream.update(_ZERO_BLOCK)[:32]
 
     def seal(self, seq: int, header: bytes, packet: bytes) -> _Pieces:
-        length = Cipher(ChaCha20(self._adkey, _CTR0 + seq.to_bytes(8, "big")), mode=None).encryptor().update(header)
+        length = self._at(self._length, seq).update(header)
         stream, poly_key = self._contexts(seq)
         data = stream.update(packet)
         tag = Poly1305(poly_key)
@@ -95,8 +115,20 @@ class FastChachaEncryption(ChachaEncryption):
         return length + data, tag
 
     def decrypt_header(self, seq: int, first_block: bytes, header_len: int) -> Tuple[bytes, bytes]:
-        length = Cipher(ChaCha20(self._adkey, _CTR0 + seq.to_bytes(8, "big")), mode=None).encryptor()
-        return first_block, length.update(first_block[:header_len])
+        return first_block, self._at(self._length, seq).update(first_block[:header_len])
+
+    def open(self, seq: int, wire: memoryview, length: int) -> Optional[bytes]:
+        """`decrypt_packet` on the wire bytes in place: Poly1305 over length and ciphertext in one
+        piece, checked before anything is decrypted; the data decrypted straight from the buffer."""
+        stream, poly_key = self._contexts(seq)
+        end = 4 + length
+        check = Poly1305(poly_key)
+        check.update(wire[:end])
+        try:
+            check.verify(bytes(wire[end:]))   # the tag: Poly1305.verify takes bytes only
+        except InvalidSignature:
+            return None
+        return stream.update(wire[4:end])
 
     def decrypt_packet(self, seq: int, first: bytes, rest: bytes, header_len: int,
                        mac: bytes) -> Optional[bytes]:
@@ -120,7 +152,7 @@ class FastETMEncryption(ETMEncryption):
         self._keyed = hmac.new(mac._key, digestmod=mac._hash_alg)
         self._mac_size = mac._hash_size
 
-    def _sign(self, seq: int, *pieces: bytes) -> bytes:
+    def _sign(self, seq: int, *pieces: bytes | memoryview) -> bytes:
         h = self._keyed.copy()
         h.update(seq.to_bytes(4, "big"))
         for piece in pieces:
@@ -134,6 +166,14 @@ class FastETMEncryption(ETMEncryption):
     def encrypt_packet(self, seq: int, header: bytes, packet: bytes) -> Tuple[bytes, bytes]:
         data = self._cipher.encrypt(packet)
         return header + data, self._sign(seq, header, data)
+
+    def open(self, seq: int, wire: memoryview, length: int) -> Optional[bytes]:
+        """`decrypt_packet` on the wire bytes in place (length in clear, ciphertext, MAC)."""
+        end = 4 + length
+        if not hmac.compare_digest(self._sign(seq, wire[:end]), wire[end:]):
+            return None
+        # BasicCipher.decrypt is annotated bytes; it hands the buffer to cryptography, which takes views.
+        return self._cipher.decrypt(cast(bytes, wire[4:end]))
 
     def decrypt_packet(self, seq: int, first: bytes, rest: bytes, header_len: int,
                        mac: bytes) -> Optional[bytes]:

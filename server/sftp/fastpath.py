@@ -10,13 +10,16 @@ tripwire) when an asyncssh upgrade changes an overridden internal.
 - `send_packet`: no empty MSG_IGNORE before each packet when the cipher is AEAD or
   encrypt-then-MAC (kept for plain encrypt-and-MAC); the packet is built with one join
   instead of three concatenations; AEAD packets are sealed by the contexts below.
-- Encryption (server/sftp/fastciphers.py): AES-GCM keeps one AESGCM object per direction and key; ChaCha20-Poly1305 uses one
-  ChaCha20 context per packet for the Poly1305 key and the data (upstream: two), Poly1305 fed
+- Encryption (server/sftp/fastciphers.py): AES-GCM keeps one AESGCM object per direction and key;
+  ChaCha20-Poly1305 keeps two ChaCha20 contexts per direction (main and length key), moved to
+  each packet's nonce with `reset_nonce` (upstream: three new contexts per packet), Poly1305 fed
   in pieces; encrypt-then-MAC HMAC starts from a keyed copy instead of re-keying per packet.
 - `_send`: the packets of one loop iteration leave in one transport write (bounded:
   COALESCE_LIMIT bytes at most wait; the transport's own flow control still applies).
 - Flow control: the transport's pause_writing (ignored upstream) pauses the channels' sessions,
   so SFTP replies wait (channel.py's drain) instead of piling up in the transport buffer.
+- Receive (server/sftp/fastrecv.py): input read at an offset and cut once per socket read, each
+  packet verified and decrypted in place, channel data handed to the session as a view.
 - Channel data: `write` keeps the caller's bytes (a view, no bytearray copy) and
   `_flush_send_buf` slices views and hands the pieces down unjoined; SFTP replies are built
   with one join instead of two concatenations.
@@ -40,6 +43,7 @@ from asyncssh.encryption import ChachaEncryption, ETMEncryption, GCMEncryption
 from asyncssh.misc import CompressionError, ProtocolError
 from asyncssh.packet import Byte, String, UInt32
 
+from . import fastrecv
 from .fastciphers import FastBasicEncryption, FastChachaEncryption, FastETMEncryption, FastGCMEncryption
 
 COALESCE_LIMIT = 256 * 1024   # bytes of packets that may wait for the end of a loop iteration
@@ -310,14 +314,18 @@ _METHODS: dict[tuple[type, str], Callable[..., Any]] = {
     (_channel.SSHChannel, "_flush_send_buf"): channel_flush_send_buf,
     (_channel.SSHChannel, "send_packet"): channel_send_packet,
     (_sftp.SFTPHandler, "send_packet"): sftp_send_packet,
+    (_connection.SSHConnection, "_recv_data"): fastrecv._recv_data,
+    (_connection.SSHConnection, "_recv_pkthdr"): fastrecv._recv_pkthdr,
+    (_connection.SSHConnection, "_recv_packet"): fastrecv._recv_packet,
 }
 _PARTS: dict[str, list[tuple[type, str]]] = {"packet": [(_connection.SSHConnection, "send_packet")],
           "coalesce": [(_connection.SSHConnection, "_send"), (_connection.SSHConnection, "_force_close")],
           "flow": [(_connection.SSHConnection, "pause_writing"), (_connection.SSHConnection, "resume_writing"),
                    (_channel.SSHChannel, "_pause_resume_writing")],
           "channel": [(_channel.SSHChannel, name) for name in ("write", "_flush_send_buf", "send_packet")]
-          + [(_sftp.SFTPHandler, "send_packet")]}
-PARTS = frozenset({"packet", "no-ignore", "ciphers", "coalesce", "flow", "channel"})
+          + [(_sftp.SFTPHandler, "send_packet")],
+          "recv": [(_connection.SSHConnection, name) for name in ("_recv_data", "_recv_pkthdr", "_recv_packet")]}
+PARTS = frozenset({"packet", "no-ignore", "ciphers", "coalesce", "flow", "channel", "recv"})
 # The upstream originals, taken at import (before any install): tests/test_fastpath.py digests them.
 UPSTREAM = {key: key[0].__dict__[key[1]] for key in _METHODS}
 _installed: frozenset[str] = frozenset()
