@@ -11,11 +11,11 @@ import pytest
 
 from tests.support.library import sluis
 from tests.support.pg import both_engines  # noqa: F401  (these tests run on both engines)
-from tests.test_audit_failures import db, fail_audit, heal
+from tests.support.pg import fail_audit_inserts, heal_audit_inserts, raw_db
 
 
 def _one(srv: Any, sql: str) -> Any:
-    with closing(db(srv)) as conn:
+    with closing(raw_db(srv)) as conn:
         return conn.execute(sql).fetchone()
 
 
@@ -38,12 +38,12 @@ def test_an_admin_change_is_made_only_with_its_record(lib, event, argv, check, e
     srv, app, _clock = lib
     argv = [a.format(pub=srv.accounts["agency"].pub) for a in argv]
     before, _ = app.audit.head()
-    fail_audit(srv, event)
+    fail_audit_inserts(srv, event)
     refused = sluis(srv.config, *argv, env=srv.env)
     assert refused.returncode != 0, refused.stdout
     assert _one(srv, check) is None, f"{event}: the change was made without its record"
     assert event not in [r.event for r in app.audit.records() if r.seq > before]
-    heal(srv)
+    heal_audit_inserts(srv)
     done = sluis(srv.config, *argv, env=srv.env)
     assert done.returncode == 0, done.stderr
     assert tuple(_one(srv, check)) == tuple(expected)

@@ -18,7 +18,7 @@ import pytest
 from sluis.server.core.store import Conflict
 from sluis.server.core.audit import GENESIS, record_hash
 from tests.support.library import FAST, download, has_secret, sluis, state_of, upload
-from tests.support.pg import RawPostgres, both_engines, raw_db  # noqa: F401  (both engines)
+from tests.support.pg import both_engines, fail_audit_inserts, heal_audit_inserts, raw_db  # noqa: F401  (both engines)
 
 
 def db(server) -> Any:
@@ -27,22 +27,11 @@ def db(server) -> Any:
 
 
 def fail_audit(server, event: str) -> None:
-    with closing(db(server)) as conn:
-        if isinstance(conn, RawPostgres):
-            # as SQLite's RAISE(FAIL) in a trigger: a constraint failure (Conflict)
-            conn.execute("CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
-                         " RAISE EXCEPTION 'database or disk is full' USING ERRCODE = 'integrity_constraint_violation';"
-                         " END $$")
-            conn.execute(f"CREATE TRIGGER disk_full BEFORE INSERT ON audit FOR EACH ROW"
-                         f" WHEN (NEW.event = '{event}') EXECUTE FUNCTION disk_full()")
-            return
-        conn.execute(f"CREATE TRIGGER disk_full BEFORE INSERT ON audit WHEN NEW.event = '{event}'"
-                     " BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END")
+    fail_audit_inserts(server, event)
 
 
 def heal(server) -> None:
-    with closing(db(server)) as conn:
-        conn.execute("DROP TRIGGER disk_full" + (" ON audit" if isinstance(conn, RawPostgres) else ""))
+    heal_audit_inserts(server)
 
 
 def events(server) -> list[str]:

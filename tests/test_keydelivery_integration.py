@@ -28,6 +28,7 @@ import pytest
 from sluis.keydelivery.templates import EMAIL_DISCLAIMER, format_expiry
 from sluis.server.core.clock import parse_iso
 from sluis.server.formats.age import decrypt
+from tests.support.pg import database_dump
 from tests.support.server import SSH_OPTIONS, SluisServer
 from tests.support.smtp_standin import SmtpStandIn
 from tests.support.sms import FROM_NUMBER, sms_settings
@@ -510,17 +511,20 @@ def test_passphrase_never_in_clear_under_data_dir_or_in_audit(make_server, twili
     _upload(server, tmp_path)
     delivery = _delivery(server)
     _until(lambda: all(j.attempts >= 1 for j in _sms_jobs(server, delivery["id"])), "a failed attempt each")
-    pending_snapshot = _read_tree(server.data_dir)  # state.db, -wal, -shm, blobs, config ...
-    assert any(name.endswith("state.db-wal") for name in pending_snapshot)
+    # state.db, -wal, -shm, blobs, config ... (on PostgreSQL: every row of the database)
+    pending_snapshot = {**_read_tree(server.data_dir), "database": database_dump(server)}
+    assert pending_snapshot["database"] or any(name.endswith("state.db-wal") for name in pending_snapshot)
     twilio.outage(False)
     _wait_states(server, delivery["id"], {p: "delivered" for p in HASSELT})
     passphrase = _passphrase_of(twilio)
 
     _assert_not_in(pending_snapshot, passphrase, "the data dir while SMS were pending")
-    _assert_not_in(_read_tree(server.data_dir), passphrase, "the data dir after delivery")
+    _assert_not_in({**_read_tree(server.data_dir), "database": database_dump(server)}, passphrase,
+                   "the data dir after delivery")
     server.sftp("hasselt-clerk", f"get lijst.csv.age {tmp_path / 'got.age'}\n")
     _until(lambda: not server.app().db.query("SELECT 1 FROM secrets"), "the key to be destroyed")
-    _assert_not_in(_read_tree(server.data_dir), passphrase, "the data dir after collection")
+    _assert_not_in({**_read_tree(server.data_dir), "database": database_dump(server)}, passphrase,
+                   "the data dir after collection")
 
     export = _cli(server, "audit", "export", "--json")
     assert export.returncode == 0, export.stderr

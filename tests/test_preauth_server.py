@@ -16,7 +16,6 @@ import io
 import os
 import re
 import socket
-import sqlite3
 import statistics
 import struct
 import threading
@@ -30,6 +29,7 @@ from paramiko.ssh_exception import AuthenticationException, SSHException
 
 from tests.support.clients_extra import audit
 from tests.support.library import sluis
+from tests.support.pg import fail_audit_inserts, heal_audit_inserts
 from tests.support.server import SluisServer
 from tests.support.waiting import wait_until
 
@@ -397,17 +397,12 @@ def test_password_guessers_do_not_slow_key_logins(make_server):
 # --- after the signature: the record, the caps, the end of a session --------------------------------------
 def test_no_login_without_its_auth_success_record(make_server):
     srv = make_server().standard().start()
-    db = sqlite3.connect(srv.data_dir / "state.db")
-    db.execute("CREATE TRIGGER full_disk BEFORE INSERT ON audit WHEN NEW.event = 'auth.success'"
-               " BEGIN SELECT RAISE(FAIL, 'disk full'); END")
-    db.commit()
+    fail_audit_inserts(srv, "auth.success", "disk full")
     with pytest.raises((SSHException, EOFError, OSError)):
         session(srv, "agency")
     srv.wait_for(r"login of agency from 127\.0\.0\.1:\d+ refused: its auth.success record could not be written")
     assert not audit(srv, "auth.success")
-    db.execute("DROP TRIGGER full_disk")
-    db.commit()
-    db.close()
+    heal_audit_inserts(srv)
     transport, client = session(srv, "agency")
     transport.close()
     assert [r["actor"] for r in audit(srv, "auth.success")] == ["agency"]

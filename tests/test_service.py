@@ -30,8 +30,9 @@ def test_sigterm_mid_upload_discards_it_and_exits_cleanly(server, tmp_path):
     aborts = [r for r in app.audit.records() if r.event == "upload.abort"]
     assert aborts and aborts[-1].detail["reason"].startswith("connection lost")
     assert app.audit.verify().ok
-    integrity = app.db.query_one("PRAGMA integrity_check")[0]
-    assert integrity == "ok"
+    if app.db.dialect == "sqlite":   # PostgreSQL's WAL recovery has no file-level check to ask for
+        integrity = app.db.query_one("PRAGMA integrity_check")[0]
+        assert integrity == "ok"
 
 
 def test_sigterm_waits_for_each_session_cleanup_before_the_database_closes(make_server, tmp_path):

@@ -63,7 +63,7 @@ def translate(sql: str) -> str:
     return _TOKEN.sub(swap, sql)
 
 
-class PgRow(tuple[Any, ...]):
+class PgRow(tuple):
     """A result row readable by position and by column name, as sqlite3.Row is (`dict(row)` too)."""
 
     __slots__ = ()

@@ -52,6 +52,9 @@ class Cluster:
     def __init__(self, bin_dir: Path, *, durable: bool = False) -> None:
         self.bin_dir = bin_dir
         self.root = Path(tempfile.mkdtemp(prefix="sluis-pg-"))
+        # the socket lives here: reachable by a test process without root's capabilities
+        # (test_coredump drops them); the data directory inside stays 0700
+        self.root.chmod(0o755)
         self.data = self.root / "data"
         self.log = self.root / "postgres.log"
         self._names = itertools.count(1)
@@ -163,3 +166,47 @@ def raw_db(server: Any) -> Any:
     conn = sqlite3.connect(server.data_dir / "state.db", isolation_level=None)
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def database_dump(server: Any) -> bytes:
+    """Every row of `server`'s PostgreSQL database as text, to search for what must not be stored
+    in clear; b"" on SQLite, whose files are under the data directory already."""
+    from sluis.config import load_settings
+
+    url = load_settings(server.config, {}).database.url
+    if not url:
+        return b""
+    conn = RawPostgres(url)
+    try:
+        tables = [r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables"
+                                             " WHERE table_schema = current_schema() ORDER BY table_name")]
+        return "\n".join(repr(tuple(row)) for table in tables
+                         for row in conn.execute(f'SELECT * FROM "{table}"')).encode()  # noqa: S608
+    finally:
+        conn.close()
+
+
+def fail_audit_inserts(server: Any, event: str, message: str = "database or disk is full") -> None:
+    """From now on, appending an `event` record fails as a full disk would (a trigger; SQLite's
+    RAISE(FAIL) is a constraint failure, so PostgreSQL's raises one too). `heal_audit_inserts` ends it."""
+    conn = raw_db(server)
+    try:
+        if isinstance(conn, RawPostgres):
+            conn.execute("CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                         f" RAISE EXCEPTION '{message}' USING ERRCODE = 'integrity_constraint_violation';"
+                         " END $$")
+            conn.execute(f"CREATE TRIGGER disk_full BEFORE INSERT ON audit FOR EACH ROW"
+                         f" WHEN (NEW.event = '{event}') EXECUTE FUNCTION disk_full()")
+        else:
+            conn.execute(f"CREATE TRIGGER disk_full BEFORE INSERT ON audit WHEN NEW.event = '{event}'"
+                         f" BEGIN SELECT RAISE(FAIL, '{message}'); END")
+    finally:
+        conn.close()
+
+
+def heal_audit_inserts(server: Any) -> None:
+    conn = raw_db(server)
+    try:
+        conn.execute("DROP TRIGGER disk_full" + (" ON audit" if isinstance(conn, RawPostgres) else ""))
+    finally:
+        conn.close()
