@@ -76,6 +76,8 @@ def main() -> None:
     parser.add_argument("--engine", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--count", type=int, default=2000, help="records in all")
+    parser.add_argument("--fsync-off", action="store_true",
+                        help="the throwaway PostgreSQL cluster without fsync (as the tests run it)")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -98,11 +100,12 @@ def main() -> None:
                 bin_dir = find_bin_dir()
                 if bin_dir is None:
                     raise SystemExit("PostgreSQL is not installed")
-                cluster = Cluster(bin_dir)
+                cluster = Cluster(bin_dir, durable=not args.fsync_off)
                 url = cluster.new_database()
             config = init_setup(Path(tmp) / "sluis", {"database": {"url": url}} if url else None)
             figures = run(config, args.processes, args.count)
-            print(json.dumps({"engine": args.engine, "processes": args.processes, **figures}))
+            print(json.dumps({"engine": args.engine, "processes": args.processes,
+                              "fsync": args.engine == "sqlite" or not args.fsync_off, **figures}))
             print(verify(config))
         finally:
             if cluster is not None:

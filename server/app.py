@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..config.settings import Settings, StorageBackend
 from ..keydelivery.mail import send_mail
@@ -31,7 +31,7 @@ from .core.receiptkey import load_or_create
 from .core.receipts import ReceiptStore
 from .core.review import AccountReview
 from .core.store import Store
-from .core.stores import open_store
+from .core.stores import MIGRATE_EVENT, open_store
 from .core.storage import LocalStorage, Storage
 from .core.workpool import BoundedPool
 from .sftp.connections import ConnectionRegistry
@@ -66,6 +66,7 @@ class App:
     receipts: ReceiptStore
     evidence: EvidenceStore
     inflight: InFlight        # connections, session cleanups, background writes: shutdown waits for them
+    migrated: list[str] = field(default_factory=list)   # the migrations this process applied at start
 
     def close(self) -> None:
         self.passwords.shutdown()
@@ -84,9 +85,14 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
     clock = clock or SystemClock()
     if not settings.data_dir.is_dir():
         raise FileNotFoundError(f"data directory {settings.data_dir} does not exist (run 'sluis init')")
-    db = open_store(settings.database, settings.database_path)
+    db = open_store(settings.database, settings.database_path, migrate=False)
+    applied = db.migrate()   # under the engine's lock: processes starting at once migrate once
     audit, audit_key = open_audit_log(db, clock, settings.resolve(settings.crypto.audit_key_file),
                                       os.environ.get("CREDENTIALS_DIRECTORY"))
+    if applied:
+        version = db.version()
+        audit.record(MIGRATE_EVENT, actor="sluis", version_from=version - len(applied), version_to=version,
+                     applied=applied)
     checkpoints = Checkpointer(audit, audit_key, clock,
                                CheckpointFile(settings.resolve(settings.audit.checkpoint_file)),
                                _checkpoint_mailer(settings))
@@ -118,7 +124,8 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
                tracker=IncidentTracker(settings, incidents, notifications, clock),
                review=AccountReview(db, clock),
                limits=ProcessLimits(settings.limits, audit, directory, inflight),
-               receipts=receipts, evidence=EvidenceStore(db), inflight=inflight)
+               receipts=receipts, evidence=EvidenceStore(db), inflight=inflight,
+               migrated=applied)
 
 
 def _checkpoint_mailer(settings: Settings) -> Mailer | None:

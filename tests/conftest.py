@@ -12,7 +12,7 @@ from sluis.config import load_settings
 from sluis.server.app import build_app
 from tests.support.library import FAST, FakeClock
 from tests.support.moto import CREDENTIALS, Bucket, MotoServer
-from tests.support.pg import Cluster, start_cluster
+from tests.support.pg import ENGINES, Cluster, start_cluster
 from tests.support.server import SluisServer
 from tests.support.twilio_standin import TwilioStandIn
 
@@ -25,9 +25,12 @@ def pg_cluster() -> Iterator[Cluster]:
 
 @pytest.fixture
 def engine() -> str:
-    """The state database engine of `make_server`'s servers; a module runs on both by importing
-    `tests.support.pg.both_engines`."""
-    return "sqlite"
+    """The state database engine of `make_server`'s servers: SQLite, or all on PostgreSQL with
+    SLUIS_TEST_ENGINE=postgresql; a module runs on both by importing `tests.support.pg.both_engines`."""
+    chosen = os.environ.get("SLUIS_TEST_ENGINE", "sqlite")
+    if chosen not in ENGINES:
+        raise pytest.UsageError(f"SLUIS_TEST_ENGINE={chosen!r}: expected one of {', '.join(ENGINES)}")
+    return chosen
 
 
 @pytest.fixture

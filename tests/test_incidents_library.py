@@ -18,6 +18,7 @@ from sluis.server.core.clock import parse_iso
 from sluis.server.core.incidents import OPEN, REPORTED
 from sluis.server.errors import InvalidInput
 from tests.support.library import FAST, FakeClock
+from tests.support.pg import both_engines  # noqa: F401  (these tests run on both engines)
 
 SECURITY = {"email": {"enabled": True, "host": "127.0.0.1", "port": 2525, "starttls": False,
                       "sender": "sluis@agentschap.test"},

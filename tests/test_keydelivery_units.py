@@ -37,6 +37,7 @@ from sluis.keydelivery.templates import (
     validate_email_template,
     validate_sms_template,
 )
+from tests.support.pg import both_engines  # noqa: F401  (these tests run on both engines)
 
 # --- passphrase --------------------------------------------------------------------------------
 

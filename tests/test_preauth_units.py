@@ -20,6 +20,7 @@ from sluis.server.core.defender import MAX_TRACKED_SOURCES, Defender, Penalty, T
 from sluis.server.core.workpool import BoundedPool, PoolBusy
 from sluis.server.sftp.connections import ConnectionRegistry, Refusal
 from sluis.server.sftp.listener import SluisServerConnection
+from tests.support.pg import both_engines  # noqa: F401  (these tests run on both engines)
 
 SETTINGS = DefenderSettings(threshold=10, observe=60, ban_time=100, ban_growth=3, max_ban=500,
                             allowlist=("10.0.0.0/8", "2001:db8:1::/48"))

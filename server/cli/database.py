@@ -8,41 +8,26 @@ from typing import Any
 from ..app import build_app
 from ..core.schema import MIGRATIONS
 from ..core.stores import open_store
-from .common import operator
 
 
 def cmd_migrate(args: Any) -> int:
     settings = args.settings
+    where = "PostgreSQL" if settings.database.url else str(settings.database_path)
     store = open_store(settings.database, settings.database_path, migrate=False)
     try:
-        before = store.version() if _has_schema(store) else 0
-        latest = MIGRATIONS[-1].number
-        where = "PostgreSQL" if settings.database.url else str(settings.database_path)
-        if args.check:
-            pending = [f"{m.number:04d}_{m.name}" for m in MIGRATIONS[before:]]
-            print(f"{where}: schema version {before} of {latest}"
-                  + (f"; pending: {', '.join(pending)}" if pending else "; up to date"))
-            return 1 if pending else 0
-        after = store.migrate()
+        before = store.version()
     finally:
         store.close()
-    print(f"{where}: schema version {after}" + (f" (was {before})" if after != before else ", up to date"))
-    if after != before:
-        app = build_app(settings)
-        try:
-            actor = operator()
-            app.audit.record("database.migrate", actor=actor.name, source=actor.source,
-                             version_from=before, version_to=after)
-        finally:
-            app.close()
+    if args.check:
+        pending = [f"{m.number:04d}_{m.name}" for m in MIGRATIONS[before:]]
+        print(f"{where}: schema version {before} of {MIGRATIONS[-1].number}"
+              + (f"; pending: {', '.join(pending)}" if pending else "; up to date"))
+        return 1 if pending else 0
+    app = build_app(settings)   # migrates under the lock and audits what it applied
+    app.close()
+    print(f"{where}: schema version {MIGRATIONS[-1].number}"
+          + (f"; applied {', '.join(app.migrated)}" if app.migrated else ", up to date"))
     return 0
-
-
-def _has_schema(store: Any) -> bool:
-    """A brand-new PostgreSQL database has no schema_migrations table yet."""
-    if store.dialect != "postgresql":
-        return True
-    return store.query_one("SELECT to_regclass('schema_migrations') IS NOT NULL")[0]
 
 
 def add_database_commands(commands: Any, command: Any) -> None:

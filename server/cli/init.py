@@ -6,7 +6,7 @@ from pathlib import Path
 
 import asyncssh
 
-from ...config import render_config
+from ...config import ConfigError, render_config
 from ...keydelivery.sealing import create_key_file
 from ..core import keyfiles, receiptkey
 from ..formats import sshsig
@@ -40,7 +40,10 @@ def init_setup(directory: Path, overrides: dict | None = None) -> Path:
     for section, values in (overrides or {}).items():
         merged.setdefault(section, {}).update(values)
     overrides = merged
-    database = DatabaseSettings(url=parse_database_url(overrides.get("database", {}).get("url", "")))
+    try:
+        database = DatabaseSettings(url=parse_database_url(overrides.get("database", {}).get("url", "")))
+    except ValueError as exc:
+        raise ConfigError(f"--database: {exc}") from None
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     existing = [name for name in (CONFIG_NAME, HOST_KEY_NAME, SECRET_KEY_NAME, AUDIT_KEY_NAME,
                                   receiptkey.KEY_FILE_NAME, "state.db")

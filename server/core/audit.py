@@ -279,6 +279,7 @@ def _upgrade(db: Store, clock: Clock, key_file: Path) -> AuditKey:
     created = False
     try:
         with db.writer() as tx:
+            tx.lock_audit()                        # PostgreSQL: writers are not serial otherwise
             if os.path.lexists(key_file):          # another process upgraded while we waited
                 return create_audit_key(key_file)
             row = tx.execute("SELECT * FROM audit ORDER BY seq DESC LIMIT 1").fetchone()

@@ -351,7 +351,7 @@ class DropBox:
         temps = self.storage.temp_keys()
         blobs = self.storage.keys()
         now = self.clock.now()
-        with self.db.writer() as tx:
+        with self.db.writer(exclusive=True) as tx:    # not while another process publishes
             live_uploads = {r[0] for r in tx.execute("SELECT temp_key FROM uploads")}
             live_blobs = {r[0] for r in tx.execute("SELECT blob_key FROM deliveries WHERE state != ?",
                                                     (REMOVED,))}

@@ -66,8 +66,8 @@ class EvidenceStore:
 
     def deliveries(self, tenant_id: int, period: Period) -> list[dict[str, Any]]:
         rows = self.db.query("SELECT d.*, u.name AS sender FROM deliveries d JOIN users u ON u.id = d.sender_id"
-                             " WHERE d.tenant_id = ? AND (? IS NULL OR d.created_at >= ?)"
-                             " AND (? IS NULL OR d.created_at < ?) ORDER BY d.created_at",
+                             " WHERE d.tenant_id = ? AND (CAST(? AS TEXT) IS NULL OR d.created_at >= ?)"
+                             " AND (CAST(? AS TEXT) IS NULL OR d.created_at < ?) ORDER BY d.created_at",
                              (tenant_id, period.start, period.start, period.end, period.end))
         return [dict(r) for r in rows]
 
@@ -86,7 +86,7 @@ class EvidenceStore:
     def incidents(self, tenant: str, accounts: list[str], period: Period) -> list[dict[str, Any]]:
         marks = ",".join("?" * len(accounts)) or "NULL"
         rows = self.db.query(f"SELECT * FROM incidents WHERE (tenant = ? OR account IN ({marks}))"
-                             " AND (? IS NULL OR last_seen >= ?) AND (? IS NULL OR first_seen < ?) ORDER BY id",
+                             " AND (CAST(? AS TEXT) IS NULL OR last_seen >= ?) AND (CAST(? AS TEXT) IS NULL OR first_seen < ?) ORDER BY id",
                              (tenant, *accounts, period.start, period.start, period.end, period.end))
         return [dict(r) for r in rows]
 

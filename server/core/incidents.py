@@ -133,7 +133,7 @@ class IncidentStore:
         with neither, the open incident of this kind)."""
         if address or account:
             row = tx.execute("SELECT * FROM incidents WHERE state = ? AND kind = ? AND"
-                             " ((? IS NOT NULL AND source = ?) OR (? IS NOT NULL AND account = ?))"
+                             " ((CAST(? AS TEXT) IS NOT NULL AND source = ?) OR (CAST(? AS TEXT) IS NOT NULL AND account = ?))"
                              " ORDER BY id LIMIT 1", (OPEN, kind, address, address, account, account)).fetchone()
         else:
             row = tx.execute("SELECT * FROM incidents WHERE state = ? AND kind = ? AND source IS NULL"
@@ -158,8 +158,8 @@ class IncidentStore:
 
     def touch(self, tx: Tx, incident: Incident, entry: Entry, dpo: Dpo | None) -> None:
         """A related event: count it, move last seen; name a tenant and DPO if none was named yet."""
-        tx.execute("UPDATE incidents SET count = count + 1, last_seen = MAX(last_seen, ?), last_seq = ? WHERE id = ?",
-                   (entry.ts, entry.seq, incident.id))
+        tx.execute("UPDATE incidents SET count = count + 1, last_seen = CASE WHEN last_seen > ? THEN last_seen"
+                   " ELSE ? END, last_seq = ? WHERE id = ?", (entry.ts, entry.ts, entry.seq, incident.id))
         if incident.tenant is None and entry.tenant:
             tx.execute("UPDATE incidents SET tenant = ?, dpo_name = ?, dpo_email = ?, dpo_phone = ? WHERE id = ?",
                        (entry.tenant, dpo.name if dpo else None, dpo.email if dpo else None,

@@ -24,7 +24,7 @@ from psycopg import sql as pgsql
 from psycopg_pool import ConnectionPool
 
 from .schema import EXPECTED_TABLES, MIGRATIONS, POSTGRESQL
-from .store import Conflict
+from .store import Conflict, check_read
 
 log = logging.getLogger("sluis.store")
 
@@ -159,6 +159,8 @@ class PostgresStore:
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
+        # one plain connection first: its error names the cause (the pool's only says it timed out)
+        psycopg.connect(url, connect_timeout=int(CONNECT_TIMEOUT)).close()
         self._pool: ConnectionPool[Any] = ConnectionPool(
             url, min_size=1, max_size=pool_size, timeout=CONNECT_TIMEOUT, open=False, name="sluis",
             kwargs={"autocommit": True, "row_factory": _row_factory}, configure=self._configure)
@@ -172,12 +174,16 @@ class PostgresStore:
 
     # --- writes ---------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def writer(self, *, tenant: int | None = None) -> Iterator[PgTx]:
+    def writer(self, *, tenant: int | None = None, exclusive: bool = False) -> Iterator[PgTx]:
         """A write transaction (READ COMMITTED); with `tenant`, that tenant's row is locked first,
-        so check-then-act on one tenant (publish, the yearly limit) is serial across processes."""
+        so check-then-act on one tenant (publish, the yearly limit) is serial across processes.
+        `exclusive` locks the tenants table against every row lock (EXCLUSIVE mode still lets
+        plain reads through): it waits for tenant-locked writers and holds new ones off."""
         with self._pool.connection() as conn:
             tx = PgTx(conn)
             with conn.transaction():
+                if exclusive:
+                    conn.execute("LOCK TABLE tenants IN EXCLUSIVE MODE")
                 if tenant is not None:
                     conn.execute("SELECT id FROM tenants WHERE id = %s FOR UPDATE", (tenant,))
                 yield tx
@@ -188,8 +194,9 @@ class PostgresStore:
 
     # --- reads (autocommit, one statement) -------------------------------------------------------
     def execute(self, sql: str, params: Any = ()) -> Result:
+        """A read in a statement of its own (autocommit); writes go through `writer()`."""
         with self._pool.connection() as conn:
-            return _run(conn, sql, params)
+            return _run(conn, check_read(sql), params)
 
     def query(self, sql: str, params: Any = ()) -> list[PgRow]:
         return self.execute(sql, params).fetchall()
@@ -198,9 +205,11 @@ class PostgresStore:
         return self.execute(sql, params).fetchone()
 
     # --- schema ---------------------------------------------------------------------------------
-    def migrate(self) -> int:
+    def migrate(self) -> list[str]:
         """Apply the migrations this database has not seen, under a transaction advisory lock:
-        processes starting at once wait for the first, which migrates; the rest find nothing to do."""
+        processes starting at once wait for the first, which migrates; the rest find nothing to do.
+        The names of those this call applied."""
+        applied: list[str] = []
         with self._pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(MIGRATE_LOCK),))
             conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY,"
@@ -215,15 +224,20 @@ class PostgresStore:
                     conn.execute(statement)
                 conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
                              (migration.number, migration.name))
-                log.info("database: applied migration %04d_%s", migration.number, migration.name)
+                applied.append(f"{migration.number:04d}_{migration.name}")
+                log.info("database: applied migration %s", applied[-1])
         tables = {r[0] for r in self.query("SELECT table_name FROM information_schema.tables"
                                            " WHERE table_schema = current_schema()")}
         missing = set(EXPECTED_TABLES) - tables
         if missing:
             raise RuntimeError(f"schema is missing tables {sorted(missing)} after migration")
-        return MIGRATIONS[-1].number
+        return applied
 
     def version(self) -> int:
+        """How many migrations this database has seen (0: a brand-new database)."""
+        exists = self.query_one("SELECT to_regclass('schema_migrations') IS NOT NULL")
+        if exists is None or not exists[0]:
+            return 0
         row = self.query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
         return int(row[0]) if row else 0
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .schema import EXPECTED_TABLES, MIGRATIONS, SQLITE
-from .store import Conflict
+from .store import Conflict, check_read
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -73,11 +73,11 @@ class Database:
         return conn
 
     @contextlib.contextmanager
-    def writer(self, *, tenant: int | None = None) -> Iterator[Tx]:
+    def writer(self, *, tenant: int | None = None, exclusive: bool = False) -> Iterator[Tx]:
         """A write transaction: BEGIN IMMEDIATE takes the write lock up front, so no deadlocks.
 
-        `tenant` names the row the caller checks-then-acts on; SQLite's single writer already
-        covers it."""
+        `tenant` names the row the caller checks-then-acts on, `exclusive` asks for all of them;
+        SQLite's single writer already covers both."""
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         tx = Tx(conn)
@@ -91,18 +91,19 @@ class Database:
             hook()
 
     def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
-        """A read outside any transaction (same surface as `Tx.execute`)."""
-        return self._connection().execute(sql, params)
+        """A read outside any transaction (same surface as `Tx.execute`); writes go through `writer()`."""
+        return self._connection().execute(check_read(sql), params)
 
     def query(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
-        return self._connection().execute(sql, params).fetchall()
+        return self.execute(sql, params).fetchall()
 
     def query_one(self, sql: str, params: Any = ()) -> sqlite3.Row | None:
-        return self._connection().execute(sql, params).fetchone()
+        return self.execute(sql, params).fetchone()
 
-    def migrate(self) -> int:
+    def migrate(self) -> list[str]:
         """Apply the migrations this database has not seen, under BEGIN IMMEDIATE (two processes
-        starting at once migrate once); returns the schema version."""
+        starting at once migrate once); the names of those applied."""
+        applied: list[str] = []
         with self.writer() as tx:
             conn = tx.conn
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -113,15 +114,16 @@ class Database:
                 for statement in migration.statements(SQLITE):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {migration.number}")
+                applied.append(f"{migration.number:04d}_{migration.name}")
         tables = {row[0] for row in self.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
         missing = set(EXPECTED_TABLES) - tables
         if missing:
             raise RuntimeError(f"{self.path}: schema is missing tables {sorted(missing)} after migration")
-        return MIGRATIONS[-1].number
+        return applied
 
     def version(self) -> int:
         """How many migrations this database has seen."""
-        return int(self.query_one("PRAGMA user_version")[0])
+        return int(self.execute("PRAGMA user_version").fetchone()[0])
 
     @contextlib.contextmanager
     def try_lock(self, name: str) -> Iterator[bool]:

@@ -76,14 +76,20 @@ class Store(Reader, Protocol):
 
     dialect: str    # "sqlite" | "postgresql" (schema.SQLITE, schema.POSTGRESQL)
 
-    def writer(self, *, tenant: int | None = None) -> contextlib.AbstractContextManager[Tx]: ...
+    def writer(self, *, tenant: int | None = None,
+               exclusive: bool = False) -> contextlib.AbstractContextManager[Tx]:
+        """A write transaction. `tenant`: lock that tenant's row first (check-then-act on one
+        tenant). `exclusive`: wait for every tenant-locked writer and hold new ones off until
+        commit (the orphan sweep, which must not see a publish half done)."""
+        ...
 
     def query(self, sql: str, params: Params = ()) -> list[Any]: ...
 
     def query_one(self, sql: str, params: Params = ()) -> Any: ...
 
-    def migrate(self) -> int:
-        """Apply the migrations the database has not seen (under a lock); the schema version."""
+    def migrate(self) -> list[str]:
+        """Apply the migrations the database has not seen, under a lock so that processes starting
+        at once migrate once; the names of those this call applied (none: it was up to date)."""
         ...
 
     def version(self) -> int:
@@ -100,6 +106,16 @@ class Store(Reader, Protocol):
         commits, in any process; until `close`. A no-op on SQLite (one process)."""
 
     def close(self) -> None: ...
+
+
+_WRITES = ("INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER", "REPLACE")
+
+
+def check_read(sql: str) -> str:
+    """Refuse a write outside `writer()`: no hidden autocommit writes (it would skip the locks)."""
+    if sql.lstrip()[:7].upper().startswith(_WRITES):
+        raise RuntimeError(f"a write outside store.writer(): {sql[:60]!r}")
+    return sql
 
 
 def rows(conn: Reader, sql: str, params: Params = ()) -> Iterator[Any]:

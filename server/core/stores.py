@@ -11,6 +11,9 @@ from .state import open_database
 from .store import Store
 
 
+MIGRATE_EVENT = "database.migrate"   # audited by the process that applied migrations
+
+
 class DatabaseUnavailable(RuntimeError):
     """PostgreSQL could not be reached or refused us; the message names where, never a password."""
 

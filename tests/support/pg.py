@@ -23,12 +23,14 @@ TEMPLATE = "sluis_template"
 SETTINGS = """
 listen_addresses = ''
 unix_socket_directories = '{socket}'
-fsync = off
-synchronous_commit = off
-full_page_writes = off
 max_connections = 300
 shared_buffers = 32MB
 log_min_messages = warning
+"""
+FAST = """
+fsync = off
+synchronous_commit = off
+full_page_writes = off
 """
 
 
@@ -44,9 +46,10 @@ def find_bin_dir() -> Path | None:
 
 
 class Cluster:
-    """One running cluster, reached through its socket directory."""
+    """One running cluster, reached through its socket directory; fsync off unless `durable`
+    (the bench measures both)."""
 
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, *, durable: bool = False) -> None:
         self.bin_dir = bin_dir
         self.root = Path(tempfile.mkdtemp(prefix="sluis-pg-"))
         self.data = self.root / "data"
@@ -60,7 +63,7 @@ class Cluster:
         self._tool("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
                    "--no-sync")
         with open(self.data / "postgresql.conf", "a") as conf:
-            conf.write(SETTINGS.format(socket=self.root))
+            conf.write(SETTINGS.format(socket=self.root) + ("" if durable else FAST))
         self._tool("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "start")
         self.started = True
         self._template()
