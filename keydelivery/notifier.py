@@ -28,7 +28,12 @@ class NotificationSender:
         self.rng = rng or random.SystemRandom()
 
     def run_once(self) -> int:
-        """Try every message that is due; returns how many were sent."""
+        """Try every message that is due; returns how many were sent. Nothing while another
+        process's sender is in a pass (one sender at a time: no message goes twice)."""
+        with self.queue.exclusive() as held:
+            return self._pass() if held else 0
+
+    def _pass(self) -> int:
         sent = 0
         for note in self.queue.due():
             try:

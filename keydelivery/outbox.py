@@ -8,55 +8,56 @@ removed and no SMS for it is still waiting to go out. Job states are in docs/key
 
 from __future__ import annotations
 
-import json
+import os
+import secrets
+import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Callable
 
 from ..config.settings import Settings, SmsSettings
+from ..server.core import deliveries
 from ..server.core.audit import AuditLog
 from ..server.core.clock import Clock, iso
-from ..server.core.deliveries import PUBLISHED, fetch
+from ..server.core.deliveries import PUBLISHED
 from ..server.core.directory import tenant_name, tenant_phones
+from ..server.core.outboxstore import IN_FLIGHT, Job, JobKind, JobState, OutboxStore, Redaction, job_from_row
 from ..server.core.records import Delivery, Tenant
 from ..server.core.store import Store, Tx
 from ..server.errors import Busy, InvalidInput, NotFound
 from .sealing import Sealer
 
-SMS, EMAIL, ALERT = "sms", "email", "alert"
-PENDING = "pending"          # due at next_attempt_at (first try or a retry)
-SENDING = "sending"          # an SMS attempt is recorded (attempts+1, last_attempt_at) and the
-                             # provider call is in flight; revocation leaves it alone
-SENT = "sent"                # accepted by the provider; an SMS is then polled for its status
-DELIVERED = "delivered"      # the provider confirmed delivery to the phone
-UNDELIVERED = "undelivered"  # the provider gave up (final status undelivered/failed)
-FAILED = "failed"            # permanent error on sending: not retried, operator alerted
-CANCELLED = "cancelled"      # never handed to the provider: the delivery was removed first, or
-                             # the phone was no longer the tenant's at send time
-MAYBE_SENT = "maybe_sent"    # a crash cut an attempt short and the delivery no longer waits, so
-                             # it is not retried: the provider may or may not have accepted it
+# The names the rest of the code has always used (the enums are in server/core/outboxstore.py).
+SMS, EMAIL, ALERT = JobKind.SMS, JobKind.EMAIL, JobKind.ALERT
+PENDING, SENDING, SENT = JobState.PENDING, JobState.SENDING, JobState.SENT
+DELIVERED, UNDELIVERED, FAILED = JobState.DELIVERED, JobState.UNDELIVERED, JobState.FAILED
+CANCELLED, MAYBE_SENT = JobState.CANCELLED, JobState.MAYBE_SENT
 WAITING = (PENDING,)
-IN_FLIGHT = (PENDING, SENDING)   # an SMS that may still need the sealed passphrase
-STATES = (PENDING, SENDING, SENT, DELIVERED, UNDELIVERED, FAILED, CANCELLED, MAYBE_SENT)
+STATES = tuple(JobState)
+CHANNEL = "sluis_outbox"   # NOTIFY channel: a job was queued (wakes the workers of other processes)
+__all__ = ["ALERT", "CANCELLED", "DELIVERED", "EMAIL", "FAILED", "IN_FLIGHT", "MAYBE_SENT", "PENDING", "SENDING",
+           "SENT", "SMS", "STATES", "UNDELIVERED", "WAITING", "Claim", "Job", "Outbox", "Redaction",
+           "backoff_seconds", "job_from_row"]
 
 
-@dataclass(frozen=True)
-class Job:
-    id: int
-    delivery_id: str
-    kind: str
-    target: str
-    state: str
-    attempts: int
-    next_attempt_at: str
-    provider_id: str | None
-    provider_status: str | None
-    polls: int
-    redacted: int            # 0 not yet, 1 erased at the provider, 2 gave up
-    redact_attempts: int
-    last_error: str | None
-    payload: dict[str, Any]
-    last_attempt_at: str | None = None   # when the last provider call began (SMS)
+def process_name() -> str:
+    """Who holds a lease: host, pid and a random tag (a pid is reused after a restart)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def gone(owner: str) -> bool:
+    """Whether a lease holder is a process of this host that no longer runs: its leases need not
+    be waited out (a restart after a crash resumes at once). Other hosts' leases expire."""
+    host, pid, _tag = (owner.rsplit(":", 2) + ["", ""])[:3]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 @dataclass(frozen=True)
@@ -75,35 +76,49 @@ def backoff_seconds(sms: SmsSettings, attempts: int, retry_after: float | None, 
     return max(wait, retry_after or 0.0)
 
 
-def job_from_row(row: Any) -> Job:
-    return Job(**{k: row[k] for k in row.keys() if k in Job.__dataclass_fields__ and k != "payload"},
-               payload=json.loads(row["payload"]))
-
-
 class Outbox:
-    """KeyHandoff for the drop-box core, and the job store the worker drains."""
+    """KeyHandoff for the drop-box core, and the jobs the worker takes, works and settles.
+
+    Several processes may work one outbox: a job is taken with a lease ([sms] lease) by one
+    process (`take`), and its outcome recorded only while that process holds it."""
 
     def __init__(self, settings: Settings, db: Store, audit: AuditLog, clock: Clock,
-                 sealer: Callable[[], Sealer]) -> None:
+                 sealer: Callable[[], Sealer], owner: str | None = None) -> None:
         """`sealer` is called on first use, so that commands which never touch a passphrase
         (tenant, user, status) run without access to the secret key."""
         self.settings = settings
         self.db = db
+        self.store = OutboxStore(db)
         self.audit = audit
         self.clock = clock
         self.sealer = sealer
+        self.owner = owner or process_name()
         self._wake: Callable[[], None] = lambda: None
 
     def on_wake(self, callback: Callable[[], None]) -> None:
+        """`callback` wakes this process's worker: called when this process queues a job, and
+        (PostgreSQL) when any process does (LISTEN on CHANNEL)."""
         self._wake = callback
+        self.db.listen(CHANNEL, callback)
 
     def wake(self) -> None:
         self._wake()
 
+    def writer(self) -> Any:
+        """A write transaction on the store the outbox lives in (for recording an outcome)."""
+        return self.db.writer()
+
+    def append(self, tx: Tx, event: str, *, tenant: str | None, job: Job, **detail: Any) -> None:
+        """The audit record of something that happened to a job, in the transaction that records it."""
+        self.audit.append(tx, event, actor="sluis", tenant=tenant, delivery=job.delivery_id, **detail)
+
+    def _queued(self, tx: Tx) -> None:
+        """A job was written in `tx`: once committed, wake the workers of other processes."""
+        tx.notify(CHANNEL)
+
     # --- KeyHandoff ----------------------------------------------------------------------------
     def enqueue(self, tx: Tx, delivery: Delivery, tenant: Tenant, passphrase: str) -> int:
-        tx.execute("INSERT INTO secrets (delivery_id, sealed) VALUES (?, ?)",
-                   (delivery.id, self.sealer().seal(passphrase.encode())))
+        self.store.add_secret(tx, delivery.id, self.sealer().seal(passphrase.encode()))
         jobs = [(SMS, phone) for phone in tenant.phones]
         if self.settings.email.enabled and tenant.email:
             jobs.append((EMAIL, tenant.email))
@@ -115,12 +130,42 @@ class Outbox:
         """Destroy the key and cancel what has not gone out; an attempt in flight (`sending`) is
         left to the worker, which records what the provider answers."""
         self._destroy_key(tx, delivery_id, f"delivery {reason}")
-        tx.execute("UPDATE outbox SET state = ?, last_error = ?, updated_at = ? WHERE delivery_id = ?"
-                   " AND state = ? AND kind != ?", (CANCELLED, f"delivery {reason}", self._now(),
-                                                     delivery_id, PENDING, ALERT))
+        self.store.cancel_waiting(tx, delivery_id, f"delivery {reason}", self._now())
 
     def collected(self, tx: Tx, delivery_id: str) -> None:
         self.destroy_if_done(tx, delivery_id)
+
+    # --- taking jobs: leases ----------------------------------------------------------------------
+    def lease_end(self) -> str:
+        return iso(self.clock.now() + timedelta(seconds=self.settings.sms.lease))
+
+    def take(self, limit: int = 50) -> list[Job]:
+        """Lease to this process the jobs due now (none another live process holds)."""
+        for owner in self.store.lease_holders(self.owner):
+            if gone(owner):
+                self.store.drop_leases(owner)
+        return self.store.claim_due(self.owner, self._now(), self.lease_end(), limit,
+                                    poll_limit=self.settings.sms.poll_limit, redact=self.settings.sms.redact)
+
+    def release(self, jobs: list[Job]) -> None:
+        """Give back leases this process took but will not work on now."""
+        self.store.release(self.owner, [job.id for job in jobs])
+
+    def _held(self, current: Job | None) -> bool:
+        """Whether this process may work the job: it holds the lease, or nobody holds a live one
+        (none, expired, or its holder on this host is gone)."""
+        if current is None:
+            return False
+        if current.claimed_by is None or current.claimed_by == self.owner:
+            return True
+        return current.lease_until is None or current.lease_until <= self._now() or gone(current.claimed_by)
+
+    def context(self, job: Job) -> tuple[Delivery, str]:
+        """The job's delivery and its tenant's name (for the message and the audit record)."""
+        delivery = deliveries.by_id(self.db, job.delivery_id)
+        if delivery is None:
+            raise NotFound(f"no delivery {job.delivery_id!r} for outbox job {job.id}")
+        return delivery, tenant_name(self.db, delivery.tenant_id)
 
     # --- SMS attempts: bound to the tenant's phones, recorded before the provider call ----------
     def phones(self, conn: Tx | Store, tenant_id: int) -> list[str]:
@@ -128,18 +173,20 @@ class Outbox:
         return tenant_phones(conn, tenant_id)
 
     def claim(self, job: Job, tenant_id: int, tenant: str) -> Claim | None:
-        """Record an SMS attempt (`sending`, attempts+1, the time) in one transaction, or settle the job.
+        """Record an SMS attempt (`sending`, attempts+1, the time, a fresh lease) in one
+        transaction, or settle the job.
 
         Returns None, with the job settled and audited, when it must not be sent: it is no longer
-        `pending` (revoked meanwhile), the key is gone, or its phone is no longer one of the
-        tenant's (cancelled; operator alerted). Phones added to the tenant since publishing do not
-        get the key automatically: the operator is alerted once per phone and may resend.
+        `pending` (revoked meanwhile, or another process took it), the key is gone, or its phone is
+        no longer one of the tenant's (cancelled; operator alerted). Phones added to the tenant
+        since publishing do not get the key automatically: the operator is alerted once per phone
+        and may resend.
         """
         with self.db.writer() as tx:
-            row = tx.execute("SELECT * FROM outbox WHERE id = ?", (job.id,)).fetchone()
-            if row is None or row["state"] != PENDING:
+            current = self.store.get(tx, job.id, lock=True)
+            if current is None or current.state != PENDING or not self._held(current):
                 return None
-            job = job_from_row(row)
+            job = current
             phones = self.phones(tx, tenant_id)
             self._alert_added_phones(tx, job, tenant, phones)
             if job.target not in phones:
@@ -148,17 +195,18 @@ class Outbox:
                              "changed after the file was published): the key was not sent to it",
                              alert=True)
                 return None
-            sealed = tx.execute("SELECT sealed FROM secrets WHERE delivery_id = ?", (job.delivery_id,)).fetchone()
+            sealed = self.store.secret(tx, job.delivery_id)
             if sealed is None:  # revoked or destroyed while the job waited
                 self._cancel(tx, job, tenant, "key_gone", "key no longer available")
                 return None
             attempt = job.attempts + 1
-            self.update(tx, job, state=SENDING, attempts=attempt, last_attempt_at=self._now())
-            passphrase = self.sealer().open(sealed[0]).decode()
+            self.update(tx, job, state=SENDING, attempts=attempt, last_attempt_at=self._now(),
+                        claimed_by=self.owner, lease_until=self.lease_end())
+            passphrase = self.sealer().open(sealed).decode()
         return Claim(job=job, passphrase=passphrase, attempt=attempt)
 
     def _cancel(self, tx: Tx, job: Job, tenant: str, why: str, message: str, *, alert: bool = False) -> None:
-        self.update(tx, job, state=CANCELLED, last_error=message)
+        self.finish(tx, job, state=CANCELLED, last_error=message)
         self.audit.append(tx, "key.sms.cancelled", actor="sluis", tenant=tenant, delivery=job.delivery_id,
                           phone=job.target, attempts=job.attempts, why=why, reason=message)
         if alert:
@@ -167,7 +215,7 @@ class Outbox:
 
     def _alert_added_phones(self, tx: Tx, job: Job, tenant: str, phones: list[str]) -> None:
         """Tell the operator (once per delivery and phone) about phones registered since publishing."""
-        jobs = [job_from_row(r) for r in tx.execute("SELECT * FROM outbox WHERE delivery_id = ?", (job.delivery_id,))]
+        jobs = self.store.for_delivery(tx, job.delivery_id)
         known = {j.target for j in jobs if j.kind == SMS} | {j.payload.get("added_phone") for j in jobs}
         for phone in phones:
             if phone in known:
@@ -179,36 +227,39 @@ class Outbox:
             self.audit.append(tx, "key.phone.added", actor="sluis", tenant=tenant,
                               delivery=job.delivery_id, phone=phone, sent=False)
 
-    def settle_sent(self, tx: Tx, job: Job) -> str:
+    def settle_sent(self, tx: Tx, job: Job) -> JobState:
         """The state a job takes once the provider accepted it: `sent`, unless something settled it."""
-        current = tx.execute("SELECT state FROM outbox WHERE id = ?", (job.id,)).fetchone()[0]
-        return SENT if current in (SENDING, PENDING) else current
+        current = self.store.get(tx, job.id, lock=True)
+        state = current.state if current else CANCELLED
+        return SENT if state in (SENDING, PENDING) else state
 
-    def reconcile(self) -> list[tuple[Job, str]]:
-        """At startup: SMS attempts a crash cut short (`sending`) are retried if their delivery still
-        waits (a duplicate SMS is acceptable, a lost one is not), else marked `maybe_sent` and the
-        operator alerted. Audited as `key.sms.interrupted` either way. Returns (job, new state)."""
-        settled: list[tuple[Job, str]] = []
-        for row in self.db.query("SELECT id FROM outbox WHERE state = ? ORDER BY id", (SENDING,)):
+    def reconcile(self) -> list[tuple[Job, JobState]]:
+        """SMS attempts cut short (`sending` whose process stopped or lost its lease; this process's
+        own, since its worker never runs this during a call) are retried if
+        their delivery still waits (a duplicate SMS is acceptable, a lost one is not), else marked
+        `maybe_sent` and the operator alerted. Audited as `key.sms.interrupted` either way. Run
+        at startup and on every pass (another process may have died). Returns (job, new state)."""
+        settled: list[tuple[Job, JobState]] = []
+        for job_id in self.store.sending():
             with self.db.writer() as tx:
-                current = tx.execute("SELECT * FROM outbox WHERE id = ?", (row[0],)).fetchone()
-                if current is None or current["state"] != SENDING:
+                current = self.store.get(tx, job_id, lock=True)
+                if current is None or current.state != SENDING or not self._held(current):
                     continue
-                job = job_from_row(current)
-                delivery = fetch(tx, "id = ?", (job.delivery_id,))
-                has_secret = tx.execute("SELECT 1 FROM secrets WHERE delivery_id = ?",
-                                        (job.delivery_id,)).fetchone() is not None
-                waits = bool(delivery) and delivery[0].state == PUBLISHED and has_secret
-                tenant = tenant_name(tx, delivery[0].tenant_id) if delivery else None
+                job = current
+                delivery = deliveries.by_id(tx, job.delivery_id)
+                has_secret = self.store.secret(tx, job.delivery_id) is not None
+                waits = delivery is not None and delivery.state == PUBLISHED and has_secret
+                tenant = tenant_name(tx, delivery.tenant_id) if delivery else None
                 cut = (f"attempt {job.attempts} (begun {job.last_attempt_at}) was cut short by a stop or crash; "
                        "the provider may have accepted it")
+                state: JobState
                 if waits:
                     state, message = PENDING, f"{cut}: sending again (a second SMS is possible)"
-                    self.update(tx, job, state=PENDING, next_attempt_at=self._now(), last_error=message)
+                    self.finish(tx, job, state=PENDING, next_attempt_at=self._now(), last_error=message)
                 else:
-                    why = delivery[0].state if delivery else "gone"
+                    why = delivery.state if delivery else "gone"
                     state, message = MAYBE_SENT, f"{cut}: not retried, the delivery is {why}"
-                    self.update(tx, job, state=MAYBE_SENT, last_error=message)
+                    self.finish(tx, job, state=MAYBE_SENT, last_error=message)
                     self.alert(tx, job.delivery_id, phone=job.target, reason=f"the SMS to {job.target} may have "
                                f"been sent: {message}")
                     self.destroy_if_done(tx, job.delivery_id)
@@ -222,40 +273,37 @@ class Outbox:
     def _now(self) -> str:
         return iso(self.clock.now())
 
-    def _insert(self, tx: Tx, delivery_id: str, kind: str, target: str, **payload: Any) -> int:
-        now = self._now()
-        cur = tx.execute("INSERT INTO outbox (delivery_id, kind, target, state, next_attempt_at,"
-                         " payload, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                         (delivery_id, kind, target, PENDING, now, json.dumps(payload), now, now))
-        return int(cur.fetchone()[0])
+    def _insert(self, tx: Tx, delivery_id: str, kind: JobKind, target: str, **payload: Any) -> int:
+        job_id = self.store.insert(tx, delivery_id, kind, target, payload, self._now())
+        self._queued(tx)
+        return job_id
 
     def alert(self, tx: Tx, delivery_id: str, *, to: str | None = None, **details: Any) -> None:
         """Queue an alert for the operator (or `to`): mailed when e-mail is on; always logged and audited."""
         self._insert(tx, delivery_id, ALERT, to or self.settings.email.operator or "-", **details)
 
-    def due(self, limit: int = 50) -> list[Job]:
-        """Jobs to send now, sent SMS whose status is due to be polled, finished SMS to redact."""
-        now = self._now()
-        rows = self.db.query("SELECT * FROM outbox WHERE next_attempt_at <= ? AND"
-                             " (state = ? OR (state = ? AND kind = ? AND polls < ?) OR"
-                             "  (state IN (?, ?) AND kind = ? AND redacted = 0 AND ?))"
-                             " ORDER BY next_attempt_at LIMIT ?",
-                             (now, PENDING, SENT, SMS, self.settings.sms.poll_limit,
-                              DELIVERED, UNDELIVERED, SMS, self.settings.sms.redact, limit))
-        return [job_from_row(row) for row in rows]
-
     def jobs(self, delivery_id: str | None = None) -> list[Job]:
-        where, params = ("WHERE delivery_id = ?", (delivery_id,)) if delivery_id else ("", ())
-        return [job_from_row(r) for r in self.db.query(f"SELECT * FROM outbox {where} ORDER BY id", params)]
+        return self.store.for_delivery(self.db, delivery_id) if delivery_id else self.store.all()
 
     def passphrase(self, delivery_id: str) -> str | None:
-        row = self.db.query_one("SELECT sealed FROM secrets WHERE delivery_id = ?", (delivery_id,))
-        return self.sealer().open(row[0]).decode() if row else None
+        sealed = self.store.secret(self.db, delivery_id)
+        return self.sealer().open(sealed).decode() if sealed else None
+
+    def sealed_deliveries(self) -> list[str]:
+        """Deliveries whose sealed passphrase is still kept (the janitor checks each)."""
+        return self.store.sealed_deliveries()
 
     def update(self, tx: Tx, job: Job, **changes: Any) -> None:
         changes["updated_at"] = self._now()
-        assignments = ", ".join(f"{key} = ?" for key in changes)
-        tx.execute(f"UPDATE outbox SET {assignments} WHERE id = ?", (*changes.values(), job.id))
+        self.store.update(tx, job.id, changes)
+
+    def finish(self, tx: Tx, job: Job, **changes: Any) -> bool:
+        """Record a job's outcome and give up its lease, if this process still holds it; False
+        (nothing written) if the lease ran out and another process took the job over."""
+        if not self._held(self.store.get(tx, job.id, lock=True)):
+            return False
+        self.update(tx, job, claimed_by=None, lease_until=None, **changes)
+        return True
 
     def backoff(self, attempts: int, retry_after: float | None, jitter: float) -> str:
         """When to try again after `attempts` failed ones (see backoff_seconds)."""
@@ -267,34 +315,35 @@ class Outbox:
 
     def destroy_if_done(self, tx: Tx, delivery_id: str) -> bool:
         """Destroy the sealed passphrase once no SMS needs it and the delivery is no longer pending."""
-        pending = tx.execute("SELECT COUNT(*) FROM outbox WHERE delivery_id = ? AND kind = ? AND state IN (?, ?)",
-                             (delivery_id, SMS, *IN_FLIGHT)).fetchone()[0]
-        delivery = fetch(tx, "id = ?", (delivery_id,))
-        if pending or (delivery and delivery[0].state == PUBLISHED):
+        pending = self.store.sms_in_flight(tx, delivery_id)
+        delivery = deliveries.by_id(tx, delivery_id)
+        if pending or (delivery and delivery.state == PUBLISHED):
             return False
         return self._destroy_key(tx, delivery_id, "collected, no key message waiting")
 
+    def destroy_done_key(self, delivery_id: str) -> bool:
+        """`destroy_if_done` in a transaction of its own (the janitor's sweep)."""
+        with self.db.writer() as tx:
+            return self.destroy_if_done(tx, delivery_id)
+
     def _destroy_key(self, tx: Tx, delivery_id: str, why: str) -> bool:
         """Delete the sealed passphrase; its destruction gets its own audit record (key.destroy)."""
-        if tx.execute("DELETE FROM secrets WHERE delivery_id = ?", (delivery_id,)).rowcount == 0:
+        if not self.store.delete_secret(tx, delivery_id):
             return False
-        row = tx.execute("SELECT t.name, d.state FROM deliveries d JOIN tenants t ON t.id = d.tenant_id"
-                         " WHERE d.id = ?", (delivery_id,)).fetchone()
+        tenant, state = self.store.delivery_ending(tx, delivery_id)
         # Recorded in the same transaction: the key is gone only if its record is written.
-        self.audit.append(tx, "key.destroy", actor="sluis", tenant=row[0] if row else None,
-                          delivery=delivery_id, state=row[1] if row else "unknown", reason=why)
+        self.audit.append(tx, "key.destroy", actor="sluis", tenant=tenant, delivery=delivery_id,
+                          state=state, reason=why)
         return True
 
     # --- operator actions ---------------------------------------------------------------------------
     def resend(self, delivery_id: str, *, actor: str, phone: str | None = None, source: str = "cli") -> list[str]:
         """Send the key again to every phone of the tenant (or one), at most once per interval."""
         with self.db.writer() as tx:
-            found = fetch(tx, "id = ?", (delivery_id,))
-            if not found:
+            delivery = deliveries.by_id(tx, delivery_id)
+            if delivery is None:
                 raise NotFound(f"no delivery {delivery_id!r}")
-            delivery = found[0]
-            has_secret = tx.execute("SELECT 1 FROM secrets WHERE delivery_id = ?", (delivery_id,)).fetchone()
-            if delivery.state != PUBLISHED or not has_secret:
+            if delivery.state != PUBLISHED or self.store.secret(tx, delivery_id) is None:
                 raise InvalidInput(f"delivery {delivery_id} is {delivery.state}: its key was destroyed "
                                    "and cannot be sent again (upload the file again instead)")
             phones = self.phones(tx, delivery.tenant_id)
@@ -304,12 +353,10 @@ class Outbox:
                                        f"(registered: {', '.join(phones)})")
                 phones = [phone]
             since = iso(self.clock.now() - timedelta(seconds=self.settings.sms.resend_interval))
-            if tx.execute("SELECT 1 FROM resends WHERE delivery_id = ? AND requested_at > ?",
-                          (delivery_id, since)).fetchone():
+            if self.store.resent_since(tx, delivery_id, since):
                 raise Busy(f"the key of {delivery_id} was resent less than "
                            f"{self.settings.sms.resend_interval}s ago; try again later")
-            tx.execute("INSERT INTO resends (delivery_id, requested_at, requested_by) VALUES (?, ?, ?)",
-                       (delivery_id, self._now(), actor))
+            self.store.add_resend(tx, delivery_id, self._now(), actor)
             for target in phones:
                 self._insert(tx, delivery_id, SMS, target, resend=True)
             tenant = tenant_name(tx, delivery.tenant_id)

@@ -7,14 +7,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from typing import Any
 
 from ..config.settings import Settings
 from ..server.core.clock import parse_iso
-from ..server.core.deliveries import fetch
-from ..server.core.directory import tenant_name
+from ..server.core.records import Delivery
 from .mail import MailServer, send_mail
-from .outbox import ALERT, DELIVERED, EMAIL, FAILED, PENDING, SENT, SMS, UNDELIVERED, Job, Outbox
+from .outbox import ALERT, DELIVERED, EMAIL, PENDING, SENT, SMS, UNDELIVERED, Job, Outbox, Redaction
+from .outcomes import Outcomes
 from .providers.base import (
     FAILED_STATUSES, FINAL_STATUSES, PermanentProviderError, SmsProvider, TransientProviderError,
 )
@@ -22,7 +23,8 @@ from .templates import render_alert, render_email, render_sms
 
 log = logging.getLogger("sluis.keydelivery")
 TICK_SECONDS = 1.0
-REDACT_DONE, REDACT_GAVE_UP, REDACT_TRIES = 1, 2, 5
+REDACT_TRIES = 5
+BATCH = 20     # jobs taken per pass; the lease is checked before each
 
 
 def mail_server(settings: Settings) -> MailServer | None:
@@ -41,6 +43,7 @@ class OutboxWorker:
                  rng: random.Random | None = None) -> None:
         self.settings = settings
         self.outbox = outbox
+        self.outcomes = Outcomes(settings, outbox)
         self.provider = provider
         self.mail = mail_server(settings)
         self.rng = rng or random.SystemRandom()
@@ -50,11 +53,11 @@ class OutboxWorker:
         loop.call_soon_threadsafe(self._event.set)
 
     async def run(self) -> None:
-        try:
-            await asyncio.to_thread(self.reconcile)
-        except Exception:
-            log.exception("could not settle SMS attempts interrupted by the last stop; they stay 'sending'")
         while True:
+            try:
+                await asyncio.to_thread(self.reconcile)
+            except Exception:
+                log.exception("could not settle SMS attempts interrupted by a stop; they stay 'sending'")
             try:
                 await asyncio.to_thread(self.run_once)
             except Exception:
@@ -66,9 +69,15 @@ class OutboxWorker:
             self._event.clear()
 
     def run_once(self) -> int:
-        """Handle every job due now; returns how many were handled."""
+        """Handle the jobs due now, taken with a lease; returns how many were handled. Jobs left
+        when half the lease has gone are given back for the next pass (or another process)."""
         handled = 0
-        for job in self.outbox.due():
+        jobs = self.outbox.take(BATCH)
+        deadline = time.monotonic() + self.settings.sms.lease / 2
+        for number, job in enumerate(jobs):
+            if time.monotonic() > deadline:
+                self.outbox.release(jobs[number:])
+                break
             try:
                 self._handle(job)
             except Exception:
@@ -89,10 +98,8 @@ class OutboxWorker:
             self._deliver(job, lambda: self._send_alert(job))
 
     # --- SMS ---------------------------------------------------------------------------------------
-    def _context(self, job: Job) -> tuple[Any, str]:
-        delivery = fetch(self.outbox.db, "id = ?", (job.delivery_id,))[0]
-        tenant = tenant_name(self.outbox.db, delivery.tenant_id)
-        return delivery, tenant
+    def _context(self, job: Job) -> tuple[Delivery, str]:
+        return self.outbox.context(job)
 
     def _send_sms(self, job: Job) -> None:
         """Check the phone is still the tenant's, record the attempt (`sending`), then call the
@@ -114,17 +121,7 @@ class OutboxWorker:
             log.exception("SMS to %s: unexpected error from the provider", job.target)
             self._retry(job, tenant, TransientProviderError(f"unexpected error: {exc!r}"[:300]), claim.attempt)
         else:
-            with self.outbox.db.writer() as tx:
-                # Revocation leaves a `sending` job alone, so even for a delivery replaced or
-                # withdrawn meanwhile the job records what the provider accepted.
-                self.outbox.update(tx, job, state=self.outbox.settle_sent(tx, job), attempts=claim.attempt,
-                                   provider_id=result.provider_id, provider_status=result.status,
-                                   last_error=None, next_attempt_at=self.outbox.poll_later(0))
-                self.outbox.destroy_if_done(tx, job.delivery_id)
-                self.outbox.audit.append(tx, "key.sms.sent", actor="sluis", tenant=tenant,
-                                         delivery=job.delivery_id, phone=job.target,
-                                         provider=self.provider.name, provider_id=result.provider_id,
-                                         attempt=claim.attempt)
+            self.outcomes.sms_sent(job, tenant, claim.attempt, self.provider.name, result.provider_id, result.status)
 
     def reconcile(self) -> int:
         """At startup, settle SMS attempts a crash cut short (see Outbox.reconcile); returns how many."""
@@ -137,26 +134,11 @@ class OutboxWorker:
     def _retry(self, job: Job, tenant: str, exc: TransientProviderError, attempts: int | None = None) -> None:
         """`attempts`: the attempt already recorded (an SMS claim), else this one counts now."""
         attempts = attempts if attempts is not None else job.attempts + 1
-        with self.outbox.db.writer() as tx:
-            self.outbox.update(tx, job, state=PENDING, attempts=attempts, last_error=str(exc)[:500],
-                               next_attempt_at=self.outbox.backoff(attempts, exc.retry_after, self.rng.random()))
-            self.outbox.audit.append(tx, "key.retry", actor="sluis", tenant=tenant, delivery=job.delivery_id,
-                                     kind=job.kind, target=job.target, attempt=attempts, error=str(exc)[:200])
-            if attempts == self.settings.sms.alert_after and job.kind != ALERT:
-                self.outbox.alert(tx, job.delivery_id, phone=job.target,
-                                  reason=f"{attempts} attempts failed so far, still retrying: {exc}")
+        self.outcomes.retry(job, tenant, exc, attempts, self.rng.random())
         log.warning("%s to %s failed (attempt %d), retrying: %s", job.kind, job.target, attempts, exc)
 
     def _fail(self, job: Job, tenant: str, delivery: Any, reason: str, attempts: int | None = None) -> None:
-        with self.outbox.db.writer() as tx:
-            self.outbox.update(tx, job, state=FAILED, last_error=reason[:500],
-                               attempts=attempts if attempts is not None else job.attempts + 1)
-            self.outbox.destroy_if_done(tx, job.delivery_id)
-            self.outbox.audit.append(tx, "key.failed", actor="sluis", tenant=tenant, delivery=job.delivery_id,
-                                     kind=job.kind, target=job.target, reason=reason[:300])
-            if job.kind != ALERT:
-                self.outbox.alert(tx, job.delivery_id, phone=job.target,
-                                  reason=f"{reason} (permanent error: not retried)")
+        self.outcomes.failed(job, tenant, reason, attempts if attempts is not None else job.attempts + 1)
         log.error("%s to %s failed permanently for delivery %s: %s", job.kind, job.target,
                   job.delivery_id, reason)
 
@@ -171,20 +153,8 @@ class OutboxWorker:
         else:
             error = None
         _, tenant = self._context(job)
-        with self.outbox.db.writer() as tx:
-            if status in FINAL_STATUSES:
-                state = UNDELIVERED if status in FAILED_STATUSES else DELIVERED
-                self.outbox.update(tx, job, state=state, provider_status=status, polls=job.polls + 1,
-                                   # the body is erased one (shortest) backoff interval later
-                                   next_attempt_at=self.outbox.backoff(0, None, 0.0))
-                self.outbox.audit.append(tx, f"key.sms.{state}", actor="sluis", tenant=tenant,
-                                         delivery=job.delivery_id, phone=job.target, status=status)
-                if state == UNDELIVERED:
-                    self.outbox.alert(tx, job.delivery_id, phone=job.target,
-                                      reason=f"the provider reports the SMS as {status} (not retried automatically)")
-            else:
-                self.outbox.update(tx, job, provider_status=status, polls=job.polls + 1, last_error=error,
-                                   next_attempt_at=self.outbox.poll_later(job.polls + 1))
+        self.outcomes.polled(job, tenant, status, error, final=status in FINAL_STATUSES,
+                             failed=status in FAILED_STATUSES)
 
     def _redact(self, job: Job) -> None:
         """Erase the passphrase from the provider's copy of a finished SMS (a few tries at most)."""
@@ -192,22 +162,14 @@ class OutboxWorker:
         attempts = job.redact_attempts + 1
         try:
             self.provider.redact(job.provider_id)
-            state, error = REDACT_DONE, ""
+            state, error = Redaction.DONE, ""
         except TransientProviderError as exc:
-            state, error = (REDACT_GAVE_UP if attempts >= REDACT_TRIES else 0), str(exc)
+            state, error = (Redaction.GAVE_UP if attempts >= REDACT_TRIES else Redaction.NOT_YET), str(exc)
         except PermanentProviderError as exc:
-            state, error = REDACT_GAVE_UP, str(exc)
+            state, error = Redaction.GAVE_UP, str(exc)
         _, tenant = self._context(job)
-        with self.outbox.db.writer() as tx:
-            self.outbox.update(tx, job, redacted=state, redact_attempts=attempts,
-                               next_attempt_at=self.outbox.backoff(attempts, None, self.rng.random()))
-            if state == REDACT_DONE:
-                self.outbox.audit.append(tx, "key.sms.redacted", actor="sluis", tenant=tenant,
-                                         delivery=job.delivery_id, phone=job.target, provider_id=job.provider_id)
-            elif state == REDACT_GAVE_UP:
-                self.outbox.audit.append(tx, "key.sms.redact_failed", actor="sluis", tenant=tenant,
-                                         delivery=job.delivery_id, phone=job.target, error=error[:300])
-        if state == REDACT_GAVE_UP:
+        self.outcomes.redaction(job, tenant, state, attempts, error, self.rng.random())
+        if state == Redaction.GAVE_UP:
             log.warning("could not erase the SMS body of %s at the provider: %s", job.provider_id, error)
 
     # --- e-mail --------------------------------------------------------------------------------------
@@ -220,11 +182,7 @@ class OutboxWorker:
         except PermanentProviderError as exc:
             self._fail(job, tenant, delivery, str(exc))
         else:
-            with self.outbox.db.writer() as tx:
-                self.outbox.update(tx, job, state=SENT, attempts=job.attempts + 1, last_error=None)
-                event = f"{job.kind}.sent" if mailed else f"{job.kind}.logged"
-                self.outbox.audit.append(tx, event, actor="sluis", tenant=tenant,
-                                         delivery=job.delivery_id, target=job.target)
+            self.outcomes.mailed(job, tenant, bool(mailed))
 
     def _send_notice(self, job: Job) -> bool:
         delivery, tenant = self._context(job)

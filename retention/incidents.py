@@ -68,7 +68,12 @@ class IncidentTracker:
         self.clock = clock
 
     def run_once(self) -> int:
-        """Process what is new (up to MAX_BATCHES batches); returns how many records were read."""
+        """Process what is new (up to MAX_BATCHES batches); returns how many records were read.
+        Nothing while another process's tracker is in a pass."""
+        with self.store.exclusive() as held:
+            return self._pass() if held else 0
+
+    def _pass(self) -> int:
         read = 0
         for _ in range(MAX_BATCHES):
             with self.store.writer() as tx:

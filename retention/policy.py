@@ -7,55 +7,18 @@ count again; a file of another name is refused until the waiting one is collecte
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta
 
 from ..config.settings import PolicySettings
+from ..server.core import deliveries
 from ..server.core.clock import Clock, iso, parse_iso
-from ..server.core.deliveries import PUBLISHED, fetch
+from ..server.core.protocols import Protocol, load_protocol, notice_end, open_allowance, use_allowance
 from ..server.core.records import Delivery, Tenant
+from ..server.core.store import Reader
 from ..server.errors import PolicyRefused
 
+__all__ = ["ListWaiting", "Protocol", "YearlyPolicy", "load_protocol", "notice_end"]
 YEAR = timedelta(days=365)
-
-
-def notice_end(notice: date) -> date:
-    """A protocol ends twelve months after notice is given (art. 12)."""
-    try:
-        return notice.replace(year=notice.year + 1)
-    except ValueError:  # 29 February
-        return notice.replace(year=notice.year + 1, day=28)
-
-
-@dataclass(frozen=True)
-class Protocol:
-    signed: date
-    effective: date
-    reference: str
-    notice: date | None
-    ends: date | None
-
-    def in_force(self, today: date) -> bool:
-        return self.effective <= today and (self.ends is None or today < self.ends)
-
-    def describe(self, today: date) -> str:
-        if today < self.effective:
-            return f"signed {self.signed}, in force from {self.effective}"
-        if self.ends and today >= self.ends:
-            return f"ended on {self.ends} (notice given {self.notice})"
-        if self.ends:
-            return f"in force since {self.effective}; notice given {self.notice}, ends {self.ends}"
-        return f"in force since {self.effective}"
-
-
-def load_protocol(conn: Any, tenant_id: int) -> Protocol | None:
-    row = conn.execute("SELECT * FROM protocols WHERE tenant_id = ?", (tenant_id,)).fetchone()
-    if row is None:
-        return None
-    as_date = lambda text: date.fromisoformat(text) if text else None  # noqa: E731
-    return Protocol(signed=date.fromisoformat(row["signed"]), effective=date.fromisoformat(row["effective"]),
-                    reference=row["reference"], notice=as_date(row["notice"]), ends=as_date(row["ends"]))
 
 
 class ListWaiting(PolicyRefused):
@@ -81,7 +44,7 @@ class YearlyPolicy:
         self.settings = settings
         self.clock = clock
 
-    def admit(self, conn: Any, tenant: Tenant, delivery_id: str | None = None,
+    def admit(self, conn: Reader, tenant: Tenant, delivery_id: str | None = None,
               name: str | None = None) -> list[Delivery]:
         """Raise PolicyRefused, or return the pending deliveries an upload named `name` replaces.
 
@@ -98,33 +61,31 @@ class YearlyPolicy:
         if not protocol.in_force(now.date()):
             raise PolicyRefused(f"the data-sharing protocol with {tenant.name} is not in force: "
                                 f"{protocol.describe(now.date())}")
-        pending = fetch(conn, "tenant_id = ? AND state = ?", (tenant.id, PUBLISHED))
+        pending = deliveries.waiting(conn, tenant.id)
         if pending:
             other = [d for d in pending if name is not None and d.name != name]
             if other:
                 raise ListWaiting(tenant, other[0], name)
             return pending  # a correction under the same name: replaces what waits, counts once
-        counted = fetch(conn, "tenant_id = ? AND created_at >= ? AND collected_at IS NOT NULL",
-                        (tenant.id, iso(now - YEAR)))
+        counted = deliveries.collected_since(conn, tenant.id, iso(now - YEAR))
         if len(counted) < self.settings.yearly_limit:
             return []
-        allowance = conn.execute("SELECT id FROM allowances WHERE tenant_id = ? AND used_by IS NULL"
-                                 " AND granted_at >= ? ORDER BY id LIMIT 1",
-                                 (tenant.id, iso(now - YEAR))).fetchone()
+        allowance = open_allowance(conn, tenant.id, iso(now - YEAR))
         if allowance is None:
             raise PolicyRefused(
                 f"{tenant.name} received its list on {_day(parse_iso(counted[-1].created_at))}; at most "
                 f"{self.settings.yearly_limit} per 365 days, so the next is allowed from "
                 f"{_minute_after(self._next_date(counted))}")
         if delivery_id is not None:
-            conn.execute("UPDATE allowances SET used_by = ? WHERE id = ?", (delivery_id, allowance["id"]))
+            # only ever inside the publishing transaction (dropbox.publish passes its Tx)
+            use_allowance(conn, allowance, delivery_id)
         return []
 
     def _next_date(self, counted: list[Delivery]) -> datetime:
         """The count drops below the limit when the (count - limit + 1)-th oldest leaves the window."""
         return parse_iso(counted[len(counted) - self.settings.yearly_limit].created_at) + YEAR
 
-    def standing(self, conn: Any, tenant: Tenant) -> str:
+    def standing(self, conn: Reader, tenant: Tenant) -> str:
         """One line for `tenant show` and `status`: may the tenant receive a list now?"""
         if not tenant.active:  # its folder is gone: uploads fail whatever the protocol says
             return f"refused: {tenant.name} is disabled"

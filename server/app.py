@@ -27,6 +27,7 @@ from .core.dropbox import DropBox
 from .core.incidents import IncidentStore
 from .core.evidence import EvidenceStore
 from .core.notifications import NotificationQueue
+from .core.protocols import ProtocolRegister
 from .core.receiptkey import load_or_create
 from .core.receipts import ReceiptStore
 from .core.review import AccountReview
@@ -49,6 +50,7 @@ class App:
     directory: Directory
     storage: Storage
     policy: YearlyPolicy
+    protocols: ProtocolRegister
     outbox: Outbox
     dropbox: DropBox
     janitor: Janitor
@@ -109,14 +111,14 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
     dropbox = DropBox(settings=settings, db=db, audit=audit, directory=directory, storage=storage,
                       clock=clock, keys=outbox, policy=policy, passphrases=new_passphrase,
                       content=ContentGate(settings.policy, directory, audit), receipts=receipts)
-    janitor = Janitor(settings, dropbox, outbox, clock)
+    janitor = Janitor(settings, db, dropbox, outbox, directory, audit, clock)
     incidents = IncidentStore(db, audit, clock)
     connections = ConnectionRegistry(settings.server)
     defender = Defender(settings.defender, BanStore(db, audit), clock)
     inflight = InFlight()
     return App(settings=settings, clock=clock, db=db, audit=audit, directory=directory, storage=storage,
-               policy=policy, outbox=outbox, dropbox=dropbox, janitor=janitor,
-               monitor=AccessMonitor(settings, audit, clock), checkpoints=checkpoints,
+               policy=policy, protocols=ProtocolRegister(db, audit, clock), outbox=outbox, dropbox=dropbox, janitor=janitor,
+               monitor=AccessMonitor(settings, audit, clock, db.try_lock), checkpoints=checkpoints,
                connections=connections, defender=defender,
                gate=Gatekeeper(defender, connections, audit, clock, inflight, settings.server.trusted_proxies),
                passwords=BoundedPool("password", settings.server.password_threads, settings.server.password_queue),

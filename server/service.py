@@ -248,6 +248,6 @@ class Service:
 
     def _record_termination(self, source: str, session: Session, reason: str) -> None:
         user = session.user
-        tenant = self.app.directory.tenant_by_id(user.tenant_id).name if user.tenant_id else None
+        tenant = self.app.directory.tenant_label(user.tenant_id)
         self.app.audit.record(EVENT_TERMINATED, actor=user.name, tenant=tenant, source=source,
                               session=session.id, reason=reason)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("server", "keydelivery", "retention")
-# Event names built at run time, spelled out: worker.py appends f"key.sms.{state}" (delivered or
+# Event names built at run time, spelled out: outcomes.py appends f"key.sms.{state}" (delivered or
 # undelivered) and f"{job.kind}.sent" / f"{job.kind}.logged" (kinds email and alert; mail is
 # only ever `sent`, an alert without an address is `logged`).
 BUILT = {"key.sms.delivered", "key.sms.undelivered", "email.sent", "alert.sent", "alert.logged"}

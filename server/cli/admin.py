@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ...keydelivery.phones import InvalidPhoneError, normalise_phone
-from ...retention.policy import load_protocol, notice_end
-from ..errors import InvalidInput, NotFound
+from ..errors import InvalidInput
 from .common import open_app, operator, print_json, print_table
 
 
@@ -126,7 +125,7 @@ def cmd_tenant_list(args: Any) -> None:
 def cmd_tenant_show(args: Any) -> None:
     app = open_app(args)
     tenant = app.directory.tenant(args.name)
-    protocol = load_protocol(app.db, tenant.id)
+    protocol = app.protocols.get(tenant)
     today = app.clock.now().date()
     print(f"tenant:    {tenant.name}  (id {tenant.id}, NIS {tenant.nis or '-'})")
     print(f"active:    {'yes' if tenant.active else 'no'}")
@@ -149,33 +148,16 @@ def cmd_tenant_disable(args: Any) -> None:
 def cmd_tenant_protocol(args: Any) -> None:
     app = open_app(args)
     tenant = app.directory.tenant(args.name)
-    actor = operator()
-    with app.db.writer() as tx:
-        if args.notice:
-            if load_protocol(tx, tenant.id) is None:
-                raise NotFound(f"no protocol is registered for {tenant.name}")
-            notice = _date(args.notice, "--notice")
-            ends = notice_end(notice)
-            tx.execute("UPDATE protocols SET notice = ?, ends = ? WHERE tenant_id = ?",
-                       (notice.isoformat(), ends.isoformat(), tenant.id))
-            app.audit.append(tx, "protocol.notice", actor=actor.name, tenant=tenant.name, source=actor.source,
-                             notice=notice.isoformat(), ends=ends.isoformat())
-            message = f"notice registered: the protocol with {tenant.name} ends on {ends}"
-        else:
-            if not (args.signed and args.effective):
-                raise InvalidInput("give --signed and --effective (or --notice to end a protocol)")
-            signed, effective = _date(args.signed, "--signed"), _date(args.effective, "--effective")
-            if effective < signed:
-                raise InvalidInput("--effective cannot be before --signed")
-            tx.execute("INSERT INTO protocols (tenant_id, signed, effective, reference, notice, ends)"
-                       " VALUES (?, ?, ?, ?, NULL, NULL) ON CONFLICT (tenant_id) DO UPDATE SET"
-                       " signed = excluded.signed, effective = excluded.effective,"
-                       " reference = excluded.reference, notice = NULL, ends = NULL",
-                       (tenant.id, signed.isoformat(), effective.isoformat(), args.reference))
-            app.audit.append(tx, "protocol.register", actor=actor.name, tenant=tenant.name, source=actor.source,
-                             signed=signed.isoformat(), effective=effective.isoformat(), reference=args.reference)
-            message = f"protocol registered for {tenant.name}: in force from {effective}"
-    print(message)
+    if args.notice:
+        ends = app.protocols.give_notice(operator(), tenant, _date(args.notice, "--notice"))
+        print(f"notice registered: the protocol with {tenant.name} ends on {ends}")
+        return
+    if not (args.signed and args.effective):
+        raise InvalidInput("give --signed and --effective (or --notice to end a protocol)")
+    effective = _date(args.effective, "--effective")
+    app.protocols.register(operator(), tenant, signed=_date(args.signed, "--signed"), effective=effective,
+                           reference=args.reference)
+    print(f"protocol registered for {tenant.name}: in force from {effective}")
 
 
 def add_user_commands(commands: Any, command: Any) -> None:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import date
 from pathlib import Path
 
 import asyncssh
 
 from ...config import load_settings
 from ..app import build_app
+from ..core.directory import Actor
 from .common import operator
 from .init import CONFIG_NAME, init_setup, write_private
 
@@ -32,12 +34,8 @@ def setup(directory: Path) -> Path:
     keys.mkdir(mode=0o700, exist_ok=True)
     for name, nis, phone, fmt in TENANTS:
         app.directory.add_tenant(actor, name, nis=nis, phones=[phone], fmt=fmt)
-        tenant = app.directory.tenant(name)
-        with app.db.writer() as tx:
-            tx.execute("INSERT INTO protocols (tenant_id, signed, effective, reference) VALUES (?, ?, ?, ?)",
-                       (tenant.id, "2021-05-01", "2021-06-02", f"demo protocol {name}"))
-            app.audit.append(tx, "protocol.register", actor=actor.name, tenant=name, source="demo",
-                             signed="2021-05-01", effective="2021-06-02")
+        app.protocols.register(Actor(actor.name, "demo"), app.directory.tenant(name), signed=date(2021, 5, 1),
+                               effective=date(2021, 6, 2), reference=f"demo protocol {name}")
     for name, role, tenant_name in USERS:
         key = asyncssh.generate_private_key("ssh-ed25519", comment=f"{name}@sluis-demo")
         write_private(keys / name, key.export_private_key("openssh"))

@@ -7,11 +7,10 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
-from ...retention.policy import load_protocol
 from ..core.auditkey import PublicKey
 from ..core.checkpoints import MANUAL, check_checkpoints
 from ..core.clock import iso
-from ..core.deliveries import REMOVED, fetch
+from ..core import deliveries
 from ..errors import InvalidInput
 from ..hardening import forbid_core_dumps
 from ..service import Service, event_loop_factory
@@ -86,12 +85,11 @@ def add_ops_commands(commands: Any, command: Any) -> None:
 
 def cmd_status(args: Any) -> None:
     app = open_app(args)
-    where = "1=1" if args.all else "state != ?"
-    deliveries = fetch(app.db, where, () if args.all else (REMOVED,))
+    found = deliveries.listing(app.db, include_removed=args.all)
     tenants = {t.id: t for t in app.directory.tenants()}
     users = {u.id: u.name for u in app.directory.users()}
     rows: list[dict[str, Any]] = []   # JSON-shaped: printed as is with --json
-    for d in deliveries:
+    for d in found:
         jobs = [j for j in app.outbox.jobs(d.id)]
         rows.append({"id": d.id, "tenant": tenants[d.tenant_id].name, "file": d.stored_name,
                      "sender": users.get(d.sender_id), "state": d.state, "size": d.stored_size,
@@ -103,7 +101,7 @@ def cmd_status(args: Any) -> None:
     today = app.clock.now().date()
     standing = []
     for tenant in tenants.values():
-        protocol = load_protocol(app.db, tenant.id)
+        protocol = app.protocols.get(tenant)
         standing.append({"tenant": tenant.name, "active": tenant.active,
                          "protocol": protocol.describe(today) if protocol else "none registered",
                          "delivery": app.policy.standing(app.db, tenant)})
@@ -204,7 +202,7 @@ def cmd_janitor_run(args: Any) -> None:
     actor = operator()
     app.audit.record("janitor.run", actor=actor.name, source=actor.source, removed=len(report.removed_collected),
                      expired=len(report.expired), orphans=report.orphans, keys_destroyed=report.keys_destroyed,
-                     audit_pruned=report.audit_pruned)
+                     audit_pruned=report.audit_pruned, skipped=report.skipped)
     print(report.summary())
     for delivery_id in report.removed_collected:
         print(f"removed (collected): {delivery_id}")
@@ -222,10 +220,5 @@ def cmd_key_resend(args: Any) -> None:
 def cmd_delivery_allow(args: Any) -> None:
     app = open_app(args)
     tenant = app.directory.tenant(args.tenant)
-    actor = operator()
-    with app.db.writer() as tx:
-        tx.execute("INSERT INTO allowances (tenant_id, granted_at, granted_by, reason) VALUES (?, ?, ?, ?)",
-                   (tenant.id, iso(app.clock.now()), actor.name, args.reason))
-        app.audit.append(tx, "policy.allow", actor=actor.name, tenant=tenant.name, source=actor.source,
-                         reason=args.reason)
+    app.protocols.allow(operator(), tenant, args.reason)
     print(f"{tenant.name} may receive one more delivery within the coming 365 days")

@@ -17,7 +17,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from ..logsafe import quoted
 from .keyfiles import KeyFileError
@@ -249,6 +249,12 @@ class AuditLog:
         found = self._events(event, newest_only=True)
         return found[0] if found else None
 
+    def events_after(self, seq: int, events: Sequence[str]) -> list[AuditRecord]:
+        """Records of these kinds after #seq, oldest first (ones that do not parse are skipped)."""
+        rows = self.db.query(f"SELECT * FROM audit WHERE seq > ? AND event IN ({', '.join('?' * len(events))})"
+                             " ORDER BY seq", (seq, *events))
+        return [record for record in map(_parsed, rows) if record is not None]
+
     def _events(self, event: str, *, newest_only: bool = False) -> list[AuditRecord]:
         sql = "SELECT * FROM audit WHERE event = ? ORDER BY seq DESC" + (" LIMIT 1" if newest_only else "")
         found = []
@@ -322,6 +328,13 @@ def _vouched(rows: list[Any], first: AuditRecord) -> bool:
             if detail.get("last_hash") == first.prev and detail.get("pruned_through") == first.seq - 1:
                 return True
     return False
+
+
+def _parsed(row: Any) -> AuditRecord | None:
+    try:
+        return _row_record(row)
+    except ValueError:
+        return None
 
 
 def _row_record(row: Any) -> AuditRecord:

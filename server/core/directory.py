@@ -15,7 +15,7 @@ import nacl.pwhash
 from ..errors import AlreadyExists, InvalidInput, NotFound
 from .audit import AuditLog
 from .clock import Clock, iso
-from .records import FORMATS, ROLE_RECIPIENT, ROLES, Tenant, User, UserKey
+from .records import FORMATS, ROLE_RECIPIENT, ROLES, Format, Role, Tenant, User, UserKey
 from .store import Conflict, Row, Store, Tx
 
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
@@ -51,7 +51,7 @@ def tenant_phones(conn: Tx | Store, tenant_id: int) -> list[str]:
 
 
 def tenant_name(conn: Tx | Store, tenant_id: int) -> str:
-    """A tenant's name by id, read in `conn` (NotFound if there is none)."""
+    """A tenant's name by id, read in `conn` (NotFound if there is none): the one lookup of it."""
     row = conn.execute("SELECT name FROM tenants WHERE id = ?", (tenant_id,)).fetchone()
     if row is None:
         raise NotFound(f"no tenant with id {tenant_id}")
@@ -140,7 +140,8 @@ class Directory:
         _check_email(dpo_email, "--dpo-email")
         if fmt is not None and fmt not in FORMATS:
             raise InvalidInput(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
-        with self.db.writer() as tx:
+        with self.db.writer(tenant=tenant.id) as tx:
+            before = tenant_phones(tx, tenant.id)   # under the tenant's lock: the diff is exact
             if phones:
                 self._set_phones(tx, tenant.id, phones)
             for column, value in (("dpo_name", dpo_name), ("dpo_email", dpo_email), ("dpo_phone", dpo_phone)):
@@ -153,8 +154,8 @@ class Directory:
             self.audit.append(tx, "tenant.change", actor=actor.name, tenant=name, source=actor.source,
                               phones=len(phones) if phones else None, email=email is not None,
                               format=fmt,
-                              phones_added=len(set(phones) - set(tenant.phones)) if phones else None,
-                              phones_removed=len(set(tenant.phones) - set(phones)) if phones else None,
+                              phones_added=len(set(phones) - set(before)) if phones else None,
+                              phones_removed=len(set(before) - set(phones)) if phones else None,
                               dpo=any(v is not None for v in (dpo_name, dpo_email, dpo_phone)))
         return self.tenant(name)
 
@@ -189,7 +190,7 @@ class Directory:
 
     def _tenant(self, row: Row) -> Tenant:
         phones = tuple(tenant_phones(self.db, row["id"]))
-        return Tenant(id=row["id"], name=row["name"], nis=row["nis"], format=row["format"],
+        return Tenant(id=row["id"], name=row["name"], nis=row["nis"], format=Format(row["format"]),
                       email=row["email"], active=bool(row["active"]), phones=phones,
                       dpo_name=row["dpo_name"], dpo_email=row["dpo_email"], dpo_phone=row["dpo_phone"])
 
@@ -283,7 +284,17 @@ class Directory:
                               tenant=self._tenant_name(user))
 
     def _tenant_name(self, user: User) -> str | None:
-        return self.tenant_by_id(user.tenant_id).name if user.tenant_id else None
+        return self.tenant_label(user.tenant_id)
+
+    def tenant_label(self, tenant_id: int | None) -> str | None:
+        """The name of a user's or delivery's tenant for a record or a log line (None: no tenant)."""
+        return tenant_name(self.db, tenant_id) if tenant_id else None
+
+    def user_by_id(self, user_id: int) -> User:
+        row = self.db.query_one("SELECT * FROM users WHERE id = ?", (user_id,))
+        if row is None:
+            raise NotFound(f"no user with id {user_id}")
+        return _user(row)
 
     def user(self, name: str) -> User:
         row = self.db.query_one("SELECT * FROM users WHERE name = ?", (name,))
@@ -329,5 +340,6 @@ def _key(row: Row) -> UserKey:
 
 
 def _user(row: Row) -> User:
-    return User(id=row["id"], name=row["name"], role=row["role"], tenant_id=row["tenant_id"],
-                active=bool(row["active"]), password_hash=row["password_hash"], function=row["function"])
+    return User(id=row["id"], name=row["name"], role=Role(row["role"]), tenant_id=row["tenant_id"],
+                active=bool(row["active"]), password_hash=row["password_hash"], function=row["function"],
+                email=row["email"])

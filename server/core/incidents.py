@@ -5,6 +5,7 @@ retention/incidents.py, the state machine is in docs/incidents.md.
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -15,8 +16,13 @@ from .audit import AuditLog
 from .clock import Clock, iso, parse_iso
 from .store import Store, Tx
 
-OPEN, REPORTED = "open", "reported"
-STATES = (OPEN, REPORTED)
+class IncidentState(enum.StrEnum):
+    OPEN = "open"            # detected; the DPO/agency must be told within NOTIFY_WITHIN
+    REPORTED = "reported"    # an operator acknowledged it as reported (ack note, who, when)
+
+
+OPEN, REPORTED = IncidentState.OPEN, IncidentState.REPORTED
+STATES = tuple(IncidentState)
 NOTIFY_WITHIN = timedelta(hours=24)  # protocol art. 6: report within 24 hours of detection
 NOTE_MAX = 2000
 
@@ -32,7 +38,7 @@ class Incident:
     last_seen: str
     count: int
     what: str
-    state: str
+    state: IncidentState
     detected_at: str
     deadline: str         # detected_at + 24 h
     dpo_name: str | None
@@ -79,6 +85,11 @@ class IncidentStore:
         self.db = db
         self.audit = audit
         self.clock = clock
+
+    def exclusive(self) -> ContextManager[bool]:
+        """Held by one tracker at a time across processes (True), else False at once: two
+        trackers reading the same records would open every incident twice."""
+        return self.db.try_lock("incidents")
 
     def writer(self) -> ContextManager[Tx]:
         """One write transaction: a tracker batch, its incidents and its cursor commit together."""
@@ -209,4 +220,5 @@ def _detail(text: str) -> dict[str, Any]:
 
 
 def _incident(row: Any) -> Incident:
-    return Incident(**{name: row[name] for name in Incident.__dataclass_fields__})
+    fields = {name: row[name] for name in Incident.__dataclass_fields__}
+    return Incident(**{**fields, "state": IncidentState(fields["state"])})

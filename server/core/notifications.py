@@ -8,16 +8,29 @@ and a delivery; these messages carry neither.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import ContextManager
 
 from .audit import AuditLog
 from .clock import Clock, iso
 from .store import Store, Tx
 
-EMAIL, SMS = "email", "sms"
-CHANNELS = (EMAIL, SMS)
-PENDING, SENT, FAILED = "pending", "sent", "failed"
+class Channel(enum.StrEnum):
+    EMAIL = "email"
+    SMS = "sms"
+
+
+class NotificationState(enum.StrEnum):
+    PENDING = "pending"   # due at next_attempt_at
+    SENT = "sent"         # the channel accepted it
+    FAILED = "failed"     # refused for good (logged as an error)
+
+
+EMAIL, SMS = Channel.EMAIL, Channel.SMS
+CHANNELS = tuple(Channel)
+PENDING, SENT, FAILED = NotificationState.PENDING, NotificationState.SENT, NotificationState.FAILED
 DUE_BATCH = 50
 BODY_MAX = 4000
 
@@ -25,12 +38,12 @@ BODY_MAX = 4000
 @dataclass(frozen=True)
 class Notification:
     id: int
-    channel: str
+    channel: Channel
     target: str
     subject: str
     body: str
     topic: str        # what it is about, e.g. "incident 3" or "dpo genk": for the log and audit
-    state: str
+    state: NotificationState
     attempts: int
     next_attempt_at: str
     last_error: str | None
@@ -44,6 +57,11 @@ class NotificationQueue:
         self.db = db
         self.audit = audit
         self.clock = clock
+
+    def exclusive(self) -> ContextManager[bool]:
+        """Held by one sender at a time across processes (True), else False at once, so that two
+        processes never send the same message."""
+        return self.db.try_lock("notifications")
 
     def enqueue(self, tx: Tx, channel: str, target: str, body: str, *, topic: str, subject: str = "") -> int:
         """Queue one message inside the caller's transaction; it is due at once."""
@@ -94,7 +112,7 @@ class NotificationQueue:
 
 
 def _notification(row) -> Notification:
-    return Notification(id=row["id"], channel=row["channel"], target=row["target"], subject=row["subject"],
-                        body=row["body"], topic=row["topic"], state=row["state"], attempts=row["attempts"],
+    return Notification(id=row["id"], channel=Channel(row["channel"]), target=row["target"], subject=row["subject"],
+                        body=row["body"], topic=row["topic"], state=NotificationState(row["state"]), attempts=row["attempts"],
                         next_attempt_at=row["next_attempt_at"], last_error=row["last_error"],
                         sent_at=row["sent_at"])

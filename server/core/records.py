@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-ROLE_SENDER = "sender"
-ROLE_RECIPIENT = "recipient"
-ROLES = (ROLE_SENDER, ROLE_RECIPIENT)
-FORMATS = ("age", "zip")
+if TYPE_CHECKING:  # annotations only: deliveries.py reads records and defines the states
+    from .deliveries import DeliveryState, RemovalReason
+
+
+class Role(enum.StrEnum):
+    SENDER = "sender"         # agency staff or a script: uploads, no tenant
+    RECIPIENT = "recipient"   # municipal staff: collects from exactly one tenant
+
+
+class Format(enum.StrEnum):
+    AGE = "age"   # age, scrypt recipient (the default)
+    ZIP = "zip"   # an AES-256 zip for 7-Zip users
+
+
+ROLE_SENDER, ROLE_RECIPIENT = Role.SENDER, Role.RECIPIENT
+ROLES = tuple(Role)
+FORMATS = tuple(Format)
 
 
 @dataclass(frozen=True)
@@ -44,11 +59,12 @@ class User:
 
     id: int
     name: str
-    role: str
+    role: Role
     tenant_id: int | None
     active: bool
     password_hash: bytes | None
     function: str = ""   # the function profile (protocol art. 4): why this person has access
+    email: str | None = None   # where a sender's expiry notices and receipts go
 
 
 @dataclass(frozen=True)
@@ -72,7 +88,7 @@ class Delivery:
     name: str            # the name the sender wrote
     stored_name: str     # what recipients see: name + .age or .zip
     format: str
-    state: str
+    state: DeliveryState
     plain_size: int
     stored_size: int
     plain_sha256: str
@@ -84,4 +100,4 @@ class Delivery:
     collected_by: str | None
     collected_from: str | None
     removed_at: str | None
-    removed_reason: str | None
+    removed_reason: RemovalReason | None

@@ -220,7 +220,7 @@ class SluisSSHServer(asyncssh.SSHServer):
                                 reason=why)
 
     def _tenant_name(self, user: User | None) -> str | None:
-        return self.directory.tenant_by_id(user.tenant_id).name if user and user.tenant_id else None
+        return self.directory.tenant_label(user.tenant_id) if user else None
 
     # --- success -----------------------------------------------------------------------------------
     async def login_allowed(self) -> bool:

@@ -100,7 +100,7 @@ class ProcessLimits:
     def record(self, event: str, session: Session, **detail: Any) -> None:
         """Write one audit record for the session (blocks: call off the event loop)."""
         tenant_id = session.user.tenant_id
-        tenant = self._directory.tenant_by_id(tenant_id).name if tenant_id else None
+        tenant = self._directory.tenant_label(tenant_id)
         self._audit.record(event, actor=session.actor, tenant=tenant, source=session.source, **detail)
 
 

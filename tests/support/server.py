@@ -3,6 +3,7 @@ keys, then `sluis serve` as a subprocess on 127.0.0.1 (a free port), logging to 
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +77,8 @@ class SluisServer:
         app = self.app()
         app.directory.add_tenant(operator(), name, phones=phones, fmt=fmt, email=email, nis=nis)
         if protocol:
-            tenant = app.directory.tenant(name)
-            with app.db.writer() as tx:
-                tx.execute("INSERT INTO protocols (tenant_id, signed, effective, reference) VALUES (?, ?, ?, ?)",
-                           (tenant.id, "2021-05-01", "2021-06-02", "test"))
+            app.protocols.register(operator(), app.directory.tenant(name), signed=date(2021, 5, 1),
+                                   effective=date(2021, 6, 2), reference="test")
 
     def add_user(self, name: str, role: str, tenant: str | None = None) -> Account:
         key = asyncssh.generate_private_key("ssh-ed25519", comment=name)
@@ -104,6 +104,14 @@ class SluisServer:
         return self
 
     # --- the process -------------------------------------------------------------------------------
+    def sibling(self, name: str = "b") -> SluisServer:
+        """Another `sluis serve` on this server's config, data and database (several processes on
+        one database): its own process, port and log; accounts and setup are shared. Close it."""
+        other = copy.copy(self)
+        other.log_path = self.root / f"serve-{name}.log"
+        other.process, other.port, other._app = None, 0, None
+        return other
+
     def start(self, timeout: float = 30) -> SluisServer:
         if self._app is not None:
             self._app.close()
