@@ -201,7 +201,8 @@ def cmd_janitor_run(args: Any) -> None:
     report = app.janitor.run_once()
     actor = operator()
     app.audit.record("janitor.run", actor=actor.name, source=actor.source, removed=len(report.removed_collected),
-                     expired=len(report.expired), orphans=report.orphans, keys_destroyed=report.keys_destroyed,
+                     expired=len(report.expired), interrupted=report.interrupted, orphans=report.orphans,
+                     keys_destroyed=report.keys_destroyed,
                      audit_pruned=report.audit_pruned, skipped=report.skipped)
     print(report.summary())
     for delivery_id in report.removed_collected:

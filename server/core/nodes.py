@@ -102,15 +102,15 @@ class Nodes:
             time.sleep(WAIT_STEP)
 
     def beat(self) -> bool:
-        """Renew the lease (the heartbeat, in a thread). False when it had been taken from us (we
-        stalled past the lease and another process claimed the name or removed the node): it is
-        taken back, and the uploads others removed meanwhile fail at their close."""
+        """Renew the lease (the heartbeat, in a thread). False when it had passed or been taken
+        (we stalled past the lease): it is taken back, and the uploads other nodes removed
+        meanwhile fail at their close (DropBox.publish)."""
         with self._lock, self.db.writer() as tx:
-            renewed = tx.execute("UPDATE nodes SET lease_until = ? WHERE name = ? AND holder = ?",
-                                 (self._until(), self.name, self.holder)).rowcount
+            now = iso(self.clock.now())
+            renewed = tx.execute("UPDATE nodes SET lease_until = ? WHERE name = ? AND holder = ? AND lease_until > ?",
+                                 (self._until(), self.name, self.holder, now)).rowcount
             if renewed:
                 return True
-            now = iso(self.clock.now())
             tx.execute("INSERT INTO nodes (name, holder, started_at, lease_until) VALUES (?, ?, ?, ?)"
                        " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
                        " started_at = excluded.started_at, lease_until = excluded.lease_until",

@@ -1,0 +1,100 @@
+"""Nodes on one database, through the library (server/core/nodes.py): uploads belong to their
+node; a start or a janitor pass removes only its own node's interrupted uploads and those of
+nodes whose lease has passed, never a live node's; a name a live process holds is refused; an
+upload swept while its node was out of touch does not publish. Both engines, a fake clock.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from sluis.config import load_settings
+from sluis.server.app import build_app
+from sluis.server.core.nodes import NodeNameInUse
+from sluis.server.core.session import Session
+from sluis.server.errors import UploadRejected
+from tests.support.library import FAST, FakeClock
+from tests.support.pg import both_engines  # noqa: F401  (these tests run on both engines)
+
+LEASE = 30
+
+
+@pytest.fixture
+def two_nodes(make_server):
+    """(server setup, clock, app of node a, app of node b, make) on one database and data directory."""
+    srv = make_server({**FAST, "server": {"node_lease": f"{LEASE}s"}}).standard()
+    clock = FakeClock()
+    apps = []
+
+    def make(node: str):
+        app = build_app(load_settings(srv.config, {"SLUIS_NODE": node}), clock=clock)
+        apps.append(app)
+        return app
+
+    a, b = make("a"), make("b")
+    a.nodes.claim(wait=False)
+    b.nodes.claim(wait=False)
+    yield srv, clock, a, b, make
+    for app in apps:
+        app.close()
+
+
+def start(app, name: str):
+    session = Session(user=app.directory.user("agency"), source="test")
+    up = app.dropbox.start_upload(session, "genk", name)
+    up.write(0, b"naam;adres\nA;B\n")
+    return up
+
+
+def uploads(app) -> dict[str, str]:
+    return {r["id"]: r["node"] for r in app.db.query("SELECT id, node FROM uploads")}
+
+
+def aborts(app) -> list[str]:
+    import json
+    return [json.loads(r[0])["upload"] for r in app.db.query("SELECT detail FROM audit WHERE event = 'upload.abort'")]
+
+
+def test_a_pass_removes_only_the_uploads_of_a_node_whose_lease_passed(two_nodes):
+    srv, clock, a, b, _make = two_nodes
+    up_a, up_b = start(a, "a.csv"), start(b, "b.csv")
+    assert uploads(a) == {up_a.id: "a", up_b.id: "b"}
+    assert a.janitor.run_once().interrupted == 0 and b.dropbox.sweep_stale_uploads() == 0
+    assert set(uploads(a)) == {up_a.id, up_b.id}              # both nodes live: nothing removed
+    clock.advance(seconds=LEASE // 2)
+    a.nodes.beat()                                            # a's heartbeat; b has stopped beating
+    clock.advance(seconds=LEASE // 2 + 1)
+    assert a.nodes.live() == ["a"]
+    report = a.janitor.run_once()
+    assert report.interrupted == 1 and uploads(a) == {up_a.id: "a"}
+    assert aborts(a) == [up_b.id]                              # audited, once
+    assert a.dropbox.publish(up_a).name == "a.csv"            # the live node's upload is untouched
+
+
+def test_a_restarted_node_removes_its_own_interrupted_uploads_at_once(two_nodes):
+    srv, clock, a, b, make = two_nodes
+    up_a, up_b = start(a, "a.csv"), start(b, "b.csv")
+    b.nodes.release()                                         # b stopped (its process ended)
+    b2 = make("b")
+    b2.nodes.claim(wait=False)
+    assert b2.dropbox.recover() == 1                          # its own, though a's lease holds
+    assert uploads(a) == {up_a.id: "a"} and aborts(a) == [up_b.id]
+    a.dropbox.publish(up_a)
+
+
+def test_a_name_a_live_process_holds_is_refused(two_nodes):
+    _srv, _clock, a, _b, make = two_nodes
+    with pytest.raises(NodeNameInUse, match=r"node name 'a' is in use .* own \[server\] node"):
+        make("a").nodes.claim()        # the holder is this (live) process: refused at once, no wait
+
+
+def test_an_upload_swept_while_its_node_was_away_does_not_publish(two_nodes):
+    _srv, clock, a, b, _make = two_nodes
+    up_b = start(b, "b.csv")
+    clock.advance(seconds=LEASE + 1)
+    a.nodes.beat()
+    assert a.dropbox.sweep_stale_uploads() == 1               # b's lease passed: its upload went
+    assert b.nodes.beat() is False                            # b comes back, takes its name again
+    with pytest.raises((UploadRejected, OSError)):
+        b.dropbox.publish(up_b)
+    assert b.db.query("SELECT id FROM deliveries") == []
