@@ -62,7 +62,7 @@ def translate(sql: str) -> str:
     return _TOKEN.sub(swap, sql)
 
 
-class PgRow(tuple):  # type: ignore[type-arg]
+class PgRow(tuple):
     """A result row readable by position and by column name, as sqlite3.Row is (`dict(row)` too)."""
 
     __slots__ = ()

@@ -41,6 +41,7 @@ class Recorder(Protocol):
 
 class TenantNames(Protocol):
     def tenant_by_id(self, tenant_id: int) -> Any: ...
+    def tenant_label(self, tenant_id: int | None) -> str | None: ...
 
 
 def max_read(settings: LimitSettings) -> int:
