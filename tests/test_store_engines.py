@@ -107,7 +107,12 @@ def old_sqlite_setup(make_server) -> tuple[object, Path]:
     path = server.data_dir / "state.db"
     server.close()
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
-        conn.execute("DROP INDEX deliveries_one_waiting")
+        for undo in ("DROP INDEX deliveries_one_waiting",                         # 7
+                     "DROP INDEX outbox_leases", "ALTER TABLE outbox DROP COLUMN claimed_by",
+                     "ALTER TABLE outbox DROP COLUMN lease_until",                 # 8
+                     "DROP INDEX uploads_node", "ALTER TABLE uploads DROP COLUMN node",
+                     "DROP TABLE nodes"):                                          # 9
+            conn.execute(undo)
         conn.execute("PRAGMA user_version = 6")
     return server, path
 
