@@ -13,7 +13,6 @@ import pytest
 from sluis.server.cli.main import build_parser, main
 from sluis.server.cli.init import init_setup
 from tests.support.library import SLUIS, sluis
-from tests.support.pg import both_engines  # noqa: F401  (these tests run on both engines)
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ from tests.support.server import SSH_OPTIONS, SluisServer
 from tests.support.smtp_standin import SmtpStandIn
 from tests.support.twilio_standin import TwilioStandIn
 from tests.support.waiting import wait_until
-from tests.support.pg import both_engines  # noqa: F401  (these tests run on both engines)
 
 SOC_MAIL, SOC_PHONE, FROM_NUMBER = "soc@agentschap.test", "+32470000111", "+3228001234"
 WAIT = 30

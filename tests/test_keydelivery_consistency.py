@@ -27,7 +27,6 @@ from tests.support.server import SluisServer
 from tests.support.sms import twilio_server
 from tests.support.twilio_standin import TwilioStandIn
 from tests.support.waiting import wait_until
-from tests.support.pg import both_engines  # noqa: F401  (these tests run on both engines)
 
 FIRST, SECOND = "+32470123456", "+32471234567"
 ADDED = "+32472345678"

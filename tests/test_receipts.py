@@ -23,7 +23,6 @@ from tests.support.clients_extra import audit, blob, deliveries
 from tests.support.library import download, sluis, upload
 from tests.support.smtp_standin import SmtpStandIn
 from tests.support.waiting import wait_until
-from tests.support.pg import both_engines  # noqa: F401  (these tests run on both engines)
 
 DATA = blob(150_001, seed=11)
 SENDER_MAIL = "team@agentschap.test"

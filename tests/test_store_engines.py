@@ -164,3 +164,18 @@ def test_a_write_outside_a_writer_is_refused(make_server):
         assert store.query("SELECT 1 FROM tenants")
     finally:
         store.close()
+
+
+def test_a_migration_that_cannot_apply_names_itself_and_applies_nothing(make_server):
+    server, path = old_sqlite_setup(make_server)
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        insert = ("INSERT INTO deliveries (id, tenant_id, sender_id, name, stored_name, format, state, plain_size,"
+                  " stored_size, plain_sha256, stored_sha256, blob_key, created_at, expires_at)"
+                  " VALUES (?, 1, 1, ?, ?, 'age', 'published', 1, 1, '', '', '', '', '')")
+        conn.execute(insert, ("d-1", "a.csv", "a.csv.age"))
+        conn.execute(insert, ("d-2", "b.csv", "b.csv.age"))
+    result = sluis(server.config, "migrate")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "migration 0007_one_waiting failed, nothing of it was applied" in result.stderr, result.stderr
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 6

@@ -24,7 +24,6 @@ from tests.support.server import SSH_OPTIONS, SluisServer
 from tests.support.sms import twilio_server
 from tests.support.twilio_standin import TwilioStandIn
 from tests.support.waiting import wait_until
-from tests.support.pg import both_engines  # noqa: F401  (these tests run on both engines)
 
 PHONES = ("+32470123456", "+32471234567")
 WAIT = 20.0

@@ -14,6 +14,7 @@ from ...keydelivery.sealing import KeyFileError
 from .. import logsafe
 from ..core.receiptkey import ReceiptKeyError
 from ..errors import SluisError
+from ..core.schema import MigrationFailed
 from ..core.stores import DatabaseUnavailable
 from . import admin, bans, database, incidents, ops, receipts, report
 
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except (SluisError, ConfigError, KeyFileError, ReceiptKeyError, FileExistsError, FileNotFoundError,
-            DatabaseUnavailable) as exc:
+            DatabaseUnavailable, MigrationFailed) as exc:
         print(f"sluis: {exc}", file=sys.stderr)
         if isinstance(exc, SluisError) and hasattr(args, "settings"):
             _audit_refusal(args, exc)

@@ -220,8 +220,11 @@ class PostgresStore:
                 raise RuntimeError(f"the database's schema version {version} is newer than this sluis "
                                    f"knows ({len(MIGRATIONS)}); upgrade sluis")
             for migration in MIGRATIONS[version:]:
-                for statement in migration.statements(POSTGRESQL):
-                    conn.execute(statement)
+                try:
+                    for statement in migration.statements(POSTGRESQL):
+                        conn.execute(statement)
+                except psycopg.Error as exc:
+                    raise migration.failed(exc) from exc
                 conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
                              (migration.number, migration.name))
                 applied.append(f"{migration.number:04d}_{migration.name}")

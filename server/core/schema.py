@@ -25,11 +25,19 @@ _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _COMMENT = re.compile(r"--[^\n]*")
 
 
+class MigrationFailed(RuntimeError):
+    """A migration could not be applied (nothing of it was: the transaction rolled back)."""
+
+
 @dataclass(frozen=True)
 class Migration:
     number: int
     name: str
     script: str     # SQLite's spelling, comments removed
+
+    def failed(self, exc: Exception) -> MigrationFailed:
+        return MigrationFailed(f"migration {self.number:04d}_{self.name} failed, nothing of it was applied "
+                               f"(server/core/migrations/ says what it needs): {exc}")
 
     def statements(self, dialect: str) -> list[str]:
         """The script's statements for `dialect` (no statement holds a `;` of its own)."""

@@ -111,8 +111,11 @@ class Database:
                 raise RuntimeError(f"{self.path}: schema version {version} is newer than this sluis "
                                    f"knows ({len(MIGRATIONS)}); upgrade sluis")
             for migration in MIGRATIONS[version:]:
-                for statement in migration.statements(SQLITE):
-                    conn.execute(statement)
+                try:
+                    for statement in migration.statements(SQLITE):
+                        conn.execute(statement)
+                except sqlite3.Error as exc:
+                    raise migration.failed(exc) from exc
                 conn.execute(f"PRAGMA user_version = {migration.number}")
                 applied.append(f"{migration.number:04d}_{migration.name}")
         tables = {row[0] for row in self.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
