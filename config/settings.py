@@ -251,9 +251,9 @@ class SmsSettings:
     poll_interval: int = setting("1m", parse_duration, "first wait before asking the provider for delivery status")
     poll_limit: int = setting(12, int_range(0, 100), "status polls per message before giving up (0: never poll)")
     redact: bool = setting(True, parse_bool, "erase the body (the passphrase) from the provider's copy once final")
-    lease: int = setting("2m", parse_duration,
+    lease: int = setting("2m", duration_range(15, 3600),
                          "how long one process holds an outbox job it works on; if it dies, another process "
-                         "takes the job over after this (longer than a provider call)")
+                         "takes the job over after this (at least 15s: longer than a provider call)")
 
 
 @dataclass(frozen=True)

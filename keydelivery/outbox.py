@@ -45,12 +45,21 @@ def process_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-def gone(owner: str) -> bool:
-    """Whether a lease holder is a process of this host that no longer runs: its leases need not
-    be waited out (a restart after a crash resumes at once). Other hosts' leases expire."""
-    host, pid, _tag = (owner.rsplit(":", 2) + ["", ""])[:3]
-    if host != socket.gethostname() or not pid.isdigit():
+def _parts(name: str) -> tuple[str, str]:
+    host, pid, _tag = (name.rsplit(":", 2) + ["", ""])[:3]
+    return host, pid
+
+
+def gone(owner: str, me: str) -> bool:
+    """Whether lease holder `owner`, seen by process `me`, is a process of the same host that no
+    longer runs: its leases need not be waited out (a restart after a crash resumes at once).
+    Another host's leases expire."""
+    host, pid = _parts(owner)
+    my_host, my_pid = _parts(me)
+    if host != my_host or host != socket.gethostname() or not pid.isdigit():
         return False
+    if pid == my_pid:   # our pid, another tag: an earlier process that had it (a container's fixed
+        return True     # pid after a restart); one process runs one worker
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -142,7 +151,7 @@ class Outbox:
     def take(self, limit: int = 50) -> list[Job]:
         """Lease to this process the jobs due now (none another live process holds)."""
         for owner in self.store.lease_holders(self.owner):
-            if gone(owner):
+            if gone(owner, self.owner):
                 self.store.drop_leases(owner)
         return self.store.claim_due(self.owner, self._now(), self.lease_end(), limit,
                                     poll_limit=self.settings.sms.poll_limit, redact=self.settings.sms.redact)
@@ -158,7 +167,7 @@ class Outbox:
             return False
         if current.claimed_by is None or current.claimed_by == self.owner:
             return True
-        return current.lease_until is None or current.lease_until <= self._now() or gone(current.claimed_by)
+        return current.lease_until is None or current.lease_until <= self._now() or gone(current.claimed_by, self.owner)
 
     def context(self, job: Job) -> tuple[Delivery, str]:
         """The job's delivery and its tenant's name (for the message and the audit record)."""

@@ -50,7 +50,11 @@ class OutboxWorker:
         self._event = asyncio.Event()
 
     def wake_threadsafe(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.call_soon_threadsafe(self._event.set)
+        """From any thread (a store's LISTEN thread included): wake the worker; after shutdown, nothing."""
+        try:
+            loop.call_soon_threadsafe(self._event.set)
+        except RuntimeError:   # the loop is closed: the process is stopping
+            pass
 
     async def run(self) -> None:
         while True:

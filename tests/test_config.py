@@ -54,6 +54,7 @@ BAD = [
     ("email", "enabled", '"yes"', ["[email] enabled", "true or false"]),
     ("upload", "max_file_size", '"4 gigs"', ["[upload] max_file_size", "'2GiB'"]),
     ("policy", "yearly_limit", "0", ["[policy] yearly_limit", "from 1 to 366"]),
+    ("sms", "lease", '"5s"', ["[sms] lease", "from 15s to 1h", "'5s'"]),
     ("log", "level", '"chatty"', ["[log] level", "'debug', 'info', 'warning', 'error'"]),
 ]
 

@@ -6,6 +6,7 @@ here are Outbox objects with their own names, the next module's are real `sluis 
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -93,6 +94,15 @@ def test_the_jobs_of_a_process_of_this_host_that_is_gone_are_taken_at_once(lib):
     retaken = app.outbox.take()
     assert {j.delivery_id for j in retaken} == {first.id, second.id}
     assert all(j.claimed_by == app.outbox.owner for j in retaken)
+
+
+def test_a_lease_of_an_earlier_process_with_this_pid_is_free(lib):
+    """A container restarts its one process with the same pid: the old name differs in its tag."""
+    _srv, app, clock = lib
+    upload(app)
+    earlier = _other(app, clock, f"{socket.gethostname()}:{os.getpid()}:000000")
+    assert earlier.take()
+    assert [j.claimed_by for j in app.outbox.take()] == [app.outbox.owner]
 
 
 def test_an_interrupted_attempt_of_a_gone_process_for_a_removed_delivery_is_maybe_sent(lib):

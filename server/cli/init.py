@@ -10,7 +10,7 @@ from ...config import ConfigError, render_config
 from ...keydelivery.sealing import create_key_file
 from ..core import keyfiles, receiptkey
 from ..formats import sshsig
-from ..core.audit import AuditLog
+from ..core.audit import AuditLog, has_records
 from ..core.auditkey import create_audit_key
 from ..core.clock import SystemClock
 from ...config.settings import DatabaseSettings, parse_database_url
@@ -52,7 +52,7 @@ def init_setup(directory: Path, overrides: dict | None = None) -> Path:
         raise FileExistsError(f"{directory} already holds a setup ({', '.join(existing)}); "
                               "refusing to overwrite it")
     db = open_store(database, directory / "state.db") if database.url else None
-    if db is not None and db.query_one("SELECT COUNT(*) FROM audit")[0]:
+    if db is not None and has_records(db):
         db.close()
         raise FileExistsError(f"the database {describe(database.url)} already holds a setup "
                               "(its audit log is not empty); refusing to share it with a new one")

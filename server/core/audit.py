@@ -266,6 +266,11 @@ class AuditLog:
         return found
 
 
+def has_records(db: Store) -> bool:
+    """Whether the audit log holds any record (a database already in use by a setup)."""
+    return db.query_one("SELECT 1 FROM audit LIMIT 1") is not None
+
+
 def open_audit_log(db: Store, clock: Clock, key_file: Path,
                    credentials_dir: str | None) -> tuple[AuditLog, AuditKey]:
     """The audit log with its key; an old setup without a key gets one (and an audit.rekey record)."""

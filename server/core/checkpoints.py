@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import logging
 import os
 import re
@@ -31,7 +32,16 @@ log = logging.getLogger("sluis.audit")
 MAGIC = "sluis-audit-checkpoint v1"
 MAIL_EVENT = "audit.checkpoint.mail"
 MAIL_EVERY = timedelta(days=1)
-START, INTERVAL, SHUTDOWN, MANUAL = "start", "interval", "shutdown", "manual"
+class Occasion(enum.StrEnum):
+    """Why a checkpoint was signed (recorded with it)."""
+
+    START = "start"          # serve started
+    INTERVAL = "interval"    # [audit] checkpoint_interval passed
+    SHUTDOWN = "shutdown"    # serve stopping
+    MANUAL = "manual"        # sluis audit checkpoint
+
+
+START, INTERVAL, SHUTDOWN, MANUAL = Occasion.START, Occasion.INTERVAL, Occasion.SHUTDOWN, Occasion.MANUAL
 _LINE = re.compile(rf"^{MAGIC} seq=(?P<seq>[1-9][0-9]{{0,18}}) hash=(?P<hash>[0-9a-f]{{64}})"
                    r" time=(?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) reason=(?P<reason>[a-z]{1,16})"
                    r" key=(?P<key>[0-9a-f]{16}) sig=(?P<sig>[A-Za-z0-9+/]{86}==)$")
