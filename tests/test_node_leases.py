@@ -6,6 +6,10 @@ upload swept while its node was out of touch does not publish. Both engines, a f
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+
 import pytest
 
 from sluis.config import load_settings
@@ -82,10 +86,30 @@ def test_a_restarted_node_removes_its_own_interrupted_uploads_at_once(two_nodes)
     a.dropbox.publish(up_a)
 
 
-def test_a_name_a_live_process_holds_is_refused(two_nodes):
+def test_a_name_a_live_process_holds_is_refused_and_taken_once_it_is_gone(two_nodes):
+    _srv, clock, a, _b, make = two_nodes
+    sleeper = subprocess.Popen(["sleep", "60"])             # another live process on this host
+    try:
+        with a.db.writer() as tx:
+            tx.execute("UPDATE nodes SET holder = ? WHERE name = 'a'", (f"{socket.gethostname()}:{sleeper.pid}:x",))
+        with pytest.raises(NodeNameInUse, match=r"node name 'a' is in use .* own \[server\] node"):
+            make("a").nodes.claim()    # refused at once: no waiting on this host
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    make("a").nodes.claim()            # its holder is gone: taken at once, lease or not
+    with a.db.writer() as tx:           # a holder on another host: its lease is waited out
+        tx.execute("UPDATE nodes SET holder = 'elsewhere:1:x' WHERE name = 'a'")
+    with pytest.raises(NodeNameInUse):
+        make("a").nodes.claim(wait=False)
+    clock.advance(seconds=LEASE + 1)
+    make("a").nodes.claim(wait=False)
+
+
+def test_a_restarted_container_with_the_same_pid_takes_its_name_back(two_nodes):
     _srv, _clock, a, _b, make = two_nodes
-    with pytest.raises(NodeNameInUse, match=r"node name 'a' is in use .* own \[server\] node"):
-        make("a").nodes.claim()        # the holder is this (live) process: refused at once, no wait
+    assert a.nodes.holder.split(":")[1] == str(os.getpid())
+    make("a").nodes.claim(wait=False)  # our pid under another tag: an earlier process, gone
 
 
 def test_an_upload_swept_while_its_node_was_away_does_not_publish(two_nodes):

@@ -350,7 +350,11 @@ class DropBox:
             tenant = self.directory.tenant_by_id(row["tenant_id"])
             ours = row["node"] == self.node
             with self.db.writer() as tx:
-                if not tx.execute("DELETE FROM uploads WHERE id = ?", (row["id"],)).rowcount:
+                # another node's row only while its lease is still passed (it may just have renewed it)
+                alive = "" if ours else (" AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.name = uploads.node"
+                                         " AND n.lease_until > ?)")
+                params = (row["id"],) if ours else (row["id"], iso(self.clock.now()))
+                if not tx.execute(f"DELETE FROM uploads WHERE id = ?{alive}", params).rowcount:
                     continue
                 reason = ("interrupted (server stopped or crashed mid-upload)" if ours else
                           f"interrupted (node {row['node'] or '(unnamed)'} stopped answering: its lease passed)")

@@ -38,11 +38,16 @@ def default_node_name() -> str:
     return socket.gethostname() or "sluis"
 
 
-def holder_gone(holder: str) -> bool:
-    """Whether a holder (`host:pid:tag`) is a process of this host that no longer runs."""
+def holder_gone(holder: str, me: str) -> bool:
+    """Whether `holder` (`host:pid:tag`), seen by process `me`, is a process of this host that no
+    longer runs. Our own pid under another tag is an earlier process (a container restarts with
+    the same pid): gone, as one process claims one name once."""
     host, pid, _tag = (holder.rsplit(":", 2) + ["", ""])[:3]
+    _my_host, my_pid, _my_tag = (me.rsplit(":", 2) + ["", ""])[:3]
     if host != socket.gethostname() or not pid.isdigit():
         return False
+    if pid == my_pid:
+        return holder != me
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -86,7 +91,7 @@ class Nodes:
                                (self.name, self.holder, now, self._until()))
                     return
                 holder, until = row[0], row[1]
-                if holder == self.holder or until <= now or holder_gone(holder):
+                if holder == self.holder or until <= now or holder_gone(holder, self.holder):
                     tx.execute("UPDATE nodes SET holder = ?, started_at = ?, lease_until = ? WHERE name = ?",
                                (self.holder, now, self._until(), self.name))
                     if holder != self.holder:
