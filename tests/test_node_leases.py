@@ -122,3 +122,12 @@ def test_an_upload_swept_while_its_node_was_away_does_not_publish(two_nodes):
     with pytest.raises((UploadRejected, OSError)):
         b.dropbox.publish(up_b)
     assert b.db.query("SELECT id FROM deliveries") == []
+
+
+def test_a_heartbeat_never_takes_a_name_back_from_another_process(two_nodes):
+    _srv, clock, a, _b, make = two_nodes
+    clock.advance(seconds=LEASE + 1)
+    other = make("a")
+    other.nodes.claim(wait=False)                             # a's lease passed: another process took the name
+    assert a.nodes.beat() is False and other.nodes.beat() is True
+    assert a.db.query_one("SELECT holder FROM nodes WHERE name = 'a'")[0] == other.nodes.holder

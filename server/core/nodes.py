@@ -107,15 +107,19 @@ class Nodes:
             time.sleep(WAIT_STEP)
 
     def beat(self) -> bool:
-        """Renew the lease (the heartbeat, in a thread). False when it had passed or been taken
-        (we stalled past the lease): it is taken back, and the uploads other nodes removed
-        meanwhile fail at their close (DropBox.publish)."""
+        """Renew the lease (the heartbeat, in a thread). False when it had passed (we stalled for
+        longer than the lease: it is taken back, and the uploads other nodes removed meanwhile
+        fail at their close, DropBox.publish) or another process has taken the name since."""
         with self._lock, self.db.writer() as tx:
             now = iso(self.clock.now())
-            renewed = tx.execute("UPDATE nodes SET lease_until = ? WHERE name = ? AND holder = ? AND lease_until > ?",
-                                 (self._until(), self.name, self.holder, now)).rowcount
-            if renewed:
+            row = tx.execute("SELECT holder, lease_until FROM nodes WHERE name = ?", (self.name,)).fetchone()
+            if row is not None and row[0] == self.holder and row[1] > now:
+                tx.execute("UPDATE nodes SET lease_until = ? WHERE name = ?", (self._until(), self.name))
                 return True
+            if row is not None and row[0] != self.holder:
+                log.error("node %s: another process (%s) has taken this node's name; give each process "
+                          "its own [server] node", self.name, row[0])
+                return False
             tx.execute("INSERT INTO nodes (name, holder, started_at, lease_until) VALUES (?, ?, ?, ?)"
                        " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
                        " started_at = excluded.started_at, lease_until = excluded.lease_until",
