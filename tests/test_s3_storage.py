@@ -4,6 +4,7 @@ in the middle of an upload."""
 
 from __future__ import annotations
 
+import io
 import signal
 
 import pytest
@@ -239,3 +240,16 @@ def test_s3_readers_are_capped_process_wide_with_a_clear_refusal(make_server, bu
             session.close_download(handle)
     finally:
         app.close()
+
+
+def test_an_open_over_the_reader_cap_is_refused_over_sftp_and_audited(make_server, bucket):
+    srv = make_server({**FAST, "storage": bucket.storage_settings(), "limits": {"store_readers": 1}}).standard().start()
+    with srv.paramiko("agency") as client:
+        client.putfo(io.BytesIO(DATA[:100_000]), "/genk/lijst.csv")
+    with srv.paramiko("genk-clerk") as client:
+        first = client.open("/lijst.csv.age", "rb")
+        with pytest.raises(OSError, match=r"too many downloads from the file store .*store_readers"):
+            client.open("/lijst.csv.age", "rb")
+        first.close()
+    [record] = wait_until(lambda: [r for r in srv.app().audit.records() if r.event == "sftp.limit"], "sftp.limit")
+    assert record.detail["limit"] == "store_readers" and record.detail["allowed"] == 1
