@@ -175,8 +175,8 @@ class DatabaseSettings:
     url: str = setting("", parse_database_url,
                        "PostgreSQL libpq URI or connection string (postgresql://user@host/sluis); "
                        "empty: SQLite state.db in the data directory", secret=True)
-    pool_size: int = setting(10, int_range(1, 200),
-                             "PostgreSQL: connections each process keeps at most")
+    pool_size: int = setting(20, int_range(2, 500),
+                             "PostgreSQL: connections each process opens at most (a thread waits for one up to 30 s)")
 
 
 @dataclass(frozen=True)

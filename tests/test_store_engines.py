@@ -179,3 +179,20 @@ def test_a_migration_that_cannot_apply_names_itself_and_applies_nothing(make_ser
     assert "migration 0007_one_waiting failed, nothing of it was applied" in result.stderr, result.stderr
     with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 6
+
+
+def test_a_read_in_a_thread_with_an_open_writer_sees_its_writes(make_server):
+    server = make_server().standard()
+    store = store_of(server)
+    try:
+        with store.writer() as tx:
+            tx.execute("DELETE FROM bans")
+            tx.execute("INSERT INTO bans (address, banned_at, until, forget_at) VALUES (?, ?, ?, ?)",
+                       ("192.0.2.1", "a", "b", "c"))
+            assert store.query_one("SELECT COUNT(*) FROM bans")[0] == 1   # the writer's own write
+            with pytest.raises(Exception):
+                with store.writer():
+                    pass
+            tx.execute("DELETE FROM bans")
+    finally:
+        store.close()

@@ -30,7 +30,8 @@ log = logging.getLogger("sluis.store")
 
 MIGRATE_LOCK = "sluis:migrate"
 AUDIT_LOCK = "sluis:audit"
-CONNECT_TIMEOUT = 10.0          # seconds to wait for a pooled connection (or a new one)
+CONNECT_TIMEOUT = 10.0          # seconds to connect
+POOL_WAIT = 30.0                # seconds a thread waits for a pooled connection
 LISTEN_POLL = 1.0               # seconds between checks that a listener should stop
 CHANNEL = re.compile(r"[a-z][a-z0-9_]{0,40}")
 
@@ -157,16 +158,17 @@ class PostgresStore:
 
     dialect = POSTGRESQL
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 20) -> None:
         self.url = url
         # one plain connection first: its error names the cause (the pool's only says it timed out)
         psycopg.connect(url, connect_timeout=int(CONNECT_TIMEOUT)).close()
         self._pool: ConnectionPool[Any] = ConnectionPool(
-            url, min_size=1, max_size=pool_size, timeout=CONNECT_TIMEOUT, open=False, name="sluis",
+            url, min_size=1, max_size=pool_size, timeout=POOL_WAIT, open=False, name="sluis",
             kwargs={"autocommit": True, "row_factory": _row_factory}, configure=self._configure)
         self._pool.open(wait=True, timeout=CONNECT_TIMEOUT)
         self._stop = threading.Event()
         self._listeners: list[threading.Thread] = []
+        self._local = threading.local()      # the thread's open writer, if any
 
     @staticmethod
     def _configure(conn: psycopg.Connection[Any]) -> None:
@@ -179,22 +181,33 @@ class PostgresStore:
         so check-then-act on one tenant (publish, the yearly limit) is serial across processes.
         `exclusive` locks the tenants table against every row lock (EXCLUSIVE mode still lets
         plain reads through): it waits for tenant-locked writers and holds new ones off."""
+        if getattr(self._local, "tx", None) is not None:
+            raise RuntimeError("a writer inside a writer: pass the open transaction down instead")
         with self._pool.connection() as conn:
             tx = PgTx(conn)
-            with conn.transaction():
-                if exclusive:
-                    conn.execute("LOCK TABLE tenants IN EXCLUSIVE MODE")
-                if tenant is not None:
-                    conn.execute("SELECT id FROM tenants WHERE id = %s FOR UPDATE", (tenant,))
-                yield tx
-                for channel in tx.channels:      # delivered by PostgreSQL at commit, not before
-                    conn.execute("SELECT pg_notify(%s, '')", (channel,))
+            self._local.tx = tx
+            try:
+                with conn.transaction():
+                    if exclusive:
+                        conn.execute("LOCK TABLE tenants IN EXCLUSIVE MODE")
+                    if tenant is not None:
+                        conn.execute("SELECT id FROM tenants WHERE id = %s FOR UPDATE", (tenant,))
+                    yield tx
+                    for channel in tx.channels:      # delivered by PostgreSQL at commit, not before
+                        conn.execute("SELECT pg_notify(%s, '')", (channel,))
+            finally:
+                self._local.tx = None
         for hook in tx.hooks:
             hook()
 
     # --- reads (autocommit, one statement) -------------------------------------------------------
     def execute(self, sql: str, params: Any = ()) -> Result:
-        """A read in a statement of its own (autocommit); writes go through `writer()`."""
+        """A read in a statement of its own (autocommit); writes go through `writer()`. In a
+        thread with an open writer, the read runs in it, as on SQLite (one connection a thread):
+        it sees the transaction's own writes and takes no second connection from the pool."""
+        tx: PgTx | None = getattr(self._local, "tx", None)
+        if tx is not None:
+            return tx.execute(check_read(sql), params)
         with self._pool.connection() as conn:
             return _run(conn, check_read(sql), params)
 
