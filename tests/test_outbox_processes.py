@@ -1,7 +1,8 @@
 """Two `sluis serve` processes on one database drain one outbox: a live process's jobs are never
 sent by the other, and when one is killed in the middle of an SMS call the other sends every job
 it held: a second SMS only for the one in flight at the kill. Real processes, real sftp uploads,
-the real `twilio` library against the stand-in (which holds the first answer back); both engines.
+the real `twilio` library against the stand-in (which holds the first answer back). On PostgreSQL:
+several processes share a database there (a SQLite database has one `serve`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import pytest
 
 from sluis.keydelivery.outbox import DELIVERED, PENDING, SENDING
 from tests.support.clients import require_binary
-from tests.support.pg import both_engines  # noqa: F401  (these tests run on both engines)
 from tests.support.server import SluisServer
 from tests.support.sms import twilio_server
 from tests.support.twilio_standin import TwilioStandIn
@@ -52,7 +52,8 @@ def _per_phone(twilio: TwilioStandIn) -> dict[str, int]:
     return counts
 
 
-def test_kill_one_process_mid_sms_and_the_other_sends_every_job(pair, twilio, tmp_path):
+@pytest.mark.parametrize("engine", ["postgresql"])
+def test_kill_one_process_mid_sms_and_the_other_sends_every_job(pair, twilio, tmp_path, engine):
     a, b = pair
     twilio.hold_next(1, seconds=25)
     a.start()

@@ -286,9 +286,13 @@ class Directory:
     def _tenant_name(self, user: User) -> str | None:
         return self.tenant_label(user.tenant_id)
 
+    def tenant_name(self, tenant_id: int) -> str:
+        """A tenant's name by id (NotFound if there is none): for records and log lines."""
+        return tenant_name(self.db, tenant_id)
+
     def tenant_label(self, tenant_id: int | None) -> str | None:
-        """The name of a user's or delivery's tenant for a record or a log line (None: no tenant)."""
-        return tenant_name(self.db, tenant_id) if tenant_id else None
+        """The name of a user's tenant, or None for a user without one (a sender)."""
+        return self.tenant_name(tenant_id) if tenant_id else None
 
     def user_by_id(self, user_id: int) -> User:
         row = self.db.query_one("SELECT * FROM users WHERE id = ?", (user_id,))

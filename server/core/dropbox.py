@@ -325,7 +325,7 @@ class DropBox:
             self.receipts.issue(tx, delivery.id, seq)
 
     def _tenant_name(self, delivery: Delivery) -> str:
-        return self.directory.tenant_by_id(delivery.tenant_id).name
+        return self.directory.tenant_name(delivery.tenant_id)
 
     # --- recovery ------------------------------------------------------------------------------
     def recover(self) -> int:

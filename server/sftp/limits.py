@@ -40,7 +40,6 @@ class Recorder(Protocol):
 
 
 class TenantNames(Protocol):
-    def tenant_by_id(self, tenant_id: int) -> Any: ...
     def tenant_label(self, tenant_id: int | None) -> str | None: ...
 
 
