@@ -32,7 +32,7 @@ import pytest
 
 from tests.support.clients import require_binary
 from tests.support.haproxy import HAProxy, available, free_port
-from tests.support.library import FAST
+from tests.support.library import FAST, sluis
 from tests.support.pg import raw_db
 from tests.support.pty_age import run_age
 from tests.support.server import SSH_OPTIONS, SluisServer
@@ -239,6 +239,9 @@ def test_a_node_killed_mid_upload_and_mid_sms_the_other_carries_on(cluster):
     aborted = wait_until(lambda: [r for r in cluster.audit("upload.abort") if r.get("node") == "node1"],
                          "node1's upload removed by node2", WAIT, context=lambda: node2.log[-3000:])
     assert [r["name"] for r in aborted] == ["cut.csv"] and "lease passed" in aborted[0]["reason"]
+    status = sluis(node2.config, "status", "--json", env=node2.env)
+    nodes = {n["node"]: (n["live"], n["uploads"]) for n in json.loads(status.stdout)["nodes"]}
+    assert nodes == {"node1": (False, 0), "node2": (True, 1)}, status.stdout + status.stderr
     wait_until(lambda: len(bucket.multipart_uploads()) == 1, "node1's multipart upload aborted", WAIT)
     going.write(b"y" * 100_000)                                   # node2's upload went on untouched
     going.close()

@@ -18,6 +18,7 @@ import secrets
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 
 from ..errors import SluisError
@@ -55,6 +56,18 @@ def holder_gone(holder: str, me: str) -> bool:
     except OSError:
         return False
     return False
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """One node as `sluis status` shows it."""
+
+    name: str
+    holder: str          # host:pid:tag of the process holding the name
+    started_at: str
+    lease_until: str
+    live: bool           # its lease has not passed
+    uploads: int         # its uploads in progress
 
 
 class Nodes:
@@ -137,3 +150,11 @@ class Nodes:
         """Names of the nodes whose lease has not passed (this one included, once claimed)."""
         return [r[0] for r in self.db.query("SELECT name FROM nodes WHERE lease_until > ? ORDER BY name",
                                             (iso(self.clock.now()),))]
+
+    def states(self) -> list[NodeState]:
+        """Every node with a lease row, live or not, and its uploads in progress."""
+        now = iso(self.clock.now())
+        counts = {r[0]: r[1] for r in self.db.query("SELECT node, COUNT(*) FROM uploads GROUP BY node")}
+        return [NodeState(r["name"], r["holder"], r["started_at"], r["lease_until"], r["lease_until"] > now,
+                          counts.get(r["name"], 0))
+                for r in self.db.query("SELECT name, holder, started_at, lease_until FROM nodes ORDER BY name")]
