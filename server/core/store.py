@@ -103,7 +103,8 @@ class Store(Reader, Protocol):
 
     def listen(self, channel: str, callback: Callable[[], None]) -> None:
         """Call `callback` (in a store thread) whenever a transaction that `notify`d `channel`
-        commits, in any process; until `close`. A no-op on SQLite (one process)."""
+        commits, in any process, and once each time listening (re)starts, for what was notified
+        while not listening; until `close`. A no-op on SQLite (one process)."""
 
     def close(self) -> None: ...
 
