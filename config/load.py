@@ -41,7 +41,21 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
     _check_templates(settings, str(path))
     _check_storage(settings, str(path))
     _check_proxy(settings, str(path))
+    settings = _apply_node_name(settings, environ)
     return _apply_secret_sources(settings, environ)
+
+
+def _apply_node_name(settings: Settings, environ: Mapping[str, str]) -> Settings:
+    """$SLUIS_NODE names this process's node, over [server] node: several processes may then run
+    on one shared configuration file (one per unit instance, e.g. `Environment=SLUIS_NODE=%i`)."""
+    name = environ.get("SLUIS_NODE")
+    if not name:
+        return settings
+    from .settings import parse_node_name
+    try:
+        return replace(settings, server=replace(settings.server, node=parse_node_name(name)))
+    except ValueError as exc:
+        raise ConfigError(f"SLUIS_NODE: {exc}") from None
 
 
 def _check_templates(settings: Settings, label: str) -> None:

@@ -46,6 +46,14 @@ def toml_key(spec: Any) -> str:
     return spec.metadata.get("key") or spec.name
 
 
+def parse_node_name(value: Any) -> str:
+    """'' (the host name) or a name of letters, digits, '.', '_', '-' (at most 64)."""
+    text = parse_str(value).strip()
+    if text and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", text):
+        raise ValueError(f"expected a node name of at most 64 letters, digits, '.', '_' or '-', got {value!r}")
+    return text
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """[server]: the SSH/SFTP listener."""
@@ -78,6 +86,14 @@ class ServerSettings:
                                                "believed, e.g. [\"10.0.0.5\"]; needed with proxy_protocol")
     proxy_timeout: int = setting("5s", duration_range(1, 60),
                                  "time a trusted proxy has to send the PROXY header before it is dropped and penalised")
+    # Several nodes on one database (server/core/nodes.py): the name is stable across restarts,
+    # so a restarted node removes its own interrupted uploads at once; two live processes may not share it.
+    node: str = setting("", parse_node_name,
+                        "this process's node name among those sharing the database ('' = the host name); "
+                        "stable across restarts, one per running `sluis serve`")
+    node_lease: int = setting("30s", duration_range(2, 3600),
+                              "a node that has not renewed its lease (heartbeat every third of it) for this long is "
+                              "taken as gone: other nodes remove its interrupted uploads")
 
 
 @dataclass(frozen=True)
@@ -193,6 +209,9 @@ class LimitSettings:
                                    "upload opens deriving their key (scrypt, 32 MiB each) at once, process-wide")
     max_message: int = setting("256KiB", size_range(64 * 1024, 4 * 1024 * 1024),
                                "largest SFTP message accepted; a READ returns at most this less 1 KiB (as OpenSSH)")
+    store_readers: int = setting(64, int_range(1, 10000),
+                                 "s3: downloads open at once, process-wide (each holds a reader thread and 5 MiB of "
+                                 "read-ahead); one more is refused until one closes")
 
 
 @dataclass(frozen=True)

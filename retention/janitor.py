@@ -30,6 +30,7 @@ class JanitorReport:
     removed_collected: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     orphans: int = 0
+    interrupted: int = 0     # uploads of nodes whose lease passed (server/core/nodes.py)
     keys_destroyed: int = 0
     audit_pruned: int = 0
     skipped: bool = False    # another janitor was running: this pass did nothing
@@ -38,7 +39,7 @@ class JanitorReport:
         if self.skipped:
             return "another janitor is running: nothing done"
         return (f"removed {len(self.removed_collected)} collected, expired {len(self.expired)}, "
-                f"swept {self.orphans} orphans, destroyed {self.keys_destroyed} keys, "
+                f"removed {self.interrupted} uploads of gone nodes, swept {self.orphans} orphans, destroyed {self.keys_destroyed} keys, "
                 f"pruned {self.audit_pruned} audit records")
 
 
@@ -74,11 +75,12 @@ class Janitor:
             if self.dropbox.remove(delivery, REASON_EXPIRED, actor=ACTOR, expires_at=delivery.expires_at):
                 report.expired.append(delivery.id)
                 self._tell_sender(delivery)
+        report.interrupted = self.dropbox.sweep_stale_uploads()   # before the orphans: their temporaries go with them
         report.orphans = self.dropbox.sweep_orphans()
         report.keys_destroyed = self._destroy_keys()
         report.audit_pruned = self.audit.prune(
             iso(now - timedelta(seconds=retention.audit_keep)), actor=ACTOR)
-        if any((report.removed_collected, report.expired, report.orphans, report.keys_destroyed,
+        if any((report.removed_collected, report.expired, report.interrupted, report.orphans, report.keys_destroyed,
                 report.audit_pruned)):
             log.info("janitor: %s", report.summary())
         return report

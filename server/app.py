@@ -16,6 +16,7 @@ from ..retention.incidents import IncidentTracker
 from ..retention.janitor import Janitor
 from ..retention.monitor import AccessMonitor
 from ..retention.policy import YearlyPolicy
+from .core.nodes import Nodes, default_node_name
 from .core.audit import AuditLog, open_audit_log
 from .core.checkpoints import CheckpointFile, Checkpointer, Mailer
 from .core.bans import BanStore
@@ -68,6 +69,7 @@ class App:
     receipts: ReceiptStore
     evidence: EvidenceStore
     inflight: InFlight        # connections, session cleanups, background writes: shutdown waits for them
+    nodes: Nodes              # this process's node name and liveness lease (several nodes on one database)
     migrated: list[str] = field(default_factory=list)   # the migrations this process applied at start
 
     def close(self) -> None:
@@ -79,7 +81,7 @@ def open_storage(settings: Settings) -> Storage:
     """[storage] backend: files under data_dir/boxes, or objects in an S3-compatible bucket."""
     if settings.storage.backend == StorageBackend.S3:
         from .core.s3storage import S3Storage   # boto3 is imported only when it is used
-        return S3Storage(settings.storage)
+        return S3Storage(settings.storage, max_readers=settings.limits.store_readers)
     return LocalStorage(settings.data_dir)
 
 
@@ -108,9 +110,11 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
     receipt_key = functools.cache(lambda: load_or_create(settings.resolve(settings.crypto.secret_key_file),
                                                          os.environ.get("CREDENTIALS_DIRECTORY")))
     receipts = ReceiptStore(db, audit, clock, receipt_key, notifications, settings.email.enabled)
+    nodes = Nodes(db, clock, name=settings.server.node or default_node_name(), lease=settings.server.node_lease)
     dropbox = DropBox(settings=settings, db=db, audit=audit, directory=directory, storage=storage,
                       clock=clock, keys=outbox, policy=policy, passphrases=new_passphrase,
-                      content=ContentGate(settings.policy, directory, audit), receipts=receipts)
+                      content=ContentGate(settings.policy, directory, audit), receipts=receipts,
+                      node=nodes.name)
     janitor = Janitor(settings, db, dropbox, outbox, directory, audit, clock)
     incidents = IncidentStore(db, audit, clock)
     connections = ConnectionRegistry(settings.server)
@@ -126,7 +130,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
                tracker=IncidentTracker(settings, incidents, notifications, clock),
                review=AccountReview(db, clock),
                limits=ProcessLimits(settings.limits, audit, directory, inflight),
-               receipts=receipts, evidence=EvidenceStore(db), inflight=inflight,
+               receipts=receipts, evidence=EvidenceStore(db), inflight=inflight, nodes=nodes,
                migrated=applied)
 
 

@@ -103,6 +103,7 @@ class Service:
             log.warning("%s", short)
         await asyncio.to_thread(app.outbox.sealer)  # fail now, not at the first upload, if the key is unusable
         await asyncio.to_thread(announce_receipt_key, app)
+        await asyncio.to_thread(app.nodes.claim)   # before recovery: this node's name is ours now
         recovered = await asyncio.to_thread(app.dropbox.recover)
         if recovered:
             log.warning("removed %d leftovers of uploads interrupted by the last stop", recovered)
@@ -125,11 +126,12 @@ class Service:
                  asyncio.create_task(self._janitor_loop(), name="janitor"),
                  asyncio.create_task(self._incidents_loop(sender), name="incidents"),
                  asyncio.create_task(self._checkpoint_loop(), name="checkpoints"),
-                 asyncio.create_task(self._watch_loop(), name="watch")]
+                 asyncio.create_task(self._watch_loop(), name="watch"),
+                 asyncio.create_task(self._heartbeat_loop(), name="heartbeat")]
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
-        log.info("sluis listening on %s:%d (sms provider: %s; event loop: %s; transport fast path: %s)",
-                 host, self.port, app.settings.sms.provider, loop_name(loop),
+        log.info("sluis listening on %s:%d as node %s (sms provider: %s; event loop: %s; transport fast path: %s)",
+                 host, self.port, app.nodes.name, app.settings.sms.provider, loop_name(loop),
                  ",".join(sorted(fastpath.installed())) or "off")
         if app.settings.server.proxy_protocol:
             log.info("PROXY protocol: connections only from %s, each starting with a PROXY header",
@@ -146,6 +148,9 @@ class Service:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._finish_passes(deadline)
+        # Give the node's name up: what a session could not clean up is now anyone's to sweep.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sluis-shutdown") as last:
+            await loop.run_in_executor(last, self._release_node)
         # The last records of this run are written by now: the shutdown checkpoint covers them.
         # (The default executor is shut down, so it gets a thread of its own.)
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sluis-shutdown") as last:
@@ -191,6 +196,22 @@ class Service:
                 except Exception:
                     log.exception("%s pass failed", name)
             await asyncio.sleep(max(self.app.settings.retention.interval, 1))
+
+    def _release_node(self) -> None:
+        try:
+            self.app.nodes.release()
+        except Exception:
+            log.exception("could not give up the node's lease (it passes by itself)")
+
+    async def _heartbeat_loop(self) -> None:
+        """Renew this node's lease every third of [server] node_lease (in a thread: the database)."""
+        nodes = self.app.nodes
+        while True:
+            await asyncio.sleep(nodes.heartbeat_interval)
+            try:
+                await asyncio.to_thread(nodes.beat)
+            except Exception:
+                log.exception("node heartbeat failed")
 
     async def _incidents_loop(self, sender: NotificationSender) -> None:
         """New audit records become incidents, then queued alerts and DPO notices go out (threads)."""

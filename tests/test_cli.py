@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import socket
 import subprocess
 
 import asyncssh
@@ -216,6 +218,10 @@ def test_status_lists_deliveries_and_standing(make_server, tmp_path):
     assert [m["to"] for m in row["messages"] if m["kind"] == "sms"] == ["+32470123456"]
     standing = {t["tenant"]: t["delivery"] for t in data["tenants"]}
     assert standing == {"genk": "a correction would replace the pending delivery", "gent": "may receive a list now"}
+    [node] = data["nodes"]                 # the running server: a live node, default name the host's
+    assert (node["node"], node["live"], node["uploads"]) == (socket.gethostname(), True, 0)
+    assert node["process"].split(":")[1] == str(srv.process.pid)
+    assert re.search(rf"{re.escape(socket.gethostname())}\s+live\s+0\s", text)
 
 
 # --- help ----------------------------------------------------------------------------------------------

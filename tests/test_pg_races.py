@@ -110,6 +110,7 @@ def test_two_processes_migrating_at_once_migrate_once(make_server, new_database)
 def twin(server: SluisServer, name: str) -> SluisServer:
     """A second `sluis serve` on the same setup: one database, one data directory."""
     other = copy.copy(server)
+    other.env = {**server.env, "SLUIS_NODE": name}   # a node of its own (server/core/nodes.py)
     other.process = None
     other._app = None
     other.log_path = server.root / f"{name}.log"

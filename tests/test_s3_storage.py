@@ -4,6 +4,7 @@ in the middle of an upload."""
 
 from __future__ import annotations
 
+import io
 import signal
 
 import pytest
@@ -14,7 +15,8 @@ from sluis.server.core.coverage import Coverage
 from sluis.server.core.deliveries import REMOVED
 from sluis.server.core.s3storage import S3Storage
 from sluis.server.core.session import Session
-from sluis.server.errors import NotFound, StorageUnavailable
+from sluis.server.core.dropsession import DropSession
+from sluis.server.errors import LimitReached, NotFound, StorageUnavailable
 from tests.support.clients import require_binary
 from tests.support.library import FAST, FakeClock, download, sluis, state_of, upload
 from tests.support.pty_age import run_age
@@ -208,3 +210,46 @@ def test_part_size_must_cover_the_largest_upload(make_server):
     assert result.returncode != 0
     assert "[storage] part_size: an upload has at most 9990 parts" in result.stderr
     assert "at least 11MiB" in result.stderr
+
+
+def test_s3_readers_are_capped_process_wide_with_a_clear_refusal(make_server, bucket):
+    """Each open S3 download holds a reader thread: at most [limits] store_readers at once in the
+    process, whatever the sessions; one more is refused (LimitReached, which the SFTP edge audits
+    as `sftp.limit`) and succeeds once a reader has closed."""
+    srv = make_server({**FAST, "storage": bucket.storage_settings(), "limits": {"store_readers": 2}}).standard()
+    app = build_app(load_settings(srv.config, {}), clock=FakeClock())
+    try:
+        delivery = upload(app, data=DATA[:300_000])
+        breaches: list[LimitReached] = []
+        sessions = [DropSession(app.dropbox, Session(user=app.directory.user("genk-clerk"), source=f"s{i}"),
+                                on_limit=breaches.append) for i in range(3)]
+        first, second = (s.open_download(delivery.stored_name) for s in sessions[:2])
+        with pytest.raises(LimitReached, match=r"at most 2\).*\[limits\] store_readers") as refused:
+            sessions[2].open_download(delivery.stored_name)
+        assert breaches == [refused.value] and refused.value.limit == "store_readers"
+        sessions[0].close_download(first)
+
+        def reopened():
+            try:
+                return sessions[2].open_download(delivery.stored_name)
+            except LimitReached:
+                return None
+        third = wait_until(reopened, "a reader slot freed by the close", 10)
+        assert sessions[2].read(third, 0, 10) is not None
+        for session, handle in ((sessions[1], second), (sessions[2], third)):
+            session.close_download(handle)
+    finally:
+        app.close()
+
+
+def test_an_open_over_the_reader_cap_is_refused_over_sftp_and_audited(make_server, bucket):
+    srv = make_server({**FAST, "storage": bucket.storage_settings(), "limits": {"store_readers": 1}}).standard().start()
+    with srv.paramiko("agency") as client:
+        client.putfo(io.BytesIO(DATA[:100_000]), "/genk/lijst.csv")
+    with srv.paramiko("genk-clerk") as client:
+        first = client.open("/lijst.csv.age", "rb")
+        with pytest.raises(OSError, match=r"too many downloads from the file store .*store_readers"):
+            client.open("/lijst.csv.age", "rb")
+        first.close()
+    [record] = wait_until(lambda: [r for r in srv.app().audit.records() if r.event == "sftp.limit"], "sftp.limit")
+    assert record.detail["limit"] == "store_readers" and record.detail["allowed"] == 1

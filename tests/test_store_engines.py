@@ -107,10 +107,12 @@ def old_sqlite_setup(make_server) -> tuple[object, Path]:
     path = server.data_dir / "state.db"
     server.close()
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
-        conn.execute("DROP INDEX deliveries_one_waiting")                 # undo 0007
-        conn.execute("DROP INDEX outbox_leases")                          # undo 0008
-        conn.execute("ALTER TABLE outbox DROP COLUMN claimed_by")
-        conn.execute("ALTER TABLE outbox DROP COLUMN lease_until")
+        for undo in ("DROP INDEX deliveries_one_waiting",                         # 7
+                     "DROP INDEX outbox_leases", "ALTER TABLE outbox DROP COLUMN claimed_by",
+                     "ALTER TABLE outbox DROP COLUMN lease_until",                 # 8
+                     "DROP INDEX uploads_node", "ALTER TABLE uploads DROP COLUMN node",
+                     "DROP TABLE nodes"):                                          # 9
+            conn.execute(undo)
         conn.execute("PRAGMA user_version = 6")
     return server, path
 
@@ -121,13 +123,14 @@ def test_a_sqlite_database_at_version_6_upgrades_in_place(make_server):
         before = conn.execute("SELECT * FROM tenants ORDER BY id").fetchall()
         audit = conn.execute("SELECT COUNT(*) FROM audit").fetchone()[0]
     check = sluis(server.config, "migrate", "--check")
-    assert check.returncode == 1 and ("schema version 6 of 8; pending: 0007_one_waiting, 0008_outbox_leases"
-                                      in check.stdout), check.stdout
+    latest = len(MIGRATIONS)
+    assert check.returncode == 1 and f"schema version 6 of {latest}; pending: 0007_one_waiting" in check.stdout, \
+        check.stdout
     result = sluis(server.config, "migrate")
     assert result.returncode == 0 and "applied 0007_one_waiting" in result.stdout, result.stdout + result.stderr
     assert "0008_outbox_leases" in result.stdout
     with closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 8
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == latest
         assert {r[1] for r in conn.execute("PRAGMA table_info(outbox)")} >= {"claimed_by", "lease_until"}
         assert conn.execute("SELECT * FROM tenants ORDER BY id").fetchall() == before
         assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'deliveries_one_waiting'").fetchone()

@@ -105,8 +105,10 @@ def cmd_status(args: Any) -> None:
         standing.append({"tenant": tenant.name, "active": tenant.active,
                          "protocol": protocol.describe(today) if protocol else "none registered",
                          "delivery": app.policy.standing(app.db, tenant)})
+    nodes = [{"node": n.name, "live": n.live, "uploads": n.uploads, "lease_until": n.lease_until,
+              "started": n.started_at, "process": n.holder} for n in app.nodes.states()]
     if args.json:
-        print_json({"deliveries": rows, "tenants": standing})
+        print_json({"deliveries": rows, "tenants": standing, "nodes": nodes})
         return
     if not rows:
         print("no deliveries")
@@ -122,6 +124,11 @@ def cmd_status(args: Any) -> None:
     print()
     print_table(["TENANT", "ACTIVE", "PROTOCOL", "DELIVERY"],
                 [(s["tenant"], "yes" if s["active"] else "no", s["protocol"], s["delivery"]) for s in standing])
+    if nodes:   # `sluis serve` processes (several nodes: server/core/nodes.py)
+        print()
+        print_table(["NODE", "STATE", "UPLOADS", "LEASE UNTIL", "PROCESS"],
+                    [(n["node"], "live" if n["live"] else "gone (lease passed)", str(n["uploads"]),
+                      str(n["lease_until"])[:19], n["process"]) for n in nodes])
 
 
 def cmd_audit_verify(args: Any) -> int:
@@ -201,7 +208,8 @@ def cmd_janitor_run(args: Any) -> None:
     report = app.janitor.run_once()
     actor = operator()
     app.audit.record("janitor.run", actor=actor.name, source=actor.source, removed=len(report.removed_collected),
-                     expired=len(report.expired), orphans=report.orphans, keys_destroyed=report.keys_destroyed,
+                     expired=len(report.expired), interrupted=report.interrupted, orphans=report.orphans,
+                     keys_destroyed=report.keys_destroyed,
                      audit_pruned=report.audit_pruned, skipped=report.skipped)
     print(report.summary())
     for delivery_id in report.removed_collected:

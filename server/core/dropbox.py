@@ -12,7 +12,7 @@ from typing import Any, Callable, Protocol
 from weakref import WeakValueDictionary
 
 from ...config.settings import Settings
-from ..errors import NotFound, PermissionDenied, PolicyRefused
+from ..errors import NotFound, PermissionDenied, PolicyRefused, UploadRejected
 from .audit import AuditLog
 from .clock import Clock, iso
 from .contentgate import ContentGate
@@ -65,8 +65,10 @@ class DropBox:
 
     def __init__(self, *, settings: Settings, db: Store, audit: AuditLog, directory: Directory,
                  storage: Storage, clock: Clock, keys: KeyHandoff, policy: DeliveryPolicy,
-                 passphrases: Callable[[], str], content: ContentGate, receipts: ReceiptIssuer) -> None:
+                 passphrases: Callable[[], str], content: ContentGate, receipts: ReceiptIssuer,
+                 node: str = "") -> None:
         self.settings = settings
+        self.node = node            # this process's node: its uploads carry it (server/core/nodes.py)
         self.db = db
         self.audit = audit
         self.directory = directory
@@ -139,9 +141,10 @@ class DropBox:
         check = self.content.admit(session, tenant, name)   # [policy] name_check and content
         upload_id = "u-" + secrets.token_hex(8)
         with self.db.writer() as tx:
-            tx.execute("INSERT INTO uploads (id, tenant_id, sender_id, name, temp_key, source, started_at)"
-                       " VALUES (?, ?, ?, ?, ?, ?, ?)", (upload_id, tenant.id, session.user.id, name,
-                                                         upload_id, session.source, iso(self.clock.now())))
+            tx.execute("INSERT INTO uploads (id, tenant_id, sender_id, name, temp_key, source, started_at, node)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (upload_id, tenant.id, session.user.id, name,
+                                                            upload_id, session.source, iso(self.clock.now()),
+                                                            self.node))
             self.audit.append(tx, "upload.start", actor=session.actor, tenant=tenant.name,
                               source=session.source, upload=upload_id, name=name)
         try:   # the blob's final key is chosen now (S3: the multipart upload is created for it)
@@ -215,7 +218,10 @@ class DropBox:
                        " :format, :state, :plain_size, :stored_size, :plain_sha256, :stored_sha256,"
                        " :blob_key, :created_at, :expires_at, :collected_at, :collected_by,"
                        " :collected_from, :removed_at, :removed_reason)", delivery.__dict__)
-            tx.execute("DELETE FROM uploads WHERE id = ?", (upload.id,))
+            if not tx.execute("DELETE FROM uploads WHERE id = ?", (upload.id,)).rowcount:
+                # Another node removed it: this node's lease had passed (it lost the database).
+                raise UploadRejected("the upload was interrupted (this server lost touch with the "
+                                     "others for a while); send the file again")
             jobs = self.keys.enqueue(tx, delivery, tenant, upload.passphrase)
             self.audit.append(tx, "delivery.publish", actor=upload.session.actor, tenant=tenant.name,
                               delivery=delivery.id, source=upload.session.source, upload=upload.id,
@@ -323,18 +329,41 @@ class DropBox:
 
     # --- recovery ------------------------------------------------------------------------------
     def recover(self) -> int:
-        """At startup: uploads cut off by a crash are removed and recorded; returns how many."""
+        """At startup: this node's uploads cut off by its last stop or crash, and those of nodes
+        whose lease has passed, are removed and recorded, then orphans; returns how many."""
+        return self.sweep_stale_uploads(own=True) + self.sweep_orphans()
+
+    def sweep_stale_uploads(self, *, own: bool = False) -> int:
+        """Remove the uploads no live node runs: those of nodes whose lease has passed (or that
+        have none: rows from before nodes), with this node's own when `own` (at start only).
+        A live node's uploads are never touched. Each removal is recorded; of two sweeps at
+        once, the one whose DELETE removes the row records it."""
+        now = iso(self.clock.now())
+        mine = "u.node = ? OR " if own else ""
+        stale = self.db.query(
+            "SELECT id, tenant_id, name, temp_key, source, node FROM uploads u"
+            f" WHERE {mine}(u.node != ? AND NOT EXISTS"
+            " (SELECT 1 FROM nodes n WHERE n.name = u.node AND n.lease_until > ?))"
+            " ORDER BY started_at", ((self.node,) if own else ()) + (self.node, now))
         count = 0
-        for row in self.db.query("SELECT * FROM uploads ORDER BY started_at"):
+        for row in stale:
             tenant = self.directory.tenant_by_id(row["tenant_id"])
+            ours = row["node"] == self.node
             with self.db.writer() as tx:
-                tx.execute("DELETE FROM uploads WHERE id = ?", (row["id"],))
+                # another node's row only while its lease is still passed (it may just have renewed it)
+                alive = "" if ours else (" AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.name = uploads.node"
+                                         " AND n.lease_until > ?)")
+                params = (row["id"],) if ours else (row["id"], iso(self.clock.now()))
+                if not tx.execute(f"DELETE FROM uploads WHERE id = ?{alive}", params).rowcount:
+                    continue
+                reason = ("interrupted (server stopped or crashed mid-upload)" if ours else
+                          f"interrupted (node {row['node'] or '(unnamed)'} stopped answering: its lease passed)")
                 self.audit.append(tx, "upload.abort", actor="sluis", tenant=tenant.name,
                                   source=row["source"], upload=row["id"], name=row["name"],
-                                  reason="interrupted (server stopped or crashed mid-upload)", error="")
+                                  reason=reason, error="", node=row["node"])
                 self.storage.discard(row["temp_key"])  # only once its record is written
             count += 1
-        return count + self.sweep_orphans()
+        return count
 
     def sweep_orphans(self) -> int:
         """Remove temporaries and blobs that no record refers to (a crash between publishing the

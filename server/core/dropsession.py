@@ -196,7 +196,11 @@ class DropSession:
         """Open a stored file for reading (blocks); its reads add to this session's coverage."""
         delivery = self.dropbox.recipient_file(self.session, stored_name)
         coverage = self._coverage.setdefault(delivery.id, Coverage())
-        return self.dropbox.open_download(self.session, stored_name, coverage)
+        try:
+            return self.dropbox.open_download(self.session, stored_name, coverage)
+        except LimitReached as exc:   # the process's object-store readers are all in use
+            self._on_limit(exc)
+            raise
 
     def read(self, download: Download, offset: int, size: int) -> bytes | Awaitable[bytes]:
         """One read, on the event loop (a short read is legal at the end of the file): the bytes,

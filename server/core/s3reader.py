@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import NotFound, StorageUnavailable
 
@@ -42,7 +42,8 @@ def unavailable(what: str, exc: BaseException) -> StorageUnavailable:
 class S3Reader:
     """One streaming GET of a blob, read ahead in its own thread into a bounded buffer."""
 
-    def __init__(self, client: Any, bucket: str, object_key: str) -> None:
+    def __init__(self, client: Any, bucket: str, object_key: str,
+                 on_end: Callable[[], None] = lambda: None) -> None:
         self._client = client
         self._bucket = bucket
         self._object = object_key
@@ -69,6 +70,7 @@ class S3Reader:
         self._checked = time.monotonic()
         self._retries = 0
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._on_end = on_end           # called once, when the reader thread ends (its slot frees)
         threading.Thread(target=self._run, name="sluis-s3-read", daemon=True).start()
 
     # --- the request side ------------------------------------------------------------------
@@ -154,7 +156,10 @@ class S3Reader:
                     unavailable("reading the file", exc)
                 self._wake()
         finally:
-            self._body.close()
+            try:
+                self._body.close()
+            finally:
+                self._on_end()
 
     def _full(self) -> bool:   # under _cond
         return self._eof or self._end >= self._demand + READ_AHEAD

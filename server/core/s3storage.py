@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Iterator
 
 from ...config.settings import StorageSettings
-from ..errors import NotFound
+from ..errors import LimitReached, NotFound
 from .s3reader import S3Reader, error_code, missing, unavailable
 from .storage import _KEY, _TEMP, TempBlob
 
@@ -142,8 +142,12 @@ class _S3Temp:
 class S3Storage:
     """Blobs as objects `PREFIX + key` in one bucket; temporaries as multipart uploads there."""
 
-    def __init__(self, settings: StorageSettings, client: Any | None = None) -> None:
+    def __init__(self, settings: StorageSettings, client: Any | None = None, *, max_readers: int = 64) -> None:
         self.bucket = settings.bucket
+        # Each open download holds a reader thread and its read-ahead: a process-wide cap
+        # ([limits] store_readers), whatever the number of connections, channels and handles.
+        self.max_readers = max_readers
+        self._readers = threading.BoundedSemaphore(max_readers)
         self.prefix = settings.prefix
         self.part_size = settings.part_size
         self.orphan_grace = float(settings.orphan_grace)
@@ -199,7 +203,18 @@ class S3Storage:
         return aborted
 
     def open_read(self, key: str) -> S3Reader:
-        return S3Reader(self.client, self.bucket, self.object_key(key))
+        """A streaming reader, if a reader slot is free: else LimitReached (the front end audits
+        it as `sftp.limit`; the client may try again once another download has closed)."""
+        if not self._readers.acquire(blocking=False):
+            allowed = self.max_readers
+            raise LimitReached(f"too many downloads from the file store at once on this server (at most "
+                               f"{allowed}); try again shortly ([limits] store_readers)",
+                               limit="store_readers", value=allowed + 1, allowed=allowed)
+        try:
+            return S3Reader(self.client, self.bucket, self.object_key(key), on_end=self._readers.release)
+        except BaseException:
+            self._readers.release()
+            raise
 
     def size(self, key: str) -> int:
         try:

@@ -19,7 +19,7 @@ POSTGRESQL = "postgresql"
 EXPECTED_TABLES: tuple[str, ...] = (
     "tenants", "tenant_phones", "users", "user_keys", "deliveries", "uploads", "secrets",
     "outbox", "audit", "protocols", "allowances", "resends", "bans",
-    "incidents", "cursors", "notifications", "receipts")
+    "incidents", "cursors", "notifications", "receipts", "nodes")
 
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _COMMENT = re.compile(r"--[^\n]*")

@@ -108,6 +108,7 @@ class SluisServer:
         """Another `sluis serve` on this server's config, data and database (several processes on
         one database): its own process, port and log; accounts and setup are shared. Close it."""
         other = copy.copy(self)
+        other.env = {**self.env, "SLUIS_NODE": name}   # a node of its own (server/core/nodes.py)
         other.log_path = self.root / f"serve-{name}.log"
         other.process, other.port, other._app = None, 0, None
         return other
