@@ -265,5 +265,6 @@ class SluisSSHServer(asyncssh.SSHServer):
             self.limits = self.process_limits.connection(session, self.conn)
         limits = self.limits
         limits.open_channel()  # ChannelOpenError beyond channels_per_connection
-        return SluisSession(lambda chan: SluisSFTPServer(chan, self.dropbox, session, limits),
+        return SluisSession(lambda chan: SluisSFTPServer(chan, self.dropbox, self.directory, self.audit,
+                                                            session, limits),
                             limits.close_channel, self.inflight.track)

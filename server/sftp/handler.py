@@ -20,6 +20,8 @@ import asyncssh
 from asyncssh import SFTPAttrs, SFTPName
 from asyncssh.sftp import FXF_APPEND, FXF_READ, FXF_WRITE, SFTPLimits
 
+from ..core.audit import AuditLog
+from ..core.directory import Directory
 from ..core.dropbox import Download, DropBox
 from ..core.dropsession import DropSession, Incoming
 from ..core.session import Session
@@ -40,10 +42,12 @@ _QUIET = {"read", "write"}
 class SluisSFTPServer(asyncssh.SFTPServer):
     """One SFTP session of one user."""
 
-    def __init__(self, chan: asyncssh.SSHServerChannel, dropbox: DropBox, session: Session,
-                 limits: ConnectionLimits) -> None:
+    def __init__(self, chan: asyncssh.SSHServerChannel, dropbox: DropBox, directory: Directory,
+                 audit: AuditLog, session: Session, limits: ConnectionLimits) -> None:
         super().__init__(chan)
         self.dropbox = dropbox
+        self.directory = directory
+        self.audit = audit
         self.session = session
         self.limits = limits
         self.max_message = limits.max_message
@@ -51,7 +55,7 @@ class SluisSFTPServer(asyncssh.SFTPServer):
         # and ReceiptHandle (a sender's receipt, read from memory).
         self.drop = DropSession(dropbox, session,
                                 on_limit=lambda exc: limits.breach(exc.limit, exc.value, exc.allowed))
-        self.view = View(dropbox, session, self.drop, int(time.time()))
+        self.view = View(dropbox, directory, session, self.drop, int(time.time()))
 
     # --- the one wrapper every request goes through ---------------------------------------------
     async def _run(self, op: str, target: str, func: Callable[..., T], *args: Any) -> T:
@@ -91,10 +95,9 @@ class SluisSFTPServer(asyncssh.SFTPServer):
                 (time.monotonic() - started) * 1000)
 
     def _audit_denial(self, op: str, target: str, reason: str) -> None:
-        tenant = self.dropbox.directory.tenant_by_id(self.session.user.tenant_id).name \
-            if self.session.user.tenant_id else None
-        self.dropbox.audit.record("sftp.deny", actor=self.session.actor, tenant=tenant,
-                                  source=self.session.source, op=op, path=target, reason=reason)
+        tenant = self.directory.tenant_label(self.session.user.tenant_id)
+        self.audit.record("sftp.deny", actor=self.session.actor, tenant=tenant,
+                          source=self.session.source, op=op, path=target, reason=reason)
 
     @staticmethod
     def _show(path: bytes) -> str:

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from asyncssh import SFTPAttrs
 
 from ..core.clock import parse_iso
+from ..core.directory import NIS_CODE, Directory
 from ..core.dropbox import DropBox
 from ..core.dropsession import DropSession, Incoming
 from ..core.receipts import Receipt
 from ..core.records import Delivery, Tenant
 from ..core.session import Session
-from ..core.directory import NIS_CODE
 from ..errors import NotFound, OutsideView, PermissionDenied, SluisError
 from .paths import split_path
 
@@ -70,8 +70,10 @@ def _created(delivery: Delivery) -> int:
 class View:
     """Resolves normalised path components for one session (called off the event loop)."""
 
-    def __init__(self, dropbox: DropBox, session: Session, drop: DropSession, started: int) -> None:
+    def __init__(self, dropbox: DropBox, directory: Directory, session: Session, drop: DropSession,
+                 started: int) -> None:
         self.dropbox = dropbox
+        self.directory = directory  # tenant folders by name or NIS code
         self.session = session
         self.drop = drop            # the uploads open or staged in this session
         self.started = started
@@ -101,7 +103,7 @@ class View:
     def _not_elsewhere(self, name: str) -> None:
         """A recipient naming another tenant's folder is an attempt outside its view."""
         try:
-            tenant = self.dropbox.directory.tenant(name)
+            tenant = self.directory.tenant(name)
         except NotFound:
             return
         if tenant.id != self.session.user.tenant_id:
@@ -118,7 +120,7 @@ class View:
     def _sender_tenant(self, part: str) -> Tenant:
         """A sender's folder, by tenant name or by NIS code."""
         if NIS_CODE.match(part):
-            return self.dropbox.active_tenant(self.dropbox.directory.tenant_by_nis(part).name)
+            return self.dropbox.active_tenant(self.directory.tenant_by_nis(part).name)
         return self.dropbox.active_tenant(part)
 
     def canonical(self, parts: tuple[str, ...]) -> tuple[str, ...]:
@@ -140,7 +142,7 @@ class View:
             return self._receipt_listing()
         if entry.tenant is None:
             return [Entry(t.name, dir_attrs(self.started), tenant=t)
-                    for t in self.dropbox.directory.tenants(active_only=True)] + [
+                    for t in self.directory.tenants(active_only=True)] + [
                 Entry(RECEIPTS, dir_attrs(self.started))]
         entries = {d.name: Entry(d.name, file_attrs(d.plain_size, _created(d)), delivery=d)
                    for d in self.dropbox.sender_pending(self.session, entry.tenant)}
