@@ -15,22 +15,10 @@ from typing import Any, Callable
 
 from ..keydelivery.templates import DEFAULT_SMS_TEMPLATE
 from .values import (
-    duration_range,
-    int_range,
-    one_of,
-    parse_address,
-    parse_bool,
-    parse_duration,
-    parse_e164,
-    parse_listen,
-    parse_networks,
-    parse_path,
-    parse_paths,
-    parse_size,
-    parse_str,
-    size_range,
+    duration_range, int_range, one_of, parse_address, parse_bool, parse_database_url,
+    parse_duration, parse_e164, parse_listen, parse_networks, parse_node_name, parse_path,
+    parse_paths, parse_size, parse_str, size_range,
 )
-
 
 
 def setting(raw: Any, parse: Callable[[Any], Any], doc: str, *, key: str | None = None,
@@ -44,14 +32,6 @@ def setting(raw: Any, parse: Callable[[Any], Any], doc: str, *, key: str | None 
 def toml_key(spec: Any) -> str:
     """The name a setting has in sluis.toml."""
     return spec.metadata.get("key") or spec.name
-
-
-def parse_node_name(value: Any) -> str:
-    """'' (the host name) or a name of letters, digits, '.', '_', '-' (at most 64)."""
-    text = parse_str(value).strip()
-    if text and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", text):
-        raise ValueError(f"expected a node name of at most 64 letters, digits, '.', '_' or '-', got {value!r}")
-    return text
 
 
 @dataclass(frozen=True)
@@ -157,15 +137,6 @@ class StorageSettings:
     orphan_grace: int = setting("1h", parse_duration,
                                 "s3: an object no delivery refers to is removed only after this long "
                                 "(never races another node's publish)")
-
-
-def parse_database_url(value: Any) -> str:
-    """Empty (SQLite in the data directory), a libpq URI or a key=value connection string."""
-    text = parse_str(value).strip()
-    if text and not (text.startswith(("postgresql://", "postgres://")) or "=" in text):
-        raise ValueError(f"expected a PostgreSQL URI (postgresql://…) or a libpq connection string "
-                         f"(host=… dbname=…), or empty for SQLite; got {text.split('@')[-1]!r}")
-    return text
 
 
 @dataclass(frozen=True)

@@ -153,3 +153,20 @@ def duration_range(low: int, high: int) -> Callable[[Any], int]:
             raise ValueError(f"expected a duration from {format_duration(low)} to {format_duration(high)}, got {value!r}")
         return seconds
     return parse
+
+
+def parse_node_name(value: Any) -> str:
+    """'' (the host name) or a name of letters, digits, '.', '_', '-' (at most 64)."""
+    text = parse_str(value).strip()
+    if text and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", text):
+        raise ValueError(f"expected a node name of at most 64 letters, digits, '.', '_' or '-', got {value!r}")
+    return text
+
+
+def parse_database_url(value: Any) -> str:
+    """Empty (SQLite in the data directory), a libpq URI or a key=value connection string."""
+    text = parse_str(value).strip()
+    if text and not (text.startswith(("postgresql://", "postgres://")) or "=" in text):
+        raise ValueError(f"expected a PostgreSQL URI (postgresql://…) or a libpq connection string "
+                         f"(host=… dbname=…), or empty for SQLite; got {text.split('@')[-1]!r}")
+    return text

@@ -40,7 +40,9 @@ def imported(log: str) -> set[str]:
 
 
 def test_idle_serve_imports_and_memory(make_server: Any) -> None:
-    server: SluisServer = make_server(env={"PYTHONPROFILEIMPORTTIME": "1"}).standard().start()
+    # The embedded default (SQLite) whatever SLUIS_TEST_ENGINE says: psycopg belongs to PostgreSQL.
+    server: SluisServer = make_server(overrides={"database": {"url": ""}},
+                                      env={"PYTHONPROFILEIMPORTTIME": "1"}).standard().start()
     assert server.process is not None
     client = server.paramiko("genk-clerk")   # one login and SFTP session: what "idle" means in the bench
     try:

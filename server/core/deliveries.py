@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from typing import Any
 
 from .records import Delivery
-from .store import Reader, Row
+from .store import Reader, Row, Tx
 
 
 class DeliveryState(enum.StrEnum):
@@ -78,3 +79,12 @@ def collected_before(conn: Reader, cutoff: str) -> list[Delivery]:
 def expired_by(conn: Reader, now: str) -> list[Delivery]:
     """Published deliveries nobody collected before they expired."""
     return fetch(conn, "state = ? AND expires_at <= ?", (str(PUBLISHED), now))
+
+
+_COLUMNS = tuple(field.name for field in dataclasses.fields(Delivery))
+
+
+def insert(tx: Tx, delivery: Delivery) -> None:
+    """Store a new delivery: every column named, in the order of the `Delivery` record."""
+    tx.execute(f"INSERT INTO deliveries ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+               tuple(getattr(delivery, name) for name in _COLUMNS))

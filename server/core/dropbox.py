@@ -8,7 +8,7 @@ import logging
 import secrets
 import threading
 from datetime import datetime, timedelta
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 from weakref import WeakValueDictionary
 
 from ...config.settings import Settings
@@ -18,13 +18,14 @@ from .clock import Clock, iso
 from .contentgate import ContentGate
 from .coverage import Coverage
 from .deliveries import (
-    COLLECTED, PUBLISHED, REASON_COLLECTED, REASON_REPLACED, REMOVED, VISIBLE, fetch,
+    COLLECTED, PUBLISHED, REASON_COLLECTED, REASON_REPLACED, REMOVED, VISIBLE, fetch, insert,
 )
 from .directory import Directory
 from .download import Download
 from .encryption import SUFFIXES, HashingOutput, open_encryptor
 from .names import check_name, staged_base
 from .pipeline import AtRestWorkers
+from .ports import DeliveryPolicy, KeyHandoff, ReceiptIssuer
 from .records import Delivery, Tenant
 from .session import Session
 from .store import Store, Tx
@@ -33,31 +34,6 @@ from .uploads import Upload
 from .window import MemoryBudget, ReorderWindow
 
 log = logging.getLogger("sluis.dropbox")
-
-
-class KeyHandoff(Protocol):
-    """What the core asks of key delivery, always inside the transaction that changes state."""
-
-    def enqueue(self, tx: Tx, delivery: Delivery, tenant: Tenant, passphrase: str) -> int: ...
-    def revoke(self, tx: Tx, delivery_id: str, reason: str) -> None: ...
-    def collected(self, tx: Tx, delivery_id: str) -> None: ...
-    def wake(self) -> None: ...
-
-
-class ReceiptIssuer(Protocol):
-    """Signs the receipt of a delivery that just ended, inside the transaction that ends it."""
-
-    def issue(self, tx: Tx, delivery_id: str, audit_seq: int) -> object: ...
-    def for_sender(self, sender_id: int) -> list[Any]: ...
-    def of_sender(self, sender_id: int, delivery_id: str) -> Any: ...
-
-
-class DeliveryPolicy(Protocol):
-    """The protocol's rules: may this tenant receive a file of this name now, and what does it
-    replace? Raises PolicyRefused (with the message the sender sees) when it may not."""
-
-    def admit(self, conn: Tx | Store, tenant: Tenant, delivery_id: str | None = None,
-              name: str | None = None) -> list[Delivery]: ...
 
 
 class DropBox:
@@ -214,10 +190,7 @@ class DropBox:
                 self._mark_removed(tx, old, REASON_COLLECTED, actor=upload.session.actor,
                                    source=upload.session.source, superseded_by=delivery.id)
                 replaced.append(old)
-            tx.execute("INSERT INTO deliveries VALUES (:id, :tenant_id, :sender_id, :name, :stored_name,"
-                       " :format, :state, :plain_size, :stored_size, :plain_sha256, :stored_sha256,"
-                       " :blob_key, :created_at, :expires_at, :collected_at, :collected_by,"
-                       " :collected_from, :removed_at, :removed_reason)", delivery.__dict__)
+            insert(tx, delivery)
             if not tx.execute("DELETE FROM uploads WHERE id = ?", (upload.id,)).rowcount:
                 # Another node removed it: this node's lease had passed (it lost the database).
                 raise UploadRejected("the upload was interrupted (this server lost touch with the "
