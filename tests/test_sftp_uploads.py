@@ -9,7 +9,6 @@ import random
 import signal
 import socket
 import subprocess
-import time
 
 import paramiko
 import pytest
@@ -94,10 +93,12 @@ def test_disconnect_mid_upload_publishes_nothing(server, cut):
 
 
 def test_killed_client_mid_upload_publishes_nothing(server, tmp_path):
-    """A real client (OpenSSH sftp, slowed down with -l) killed half-way through a put."""
+    """A real client (OpenSSH sftp, slowed down with -l) killed half-way through a put. The file is
+    ten times what the client may burst before its limit bites, so the kill lands mid-upload."""
     require_binary("sftp")
     source = tmp_path / "groot.csv"
-    source.write_bytes(DATA)
+    data = blob(3_000_017, seed=22)
+    source.write_bytes(data)
     proc = subprocess.Popen(["sftp", "-b", "-", "-l", "300", "-i", str(server.accounts["agency"].key),
                              "-P", str(server.port), *SSH_OPTIONS, "agency@127.0.0.1"],
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -105,7 +106,6 @@ def test_killed_client_mid_upload_publishes_nothing(server, tmp_path):
         proc.stdin.write(f"put {source} /genk/groot.csv\n".encode())
         proc.stdin.close()
         wait_until(lambda: uploads(server) and data_files(server)["tmp"], timeout=20, what="upload start")
-        time.sleep(0.3)
         proc.send_signal(signal.SIGKILL)
         proc.wait(TIMEOUT)
     finally:
@@ -113,7 +113,7 @@ def test_killed_client_mid_upload_publishes_nothing(server, tmp_path):
             proc.kill()
             proc.wait(TIMEOUT)
     [abort] = wait_audit(server, "upload.abort")
-    assert abort["detail"]["received"] < len(DATA)
+    assert abort["detail"]["received"] < len(data)
     assert_nothing_left(server)
 
 
