@@ -99,7 +99,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
                      applied=applied)
     checkpoints = Checkpointer(audit, audit_key, clock,
                                CheckpointFile(settings.resolve(settings.audit.checkpoint_file)),
-                               _checkpoint_mailer(settings))
+                               _checkpoint_mailer(settings), lock=db.try_lock)
     directory = Directory(db, audit, clock)
     storage = storage or open_storage(settings)
     policy = YearlyPolicy(settings.policy, clock)

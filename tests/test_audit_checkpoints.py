@@ -19,7 +19,7 @@ from sluis.config import load_settings
 from sluis.server.app import build_app
 from sluis.server.core.audit import GENESIS, record_hash
 from sluis.server.core.auditkey import AuditKey, PublicKey
-from sluis.server.core.checkpoints import parse_checkpoint, sign_checkpoint
+from sluis.server.core.checkpoints import MAIL_LOCK, parse_checkpoint, sign_checkpoint
 from tests.support.library import FAST, FakeClock, download, sluis, upload
 from tests.support.smtp_standin import SmtpStandIn
 from tests.support.waiting import wait_until
@@ -263,6 +263,31 @@ def test_checkpoint_is_mailed_once_a_day(make_server):
     assert first.line in mail.body
     public = PublicKey.parse(re.search(r"--public-key (\S+)", mail.body).group(1))
     assert parse_checkpoint(first.line).problem(public) is None
+
+
+
+def test_one_daily_mail_per_setup_while_another_process_mails(make_server):
+    """Nodes share the database: while one holds the mail lock (checking, sending, recording),
+    another's due mail is left to it; once it has recorded the mail, the day's mail is sent."""
+    with SmtpStandIn() as smtp:
+        email = {"enabled": True, "host": smtp.host, "port": smtp.port, "starttls": False,
+                 "sender": "sluis@integratie.example", "operator": "ops@integratie.example"}
+        server = make_server({**FAST, "email": email}).standard()
+        clock = FakeClock()
+        node_a = build_app(load_settings(server.config, {}), clock=clock)
+        node_b = build_app(load_settings(server.config, {}), clock=clock)
+        try:
+            checkpoint = node_b.checkpoints.checkpoint("interval")
+            with node_a.db.try_lock(MAIL_LOCK) as held:      # node a is mailing right now
+                assert held
+                assert not node_b.checkpoints.mail_if_due(checkpoint)
+            assert node_a.checkpoints.mail_if_due(checkpoint)
+            assert not node_b.checkpoints.mail_if_due(checkpoint)  # recorded by a: not again today
+            smtp.wait_for_messages(1)
+        finally:
+            node_a.close()
+            node_b.close()
+        assert len(smtp.messages) == 1
 
 
 # --- a real serve process: at start, every interval, on SIGTERM, and the daily mail ----------------------

@@ -14,6 +14,7 @@ signing, the records since the last checkpoint are verified; a broken chain is r
 from __future__ import annotations
 
 import base64
+import contextlib
 import binascii
 import enum
 import logging
@@ -32,6 +33,7 @@ log = logging.getLogger("sluis.audit")
 MAGIC = "sluis-audit-checkpoint v1"
 MAIL_EVENT = "audit.checkpoint.mail"
 MAIL_EVERY = timedelta(days=1)
+MAIL_LOCK = "checkpoint-mail"
 class Occasion(enum.StrEnum):
     """Why a checkpoint was signed (recorded with it)."""
 
@@ -47,6 +49,7 @@ _LINE = re.compile(rf"^{MAGIC} seq=(?P<seq>[1-9][0-9]{{0,18}}) hash=(?P<hash>[0-
                    r" key=(?P<key>[0-9a-f]{16}) sig=(?P<sig>[A-Za-z0-9+/]{86}==)$")
 # Mailer: (subject, body) -> None, raising on failure; wired in the composition root.
 Mailer = Callable[[str, str], None]
+Lock = Callable[[str], contextlib.AbstractContextManager[bool]]   # Store.try_lock
 
 
 @dataclass(frozen=True)
@@ -155,12 +158,15 @@ class Checkpointer:
     """Verifies the records since the last checkpoint, then signs and writes a new one."""
 
     def __init__(self, audit: AuditLog, key: AuditKey, clock: Clock, file: CheckpointFile,
-                 mailer: Mailer | None) -> None:
+                 mailer: Mailer | None, lock: Lock | None = None) -> None:
         self.audit = audit
         self.key = key
         self.clock = clock
         self.file = file
         self.mailer = mailer
+        # The daily mail is one per setup, not per node: its check-then-send runs under this
+        # lock (Store.try_lock), so two nodes signing at the same moment do not both mail.
+        self.lock: Lock = lock or (lambda name: contextlib.nullcontext(True))
 
     @property
     def public(self) -> PublicKey:
@@ -200,6 +206,13 @@ class Checkpointer:
         """Mail `checkpoint` to the operator unless one was mailed within the last day."""
         if self.mailer is None:
             return False
+        with self.lock(MAIL_LOCK) as held:
+            if not held:   # another process is mailing right now, and records it
+                return False
+            return self._mail_if_due(checkpoint)
+
+    def _mail_if_due(self, checkpoint: Checkpoint) -> bool:
+        assert self.mailer is not None
         last = self.audit.latest(MAIL_EVENT)
         if last is not None and parse_iso(last.ts) > self.clock.now() - MAIL_EVERY:
             return False
