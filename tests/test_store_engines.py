@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from sluis.config import load_settings
+from sluis.server.core import pg_store
 from sluis.server.core.pg_store import translate
 from sluis.server.core.schema import MIGRATIONS, POSTGRESQL, for_dialect
 from sluis.server.core.state import open_database
@@ -99,6 +101,21 @@ def test_notify_wakes_a_listener_of_another_store_after_commit(make_server, engi
     finally:
         sender.close()
         listener.close()
+
+
+
+def test_close_stops_a_listener_at_once_not_after_its_poll(make_server, engine, monkeypatch):
+    """A node's stop waited up to LISTEN_POLL for its listener thread: close wakes it instead.
+    With the poll made 30 s, a close that only waited for it would take 30 s or more."""
+    monkeypatch.setattr(pg_store, "LISTEN_POLL", 30.0)
+    store = store_of(make_server())
+    store.listen("outbox", lambda: None)
+    listening = [t for t in threading.enumerate() if t.name == "sluis-listen-outbox" and t.is_alive()]
+    assert len(listening) == (1 if engine == POSTGRESQL else 0)   # SQLite listens to nothing
+    started = time.monotonic()
+    store.close()
+    assert time.monotonic() - started < 10
+    assert not [t for t in threading.enumerate() if t.name == "sluis-listen-outbox" and t.is_alive()]
 
 
 def old_sqlite_setup(make_server) -> tuple[object, Path]:
