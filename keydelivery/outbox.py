@@ -9,9 +9,6 @@ removed and no SMS for it is still waiting to go out. Job states are in docs/key
 from __future__ import annotations
 
 import contextlib
-import os
-import secrets
-import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Callable
@@ -22,6 +19,7 @@ from ..server.core.audit import AuditLog
 from ..server.core.clock import Clock, iso
 from ..server.core.deliveries import PUBLISHED
 from ..server.core.directory import tenant_name, tenant_phones
+from ..server.core.holders import holder_gone, process_name
 from ..server.core.outboxstore import IN_FLIGHT, Job, JobKind, JobState, OutboxStore, Redaction, job_from_row
 from ..server.core.records import Delivery, Tenant
 from ..server.core.store import Store, Tx
@@ -39,45 +37,6 @@ CHANNEL = "sluis_outbox"   # NOTIFY channel: a job was queued (wakes the workers
 __all__ = ["ALERT", "CANCELLED", "DELIVERED", "EMAIL", "FAILED", "IN_FLIGHT", "MAYBE_SENT", "PENDING", "SENDING",
            "SENT", "SMS", "STATES", "UNDELIVERED", "WAITING", "Claim", "Job", "Outbox", "Redaction",
            "backoff_seconds", "job_from_row"]
-
-
-def machine() -> str:
-    """This host and PID namespace ('host~inode'): pids can be checked only within one (containers
-    on one host may share a host name but never see each other's pids)."""
-    try:
-        namespace = os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        namespace = 0
-    return f"{socket.gethostname()}~{namespace}"
-
-
-def process_name() -> str:
-    """Who holds a lease: machine, pid and a random tag (a pid is reused after a restart)."""
-    return f"{machine()}:{os.getpid()}:{secrets.token_hex(3)}"
-
-
-def _parts(name: str) -> tuple[str, str]:
-    host, pid, _tag = (name.rsplit(":", 2) + ["", ""])[:3]
-    return host, pid
-
-
-def gone(owner: str, me: str) -> bool:
-    """Whether lease holder `owner`, seen by process `me`, is a process of the same machine (host
-    and PID namespace) that no longer runs: its leases need not be waited out (a restart after a
-    crash resumes at once). Other machines' leases expire."""
-    host, pid = _parts(owner)
-    my_host, my_pid = _parts(me)
-    if host != my_host or host != machine() or not pid.isdigit():
-        return False
-    if pid == my_pid:   # our pid, another tag: an earlier process that had it; one process runs
-        return True     # one worker
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    return False
 
 
 @dataclass(frozen=True)
@@ -163,7 +122,7 @@ class Outbox:
     def take(self, limit: int = 50) -> list[Job]:
         """Lease to this process the jobs due now (none another live process holds)."""
         for owner in self.store.lease_holders(self.owner):
-            if gone(owner, self.owner):
+            if holder_gone(owner, self.owner):
                 self.store.drop_leases(owner)
         return self.store.claim_due(self.owner, self._now(), self.lease_end(), limit,
                                     poll_limit=self.settings.sms.poll_limit, redact=self.settings.sms.redact)
@@ -179,7 +138,7 @@ class Outbox:
             return False
         if current.claimed_by is None or current.claimed_by == self.owner:
             return True
-        return current.lease_until is None or current.lease_until <= self._now() or gone(current.claimed_by, self.owner)
+        return current.lease_until is None or current.lease_until <= self._now() or holder_gone(current.claimed_by, self.owner)
 
     def _lock_job(self, tx: Tx, job_id: int) -> Job | None:
         """The job, its row locked until commit. The audit lock first: a removal holds it when it

@@ -238,10 +238,15 @@ def test_pruning_keeps_older_checkpoints_valid(lib):
     assert f"verified from checkpoint #{new.seq}" in result.stdout and "2 checkpoints" in result.stdout
 
 
+def operator_mail(smtp: SmtpStandIn) -> dict:
+    """[email] through the SMTP stand-in, with an operator to mail checkpoints to."""
+    return {"enabled": True, "host": smtp.host, "port": smtp.port, "starttls": False,
+            "sender": "sluis@integratie.example", "operator": "ops@integratie.example"}
+
+
 def test_checkpoint_is_mailed_once_a_day(make_server):
     with SmtpStandIn() as smtp:
-        email = {"enabled": True, "host": smtp.host, "port": smtp.port, "starttls": False,
-                 "sender": "sluis@integratie.example", "operator": "ops@integratie.example"}
+        email = operator_mail(smtp)
         server = make_server({**FAST, "email": email}).standard()
         clock = FakeClock()
         app = build_app(load_settings(server.config, {}), clock=clock)
@@ -270,8 +275,7 @@ def test_one_daily_mail_per_setup_while_another_process_mails(make_server):
     """Nodes share the database: while one holds the mail lock (checking, sending, recording),
     another's due mail is left to it; once it has recorded the mail, the day's mail is sent."""
     with SmtpStandIn() as smtp:
-        email = {"enabled": True, "host": smtp.host, "port": smtp.port, "starttls": False,
-                 "sender": "sluis@integratie.example", "operator": "ops@integratie.example"}
+        email = operator_mail(smtp)
         server = make_server({**FAST, "email": email}).standard()
         clock = FakeClock()
         node_a = build_app(load_settings(server.config, {}), clock=clock)
@@ -293,8 +297,7 @@ def test_one_daily_mail_per_setup_while_another_process_mails(make_server):
 # --- a real serve process: at start, every interval, on SIGTERM, and the daily mail ----------------------
 def test_serve_writes_checkpoints_hourly_and_on_sigterm_and_mails_one(make_server):
     with SmtpStandIn() as smtp:
-        email = {"enabled": True, "host": smtp.host, "port": smtp.port, "starttls": False,
-                 "sender": "sluis@integratie.example", "operator": "ops@integratie.example"}
+        email = operator_mail(smtp)
         server = make_server({**FAST, "email": email, "audit": {"checkpoint_interval": "1s"}}).standard()
         server.start()
         [mail] = smtp.wait_for_messages(1, timeout=20)

@@ -7,13 +7,13 @@ upload swept while its node was out of touch does not publish. Both engines, a f
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 
 import pytest
 
 from sluis.config import load_settings
 from sluis.server.app import build_app
+from sluis.server.core.holders import machine
 from sluis.server.core.nodes import NodeNameInUse
 from sluis.server.core.session import Session
 from sluis.server.errors import UploadRejected
@@ -91,7 +91,7 @@ def test_a_name_a_live_process_holds_is_refused_and_taken_once_it_is_gone(two_no
     sleeper = subprocess.Popen(["sleep", "60"])             # another live process on this host
     try:
         with a.db.writer() as tx:
-            tx.execute("UPDATE nodes SET holder = ? WHERE name = 'a'", (f"{socket.gethostname()}:{sleeper.pid}:x",))
+            tx.execute("UPDATE nodes SET holder = ? WHERE name = 'a'", (f"{machine()}:{sleeper.pid}:x",))
         with pytest.raises(NodeNameInUse, match=r"node name 'a' is in use .* own \[server\] node"):
             make("a").nodes.claim()    # refused at once: no waiting on this host
     finally:

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from sluis.keydelivery.notifier import NotificationSender
-from sluis.keydelivery.outbox import ALERT, MAYBE_SENT, PENDING, SENDING, Outbox, machine
+from sluis.keydelivery.outbox import ALERT, MAYBE_SENT, PENDING, SENDING, Outbox
+from sluis.server.core.holders import machine
 from sluis.keydelivery.providers.console import ConsoleProvider
 from sluis.retention.janitor import LOCK
 from sluis.server.errors import Busy

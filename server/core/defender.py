@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 
 from ...config.settings import DefenderSettings
+from .addresses import client_ip, in_networks
 from .bans import Ban, BanStore
 from .clock import Clock
 
@@ -38,13 +39,10 @@ class Penalty(str, Enum):
 
 def source_key(address: str) -> str:
     """The unit penalties and caps apply to: the IPv4 address, or the IPv6 /64 it lies in."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
+    ip = client_ip(address)
+    if ip is None:
         return address
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False))
     return str(ip)
 
@@ -73,13 +71,7 @@ class Defender:
                            Penalty.LOGIN_TIMEOUT: settings.score_login_timeout}
 
     def allowlisted(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in net for net in self._allow if net.version == ip.version)
+        return in_networks(address, self._allow)
 
     def banned(self, address: str) -> Ban | None:
         """The ban in force on this address's source now, if any."""

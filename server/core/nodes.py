@@ -13,8 +13,6 @@ uploads. SQL of the `nodes` table lives here only.
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 import socket
 import threading
 import time
@@ -23,6 +21,7 @@ from datetime import timedelta
 
 from ..errors import SluisError
 from .clock import Clock, iso
+from .holders import holder_gone, machine, process_name
 from .store import Store
 
 log = logging.getLogger("sluis.nodes")
@@ -37,25 +36,6 @@ class NodeNameInUse(SluisError):
 def default_node_name() -> str:
     """The host name: stable across restarts of the service on one machine."""
     return socket.gethostname() or "sluis"
-
-
-def holder_gone(holder: str, me: str) -> bool:
-    """Whether `holder` (`host:pid:tag`), seen by process `me`, is a process of this host that no
-    longer runs. Our own pid under another tag is an earlier process (a container restarts with
-    the same pid): gone, as one process claims one name once."""
-    host, pid, _tag = (holder.rsplit(":", 2) + ["", ""])[:3]
-    _my_host, my_pid, _my_tag = (me.rsplit(":", 2) + ["", ""])[:3]
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    if pid == my_pid:
-        return holder != me
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    return False
 
 
 @dataclass(frozen=True)
@@ -78,7 +58,7 @@ class Nodes:
         self.clock = clock
         self.name = name
         self.lease = lease          # seconds a heartbeat keeps the node alive
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.holder = process_name()
         self._lock = threading.Lock()
 
     @property
@@ -110,7 +90,7 @@ class Nodes:
                     if holder != self.holder:
                         log.info("node %s: taking over from %s (no longer running)", self.name, holder)
                     return
-            local = holder.rsplit(":", 2)[0] == socket.gethostname()
+            local = holder.rsplit(":", 2)[0] == machine()
             if not wait or local or (first_seen is not None and until != first_seen) \
                     or time.monotonic() > deadline:
                 raise NodeNameInUse(

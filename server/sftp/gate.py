@@ -13,6 +13,7 @@ from typing import Any
 
 from ..core.audit import AuditLog
 from ..core.clock import Clock, iso
+from ..core.addresses import in_networks
 from ..core.defender import Defender, Penalty, Throttle, source_key
 from ..logsafe import quoted
 from .connections import ConnectionRegistry, Refusal
@@ -77,13 +78,7 @@ class Gatekeeper:
 
     def is_proxy(self, host: str) -> bool:
         """Is `host` in trusted_proxies? (Then it is a proxy, never a client.)"""
-        try:
-            ip = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in network for network in self._proxies)
+        return in_networks(host, self._proxies)
 
     def _refused(self, host: str, port: int, why: Refusal) -> None:
         count = self._refusals.hit(source_key(host))

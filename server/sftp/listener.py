@@ -33,12 +33,12 @@ before a byte is read.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, cast
 
 import asyncssh
 
+from ..core.addresses import client_ip
 from . import proxyproto
 
 
@@ -214,14 +214,7 @@ class _HeaderReader(asyncio.Protocol):
 
 def _same_host(a: str, b: str) -> bool:
     """The same IP address (an IPv4-mapped IPv6 address is its IPv4 address)."""
-    def plain(text: str) -> str:
-        try:
-            ip = ipaddress.ip_address(text.split("%", 1)[0])
-        except ValueError:
-            return text
-        mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
-        return str(mapped or ip)
-    return plain(a) == plain(b)
+    return str(client_ip(a) or a) == str(client_ip(b) or b)
 
 
 async def listen(host: str, port: int, screen: Screen, *, proxy: ProxyGate | None = None,
