@@ -104,6 +104,24 @@ def timed(srv: Server, action, nbytes: int) -> dict:
             "timed_out": timed_out}
 
 
+def warm_up(client: Client, pairs, src: Path, cwd: Path) -> None:
+    """One untimed upload and download per server before the rounds. The first writes into memory
+    this VM has not touched since boot cost several times the later ones (seen here: 2.1 against
+    0.2 s/GiB of kernel time for the same 256 MiB written by dd), and would land on whichever
+    server happened to go first. OpenSSH's sftp does it: psftp's uploads to sftp-server can stall."""
+    for srv_up, srv_down in pairs:
+        got = cwd / f"warm-{srv_up.name}.out"
+        try:
+            client.upload(srv_up, src, "warm.bin", cwd)
+            client.download(srv_down, "warm.bin", got, cwd)
+        except TransferTimeout as slow:
+            log(f"WARNING: warm-up: {slow}")
+        got.unlink(missing_ok=True)
+        if srv_up.name == "openssh":
+            Path(srv_up.remote("warm.bin")).unlink(missing_ok=True)
+    log("warm-up transfers done (not counted)")
+
+
 def passphrase(logfile: Path, name: str, timeout: float = 60.0) -> str:
     import re
     pat = re.compile(r"\[sms console-\d+\] to \+\d+: .*? voor " + re.escape(name) + r" \(" + TENANT + r"\): (\S+) \.")
@@ -260,17 +278,26 @@ def main(argv: list[str] | None = None) -> int:
             conc_src.unlink()
             extras["concurrent"] = {"streams": args.streams, "mib_each": args.concurrent_mib,
                                     "client": default_client.name, "sluis": [], "openssh": []}
+        if "transfers" in parts:
+            warm_up(default_client, ((up, down), (ossh, ossh)), src, cwd)
         for i in range(1, args.rounds + 1):
             rnd: dict = {"round": i}
             if "transfers" in parts:
+                # Each server goes first in every other round: whatever the first transfer of a
+                # round meets (a cold page cache, another tenant's load) is not always sluis's.
+                order = ((up, down), (ossh, ossh)) if i % 2 else ((ossh, ossh), (up, down))
                 for ci, c in enumerate(clients):
                     rnd[c.name] = {}
-                    for srv_up, srv_down in ((up, down), (ossh, ossh)):
+                    for srv_up, srv_down in order:
                         name = f"r{i}-{ci}.bin"
                         got = cwd / f"got-{srv_up.name}-{name}"
                         res_up = timed(srv_up, lambda: c.upload(srv_up, src, name, cwd), nbytes)
+                        if res_up["timed_out"] and srv_up.name == "openssh":
+                            # The killed upload left part of the file: put the whole file in place
+                            # (untimed), so the download that follows moves all of it.
+                            shutil.copyfile(src, srv_up.remote(name))
                         res_down = timed(srv_down, lambda: c.download(srv_down, name, got, cwd), nbytes)
-                        if res_up["timed_out"] or res_down["timed_out"]:
+                        if res_down["timed_out"] or (res_up["timed_out"] and srv_up.name != "openssh"):
                             got.unlink(missing_ok=True)   # a killed transfer: nothing to check
                         elif i == 1:
                             check_download(srv_up, got, name, src_sha)

@@ -163,7 +163,7 @@ class UploadSettings:
     max_file_size: int = setting("4GiB", parse_size, "largest file a sender may upload")
     atrest_memory: int = setting("64MiB", size_range(1 << 20, 1 << 40),
                                  "all uploads together: plaintext queued for encryption and hashing "
-                                 "(4 MiB at most per upload); writes past it wait")
+                                 "(2 MiB at most per upload); writes past it wait")
 
 
 @dataclass(frozen=True)
@@ -177,9 +177,14 @@ class LimitSettings:
     uploads_per_session: int = setting(4, int_range(1, 64),
                                        "uploads in progress at once in one SFTP session (open, or awaiting their rename)")
     key_derivations: int = setting(2, int_range(1, 64),
-                                   "upload opens deriving their key (scrypt, 32 MiB each) at once, process-wide")
+                                   "upload opens deriving their key (scrypt: 1 MiB and 2 ms each at the default "
+                                   "work factor) at once, process-wide")
     max_message: int = setting("256KiB", size_range(64 * 1024, 4 * 1024 * 1024),
                                "largest SFTP message accepted; a READ returns at most this less 1 KiB (as OpenSSH)")
+    channel_window: int = setting("1MiB", size_range(256 * 1024, 16 * 1024 * 1024),
+                                  "SSH receive window of each session: upload data a client may send before the "
+                                  "server has read it. A session buffers at most about two windows; one upload "
+                                  "moves at most one window per network round trip")
     store_readers: int = setting(64, int_range(1, 10000),
                                  "s3: downloads open at once, process-wide (each holds a reader thread and 5 MiB of "
                                  "read-ahead); one more is refused until one closes")
@@ -189,7 +194,7 @@ class LimitSettings:
 class CryptoSettings:
     """[crypto]: encryption at rest and sealing of passphrases."""
 
-    scrypt_log_n: int = setting(15, int_range(10, 20),
+    scrypt_log_n: int = setting(10, int_range(10, 20),
                                 "age scrypt work factor (log2 N); passphrases are random, see docs/age.md")
     secret_key_file: Path = setting("secret.key", parse_path,
                                     "32-byte key that seals passphrases at rest (mode 0600), relative to this file")

@@ -36,6 +36,7 @@ from .core.store import Store
 from .core.stores import MIGRATE_EVENT, open_store
 from .core.storage import LocalStorage, Storage
 from .core.workpool import BoundedPool
+from . import memory
 from .sftp.connections import ConnectionRegistry
 from .sftp.gate import Gatekeeper
 from .sftp.inflight import InFlight
@@ -114,7 +115,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None, storage: Storag
     dropbox = DropBox(settings=settings, db=db, audit=audit, directory=directory, storage=storage,
                       clock=clock, keys=outbox, policy=policy, passphrases=new_passphrase,
                       content=ContentGate(settings.policy, directory, audit), receipts=receipts,
-                      node=nodes.name)
+                      node=nodes.name, after_transfer=memory.release)
     janitor = Janitor(settings, db, dropbox, outbox, directory, audit, clock)
     incidents = IncidentStore(db, audit, clock)
     connections = ConnectionRegistry(settings.server)

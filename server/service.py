@@ -118,7 +118,8 @@ class Service:
             server_host_keys=algorithms.host_keypairs(keys), server_version="sluis",
             **algorithms.server_options(),
             allow_scp=False, agent_forwarding=False, x11_forwarding=False, allow_pty=False,
-            login_timeout=app.settings.server.login_timeout, keepalive_interval=60)
+            login_timeout=app.settings.server.login_timeout, keepalive_interval=60,
+            window=app.settings.limits.channel_window)
         self.port = acceptor.sockets[0].getsockname()[1]
         sender = NotificationSender(app.settings, app.notifications, make_provider(app.settings.sms),
                                     mail_server(app.settings))

@@ -62,6 +62,27 @@ def test_age_decrypts_our_files(tmp_path: Path, size: int) -> None:
     assert run.stdout == data
 
 
+@pytest.mark.parametrize("size", [16 * CHUNK_SIZE, 16 * CHUNK_SIZE + 1, 40 * CHUNK_SIZE + 7])
+@pytest.mark.parametrize("piece", [None, 1024 * 1024 + 13])
+def test_age_decrypts_our_batched_files(tmp_path: Path, size: int, piece: int | None) -> None:
+    """Large writes take the writer's batch path (whole chunks sealed into one buffer, 16 at a
+    time), as the upload pipeline's 1 MiB batches do: the real age opens the result."""
+    age = require_binary("age")
+    data = os.urandom(size)
+    passphrase = secrets.token_hex(16)
+    out = io.BytesIO()
+    writer = AgeWriter(out, passphrase)
+    step = piece or size
+    for pos in range(0, size, step):
+        writer.write(data[pos:pos + step])
+    writer.close()
+    encrypted = tmp_path / "file.age"
+    encrypted.write_bytes(out.getvalue())
+    run = run_age([age, "-d", str(encrypted)], [passphrase], timeout=TIMEOUT)
+    assert run.returncode == 0, run.terminal
+    assert run.stdout == data
+
+
 def test_age_rejects_our_file_with_wrong_passphrase(tmp_path: Path) -> None:
     age = require_binary("age")
     encrypted = tmp_path / "file.age"

@@ -29,6 +29,7 @@ from tests.support.clients_extra import (
     TIMEOUT, audit, blob, connect, decrypt_file, deliveries, env_without_agent,
 )
 from tests.support.server import SSH_OPTIONS, SluisServer
+from tests.support.waiting import wait_until
 
 
 def run(cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None
@@ -62,6 +63,10 @@ def check_waiting(server: SluisServer, name: str, data: bytes) -> None:
 
 def check_collected(server: SluisServer, name: str, data: bytes, downloaded: Path) -> None:
     assert decrypt_file(downloaded, server.passphrase(name + ".age")) == data
+    # lftp disconnects without waiting for its CLOSE's answer: the server closes the handle when
+    # the session ends, a few milliseconds after the client has exited.
+    wait_until(lambda: deliveries(server)[0]["state"] != "published", "the download's close",
+               context=lambda: f"\n{server.log[-3000:]}")
     [row] = deliveries(server)
     assert downloaded.stat().st_size == row["stored_size"]
     assert (row["state"], row["collected_by"]) == ("collected", "genk-clerk")

@@ -17,6 +17,8 @@ from typing import Any, Awaitable, Iterator
 import asyncssh
 import pytest
 from asyncssh import sftp as upstream_sftp
+from asyncssh import logging as upstream_logging
+from asyncssh import packet as upstream_packet
 from asyncssh import stream as upstream_stream
 
 from sluis.config.settings import LimitSettings
@@ -94,6 +96,11 @@ UPSTREAM = {
     (upstream_stream.SSHStreamSession, "read"): "595142239a785afb",
     (upstream_stream.SSHStreamSession, "data_received"): "7a6181d076246336",
     (upstream_stream.SSHStreamSession, "_maybe_resume_reading"): "eb4ce0e4ccc96fb5",
+    # log_received_packet: formats its line only at debug level 3 (logger.packet's own check)
+    (upstream_packet.SSHPacketLogger, "_log_packet"): "f3263d7da93663f1",
+    (upstream_logging.SSHLogger, "packet"): "a4baf6329fa97dcf",
+    # _process_write_lenient: the whole message, to take the write's data as a view of it
+    (upstream_packet.SSHPacket, "get_full_payload"): "6ecec7037a0f5d47",
 }
 
 

@@ -5,6 +5,7 @@ open reader notices a removal. Then what only S3 has: bounded upload memory, one
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import tracemalloc
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from sluis.config.settings import StorageSettings
 from sluis.server.core.s3storage import S3Storage
-from sluis.server.core.storage import LocalStorage
+from sluis.server.core.storage import WRITEBACK_STEP, LocalStorage, start_writeback
 from sluis.server.errors import NotFound, StorageUnavailable
 from tests.support.moto import REGION, Bucket
 from tests.support.waiting import wait_until
@@ -275,3 +276,24 @@ def test_s3_completion_never_replaces_an_existing_object(bucket):
     with pytest.raises(StorageUnavailable):
         storage.publish(temp, KEY)
     assert bucket.get(bucket.prefix + KEY) == b"already here"
+
+
+def test_local_writeback_starts_during_the_upload(tmp_path):
+    """sync_file_range(SYNC_FILE_RANGE_WRITE) reaches the kernel (a closed descriptor is refused
+    by it), and a temporary of a few write-back steps still publishes whole."""
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, b"x" * 8192)
+    start_writeback(fd, 0, 8192)
+    os.close(fd)
+    with pytest.raises(OSError) as refused:
+        start_writeback(fd, 0, 8192)
+    assert refused.value.errno == errno.EBADF
+    store = LocalStorage(tmp_path / "boxes")
+    data = os.urandom(WRITEBACK_STEP // 4)
+    temp = store.create_temp("u-1", "t000001/u-1")
+    for _ in range(10):
+        temp.write(data)
+    temp.sync()
+    temp.close()
+    store.publish(temp, "t000001/u-1")
+    assert store.size("t000001/u-1") == 10 * len(data)

@@ -12,6 +12,7 @@ from ..core.checkpoints import MANUAL, check_checkpoints
 from ..core.clock import iso
 from ..core import deliveries
 from ..errors import InvalidInput
+from .. import memory
 from ..hardening import forbid_core_dumps
 from ..service import Service, event_loop_factory
 from ..sftp import fastpath
@@ -27,6 +28,7 @@ def cmd_init(args: Any) -> None:
 
 def cmd_serve(args: Any) -> None:
     forbid_core_dumps()  # before any key or upload is in memory
+    memory.limit_arenas()  # before any thread starts (server/memory.py)
     app = open_app(args)
     try:
         fastpath.install()  # the transport fast path (server/sftp/fastpath.py), this process only

@@ -42,7 +42,7 @@ class DropBox:
     def __init__(self, *, settings: Settings, db: Store, audit: AuditLog, directory: Directory,
                  storage: Storage, clock: Clock, keys: KeyHandoff, policy: DeliveryPolicy,
                  passphrases: Callable[[], str], content: ContentGate, receipts: ReceiptIssuer,
-                 node: str = "") -> None:
+                 node: str = "", after_transfer: Callable[[], None] = lambda: None) -> None:
         self.settings = settings
         self.node = node            # this process's node: its uploads carry it (server/core/nodes.py)
         self.db = db
@@ -55,6 +55,7 @@ class DropBox:
         self.passphrases = passphrases
         self.content = content
         self.receipts = receipts
+        self.after_transfer = after_transfer   # an upload or download ended (server/memory.py)
         self.budget = MemoryBudget(settings.upload.total_window)
         self.atrest = AtRestWorkers(settings.upload.atrest_memory)  # hashing + encryption threads
         # Each sender's share of it, alive while one of its uploads holds it.
@@ -210,6 +211,7 @@ class DropBox:
         for old in replaced:
             self._retire(old)
         self.keys.wake()
+        self.after_transfer()
         return delivery
 
     def abort(self, upload: Upload, reason: str, error: BaseException | None = None) -> None:
@@ -224,6 +226,7 @@ class DropBox:
         self._forget_upload(upload.id, upload.tenant, upload.session, reason,
                             str(error) if error else "", name=upload.name, received=upload.size)
         self.storage.discard(upload.temp.key)
+        self.after_transfer()
 
     def _forget_upload(self, upload_id: str, tenant: Tenant, session: Session, reason: str,
                        error: str, **detail: Any) -> None:
@@ -268,6 +271,7 @@ class DropBox:
                                             delivery=delivery.id, source=session.source,
                                             stored_sha256=delivery.stored_sha256)
                     self.receipts.issue(tx, delivery.id, seq)
+        self.after_transfer()
         return complete
 
     # --- removal: one path for recipients, senders, the janitor and operators -----------------

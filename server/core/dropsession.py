@@ -114,14 +114,15 @@ class DropSession:
         self._uploads[key] = incoming
         return incoming
 
-    async def write(self, incoming: Incoming, offset: int, data: bytes) -> None:
+    async def write(self, incoming: Incoming, offset: int, data: bytes | memoryview) -> None:
         """Take one write on the event loop and wait until the worker has room for the next.
         A refusal the client may still fix (a retry once shared memory frees) keeps the upload
         open but unpublishable until the same write succeeds; a final failure aborts it."""
         upload = incoming._upload
         try:
             upload.write(offset, data)
-            await upload.room()
+            if upload.must_wait:
+                await upload.room()
         except (UploadRejected, Busy) as exc:
             if upload.failed:   # raised in the at-rest worker (Upload._feed): final
                 await asyncio.to_thread(self._drop, incoming, WRITE_FAILED, exc)

@@ -21,7 +21,7 @@ class HashingOutput:
         self._hash = hashlib.sha256()
         self.size = 0
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         self._temp.write(data)
         self._hash.update(data)
         self.size += len(data)

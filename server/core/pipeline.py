@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 BATCH = 1 << 20             # bytes handed to the worker at a time (the last batch may be shorter)
-PER_UPLOAD = 4 * BATCH      # queued for one upload's worker before its writes wait
+PER_UPLOAD = 2 * BATCH      # queued for one upload's worker before its writes wait
 THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
@@ -69,9 +69,9 @@ class Pipeline:
         self._start: Callable[[], None] | None = start
         self._feed = feed
         self._lock = threading.Lock()
-        self._parts: list[bytes] = []     # the batch being filled (event loop)
+        self._parts: list[bytes | memoryview] = []   # the batch being filled (event loop)
         self._parts_size = 0
-        self._queue: deque[list[bytes]] = deque()
+        self._queue: deque[list[bytes | memoryview]] = deque()
         self._queued = 0                  # bytes queued or being fed (guarded by _lock)
         self._running = False             # a worker job is scheduled or running
         self._idle = threading.Event()
@@ -96,7 +96,7 @@ class Pipeline:
             self._schedule()
         return self.key_ready
 
-    def put(self, data: bytes) -> None:
+    def put(self, data: bytes | memoryview) -> None:
         """Take the next in-order bytes (kept by reference); raise the worker's error, if any."""
         self.check()
         if self._loop is None:   # not begun on an event loop (the library, the CLI): work here
@@ -111,11 +111,20 @@ class Pipeline:
         if self.error is not None:
             raise self.error
 
+    def _over(self) -> bool:
+        return not self._cancelled and (
+            self._queued > PER_UPLOAD or (self._workers.queued > self._workers.total and self._queued > 0))
+
+    @property
+    def must_wait(self) -> bool:
+        """The next write must await `room` first (too much queued, or the worker failed). Most
+        writes need not: checked here, they skip a coroutine per write."""
+        return self.error is not None or self._over()
+
     async def room(self) -> None:
         """Wait while this upload, or all uploads together, have more queued than allowed; raise
         the worker's error, if any."""
-        while self.error is None and not self._cancelled and (
-                self._queued > PER_UPLOAD or (self._workers.queued > self._workers.total and self._queued)):
+        while self.error is None and self._over():
             self._progress.clear()
             self._workers._blocked.add(self)
             try:
@@ -153,11 +162,11 @@ class Pipeline:
         self._idle.clear()
         self._workers._executor.submit(self._work)
 
-    def _inline(self, data: bytes) -> None:
+    def _inline(self, data: bytes | memoryview) -> None:
         start, self._start = self._start, None
         if start is not None:
             start()
-        self._feed(data)
+        self._feed(data if type(data) is bytes else bytes(data))
 
     # --- any thread -----------------------------------------------------------------------
     def drained(self) -> bool:
@@ -195,7 +204,8 @@ class Pipeline:
                     parts = self._queue.popleft()
                 size = sum(len(p) for p in parts)
                 try:
-                    self._feed(parts[0] if len(parts) == 1 else b"".join(parts))
+                    # One bytes object for `feed`: SFTP writes arrive as views of their message.
+                    self._feed(parts[0] if len(parts) == 1 and type(parts[0]) is bytes else b"".join(parts))
                 finally:
                     with self._lock:
                         self._queued -= size

@@ -56,7 +56,7 @@ class _S3Temp:
         self.peak = 0                      # most bytes this upload held at once (tests, bench)
         self.completed = False
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         view = memoryview(data)
         size = len(view)
         while view:

@@ -7,17 +7,24 @@ is created for its final key and completed on publish (s3storage.py).
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import functools
 import os
 import re
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from ..errors import NotFound, StorageFull
 
 _KEY = re.compile(r"^[a-z0-9]{1,32}/[A-Za-z0-9_-]{1,64}$")
 _TEMP = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# A temporary's written bytes are handed to the disk every WRITEBACK_STEP bytes while the upload
+# runs, so the fsync that makes it durable at the close waits only for the last step. Without it
+# the kernel starts writing back only when dirty pages age or pile up, and the close's fsync
+# writes the whole file (about 70 ms for 256 MiB here, on every upload's critical path).
+WRITEBACK_STEP = 8 << 20
 
 
 def is_storage_full(exc: OSError) -> bool:
@@ -29,7 +36,7 @@ class TempBlob(Protocol):
 
     key: str
 
-    def write(self, data: bytes) -> int: ...
+    def write(self, data: bytes | memoryview) -> int: ...
     def flush(self) -> None: ...   # hand buffered bytes to the store (not durable: that is sync)
     def sync(self) -> None: ...
     def close(self) -> None: ...
@@ -68,12 +75,26 @@ class _LocalTemp:
         self.path = path
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         self._file: BinaryIO = os.fdopen(fd, "wb", buffering=1 << 20)
+        self._written = 0
+        self._handed = 0     # bytes whose write-back has been started
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         try:
-            return self._file.write(data)
+            size = self._file.write(data)
+            self._written += size
+            if self._written - self._handed >= WRITEBACK_STEP:
+                self._start_writeback()
+            return size
         except OSError as exc:
             raise StorageFull("no space left for the upload") if is_storage_full(exc) else exc
+
+    def _start_writeback(self) -> None:
+        """Start (not wait for) writing the bytes since the last step to disk: Linux's
+        sync_file_range(SYNC_FILE_RANGE_WRITE). The pages stay cached, and the final fsync
+        still decides what is durable."""
+        self._file.flush()
+        start_writeback(self._file.fileno(), self._handed, self._written - self._handed)
+        self._handed = self._written
 
     def flush(self) -> None:
         try:
@@ -113,6 +134,27 @@ class _LocalReader:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+SYNC_FILE_RANGE_WRITE = 2   # <fcntl.h>
+
+
+@functools.cache
+def _sync_file_range() -> Any:
+    function = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
+    if function is not None:
+        function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    return function
+
+
+def start_writeback(fd: int, offset: int, size: int) -> None:
+    """Ask the kernel to start writing a file's range to disk, without waiting (Linux; elsewhere
+    nothing happens and the fsync does it all). POSIX_FADV_DONTNEED would start it too, but drops
+    the pages already written back from the cache: a download soon after would read the disk."""
+    function = _sync_file_range()
+    if function is not None and function(fd, offset, size, SYNC_FILE_RANGE_WRITE) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
 
 
 def fsync_dir(path: Path) -> None:

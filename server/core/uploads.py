@@ -95,12 +95,17 @@ class Upload:
         """Start the key derivation in the worker; the future resolves when it has ended."""
         return self._pipeline.begin()
 
-    def write(self, offset: int, data: bytes) -> None:
+    def write(self, offset: int, data: bytes | memoryview) -> None:
         """Take one write (never blocks); raises a refusal, or an error the worker met earlier."""
         if self.sealed or self.finished:
             raise UploadRejected("the upload is already complete; open the file again to replace it")
         self._pipeline.check()
         self._window.write(offset, data)
+
+    @property
+    def must_wait(self) -> bool:
+        """`room` must be awaited before the next write (else it would return at once)."""
+        return self._pipeline.must_wait
 
     async def room(self) -> None:
         """Wait until the worker has caught up enough for the next write (bounded memory)."""
@@ -126,6 +131,7 @@ class Upload:
             self._check.close(self.id)      # ContentRefused: nothing is published
             assert self._encryptor is not None
             self._encryptor.close()
+            self._encryptor = None   # its output buffer (1 MiB) goes now, not with the handle
             self.temp.sync()
             self.temp.close()
             self.sealed = SealedUpload(size, self._hash.hexdigest(), self._out.size, self._out.hexdigest())

@@ -49,13 +49,13 @@ class MemoryBudget:
 class ReorderWindow:
     """Feeds `sink` the bytes of the upload strictly in order; holds early writes meanwhile."""
 
-    def __init__(self, sink: Callable[[bytes], None], *, window: int, budget: MemoryBudget,
+    def __init__(self, sink: Callable[[bytes | memoryview], None], *, window: int, budget: MemoryBudget,
                  max_size: int) -> None:
         self._sink = sink
         self._window = window
         self._budget = budget
         self._max_size = max_size
-        self._pending: dict[int, bytes] = {}
+        self._pending: dict[int, bytes | memoryview] = {}
         self._held = 0
         self.position = 0  # bytes handed to the sink so far
 
@@ -63,7 +63,7 @@ class ReorderWindow:
     def held(self) -> int:
         return self._held
 
-    def write(self, offset: int, data: bytes) -> None:
+    def write(self, offset: int, data: bytes | memoryview) -> None:
         end = offset + len(data)
         if end > self._max_size:
             raise UploadRejected(f"file is larger than the {self._max_size}-byte limit")
@@ -80,7 +80,7 @@ class ReorderWindow:
         self.position = end
         self._drain()
 
-    def _hold(self, offset: int, data: bytes) -> None:
+    def _hold(self, offset: int, data: bytes | memoryview) -> None:
         previous = self._pending.get(offset)
         extra = len(data) - (len(previous) if previous else 0)
         # Bound the distance, not only what is held: a write this far ahead means the client

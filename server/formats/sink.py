@@ -6,6 +6,7 @@ from typing import Protocol
 
 
 class Sink(Protocol):
-    """A write-only byte destination; the encryptors need nothing else of it."""
+    """A write-only byte destination; the encryptors need nothing else of it. `write` must not keep
+    a reference to what it is given: the age writer reuses its output buffer."""
 
-    def write(self, data: bytes, /) -> object: ...
+    def write(self, data: bytes | memoryview, /) -> object: ...

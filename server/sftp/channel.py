@@ -93,6 +93,13 @@ class SluisSFTPHandler(SFTPServerHandler):
                 self._server.malformed(f"first message of type {data[0]}, not INIT")
         return SSHPacket(data)
 
+    def log_received_packet(self, pkttype: int, pktid: int | None, packet: Any, note: str = "") -> None:
+        """Upstream (SSHPacketLogger._log_packet) formats a description of every request, an
+        f-string and a `plural`, before its logger drops it below debug level 3, where asyncssh
+        prints packets: about 2 µs of each 4 KiB write from PuTTY. Here the level comes first."""
+        if self.logger._debug_level >= 3:
+            super().log_received_packet(pkttype, pktid, packet, note)
+
     async def _process_packet(self, pkttype: int, pktid: int, packet: SSHPacket) -> None:
         """Upstream writes each reply without waiting for the channel to take it, so a client that
         sends READs and never reads the replies could grow the send buffer without bound. Requests
@@ -116,9 +123,18 @@ class SluisSFTPHandler(SFTPServerHandler):
         return self._server.sftp_limits()
 
     async def _process_write_lenient(self, packet: SSHPacket) -> int:
+        """Replaces upstream _process_write, which refuses stray bytes after the data and copies
+        the data out of the message (`get_string`): here it is a view of the message, which the
+        at-rest pipeline joins into its batch, one copy fewer per written byte."""
         handle = packet.get_string()
         offset = packet.get_uint64()
-        data = packet.get_string()
+        size = packet.get_uint32()
+        # The message is type (1), id (4), handle (4 + n), offset (8), data length (4), data.
+        start = MIN_MESSAGE + 4 + len(handle) + 8 + 4
+        message = packet.get_full_payload()
+        if start + size > len(message):
+            raise PacketDecodeError("Incomplete packet")
+        data = memoryview(message)[start:start + size]
         # No packet.check_end(): trailing bytes after the data are ignored, like OpenSSH does.
         file_obj = self._file_handles.get(handle)
         if not file_obj:

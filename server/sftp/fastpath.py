@@ -9,7 +9,8 @@ tripwire) when an asyncssh upgrade changes an overridden internal.
 
 - `send_packet`: no empty MSG_IGNORE before each packet when the cipher is AEAD or
   encrypt-then-MAC (kept for plain encrypt-and-MAC); the packet is built with one join
-  instead of three concatenations; AEAD packets are sealed by the contexts below.
+  instead of three concatenations, its random padding cut from a pool filled by one
+  getrandom() per 4 KiB; AEAD packets are sealed by the contexts below.
 - Encryption (server/sftp/fastciphers.py): AES-GCM keeps one AESGCM object per direction and key;
   ChaCha20-Poly1305 keeps two ChaCha20 contexts per direction (main and length key), moved to
   each packet's nonce with `reset_nonce` (upstream: three new contexts per packet), Poly1305 fed
@@ -47,6 +48,28 @@ from . import fastrecv
 from .fastciphers import FastBasicEncryption, FastChachaEncryption, FastETMEncryption, FastGCMEncryption
 
 COALESCE_LIMIT = 256 * 1024   # bytes of packets that may wait for the end of a loop iteration
+PAD_POOL = 4096               # random bytes fetched at once for packet padding
+
+
+class _Padding:
+    """Random padding from one getrandom() call per PAD_POOL bytes instead of one per packet
+    (upstream: `os.urandom(padlen)` for every packet, a system call for 4 to 19 bytes). Every
+    byte comes from the OS CSPRNG and is used once. Event loop only."""
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._used = 0
+
+    def take(self, size: int) -> bytes:
+        end = self._used + size
+        if end > len(self._pool):
+            self._pool, self._used, end = os.urandom(max(PAD_POOL, size)), 0, size
+        chunk = self._pool[self._used:end]
+        self._used = end
+        return chunk
+
+
+_padding = _Padding()
 
 # Ciphers whose packets need no MSG_IGNORE in front: AEAD, and encrypt-then-MAC.
 _NO_IGNORE = (GCMEncryption, ChachaEncryption, ETMEncryption)
@@ -95,7 +118,7 @@ def send_packet(self: Any, pkttype: int, *args: bytes, handler: Any = None) -> N
     padlen = -(self._send_enchdrlen + size) % self._send_blocksize
     if padlen < 4:
         padlen += self._send_blocksize
-    packet = b"".join((Byte(padlen), *parts, os.urandom(padlen)))
+    packet = b"".join((Byte(padlen), *parts, _padding.take(padlen)))
     pktlen = len(packet)
     hdr = UInt32(pktlen)
     seq = self._send_seq

@@ -176,7 +176,7 @@ class SluisSFTPServer(asyncssh.SFTPServer):
         shown = self._show(path)
         if pflags & (FXF_WRITE | FXF_APPEND):
             self.limits.check_uploads(self.drop.in_progress)
-            # Each upload derives a key with scrypt (32 MiB): a few at a time, process-wide. The
+            # Each upload derives a key with scrypt (1 MiB at the default): a few at a time. The
             # slot is held from the open until the derivation ends, but the OPEN is answered as
             # soon as the checks pass: the derivation runs in the upload's at-rest worker, and
             # the first writes queue (bounded) until the key is ready.
@@ -217,10 +217,10 @@ class SluisSFTPServer(asyncssh.SFTPServer):
         size = min(size, self.limits.max_read)
         return await self._run_here("read", "<handle>", self.drop.read, file_obj, offset, size)
 
-    async def write(self, file_obj: object, offset: int, data: bytes) -> int:
+    async def write(self, file_obj: object, offset: int, data: bytes | memoryview) -> int:
         if not isinstance(file_obj, Incoming):
             raise to_sftp_error(PermissionDenied("this handle was not opened for writing"))
-        await self._run_here("write", "<handle>", self.drop.write, file_obj, offset, data)
+        await self._call("write", "<handle>", _direct, self.drop.write, file_obj, offset, data)
         return len(data)
 
     async def close(self, file_obj: object) -> None:

@@ -1,12 +1,13 @@
 """The [limits] caps after login: what one connection and one SFTP session may hold.
 
 `ProcessLimits` is built once (app.py) and holds what all sessions share: the settings and the
-pool of key-derivation slots (scrypt costs 32 MiB a time, so at most `key_derivations` run at
-once). `ConnectionLimits` is per SSH connection: its channel count, and its record of broken
-limits and protocol errors. The first breach of each kind on a connection is audited
-(`sftp.limit`, `protocol.error`); later ones are counted and logged, and a connection that keeps
-on breaking them is disconnected, so one client can neither grow the audit log nor the
-process's memory and descriptors (see descriptors_needed for the arithmetic).
+pool of key-derivation slots (scrypt costs 128 * 8 * 2**scrypt_log_n bytes a time, 1 MiB at the
+default and 32 MiB at log N 15, so at most `key_derivations` run at once). `ConnectionLimits`
+is per SSH connection: its channel count, and its record of broken limits and protocol errors.
+The first breach of each kind on a connection is audited (`sftp.limit`, `protocol.error`); later
+ones are counted and logged, and a connection that keeps on breaking them is disconnected, so
+one client can neither grow the audit log nor the process's memory and descriptors (see
+descriptors_needed for the arithmetic).
 """
 
 from __future__ import annotations

@@ -74,6 +74,21 @@ class StreamSealer:
         self._finished = last
         return sealed
 
+    def seal_full_into(self, chunks: memoryview, out: memoryview) -> None:
+        """Seal whole 64 KiB chunks that are not the final one, each into the next
+        ENCRYPTED_CHUNK_SIZE bytes of `out`: the writer's batch path, one output buffer for many
+        chunks instead of a new bytes object per chunk."""
+        if self._finished:
+            raise ValueError("the final chunk has already been sealed")
+        count, rest = divmod(len(chunks), CHUNK_SIZE)
+        if rest or len(out) != count * ENCRYPTED_CHUNK_SIZE:
+            raise ValueError("seal_full_into takes whole chunks and room for each sealed chunk")
+        encrypt_into = self._aead.encrypt_into
+        for i in range(count):
+            encrypt_into(chunk_nonce(self._counter, False), chunks[i * CHUNK_SIZE:(i + 1) * CHUNK_SIZE],
+                         None, out[i * ENCRYPTED_CHUNK_SIZE:(i + 1) * ENCRYPTED_CHUNK_SIZE])
+            self._counter += 1
+
 
 class StreamOpener:
     """Open sealed chunks in order; a chunk's plaintext exists only once its tag has checked."""

@@ -11,7 +11,7 @@ from .header import FILE_KEY_SIZE, Stanza, encode_header
 from .hybrid import HybridRecipient
 from .keys import Recipient, parse_recipient
 from .scrypt import DEFAULT_LOG_N
-from .stream import CHUNK_SIZE, NONCE_SIZE, StreamSealer, payload_key
+from .stream import CHUNK_SIZE, ENCRYPTED_CHUNK_SIZE, NONCE_SIZE, StreamSealer, payload_key
 from ..sink import Sink
 
 
@@ -37,6 +37,11 @@ def _stanzas(
     return [k.wrap(file_key) for k in keys]
 
 
+# Chunks sealed into one output buffer and written at once (1 MiB): the writer's memory stays
+# bounded whatever the size of one write.
+BATCH_CHUNKS = 16
+
+
 class AgeWriter:
     """Streaming age encryptor; writes header and nonce on creation.
 
@@ -60,6 +65,7 @@ class AgeWriter:
         self._out = out
         self._sealer = StreamSealer(payload_key(file_key, nonce))
         self._buffer = bytearray()
+        self._out_buffer = bytearray()
         self._ciphertext_bytes = 0
         self._plaintext_bytes = 0
         self._closed = False
@@ -86,11 +92,15 @@ class AgeWriter:
             raise ValueError("write to a closed AgeWriter")
         view = memoryview(data).cast("B")
         self._plaintext_bytes += len(view)
-        # Fast path for large writes (the upload pipeline hands over 1 MiB at a time): whole
-        # chunks with more data after them are sealed straight from the caller's buffer.
+        # Fast path for large writes (the upload pipeline hands over 1 MiB at a time): the whole
+        # chunks with more data after them are sealed straight from the caller's buffer into one
+        # output buffer and written with one call, so storage and hash see one write per batch.
         while not self._buffer and len(view) > CHUNK_SIZE:
-            self._emit(self._sealer.seal(view[:CHUNK_SIZE], last=False))
-            view = view[CHUNK_SIZE:]
+            count = min((len(view) - 1) // CHUNK_SIZE, BATCH_CHUNKS)
+            out = self._batch_buffer(count * ENCRYPTED_CHUNK_SIZE)
+            self._sealer.seal_full_into(view[:count * CHUNK_SIZE], out)
+            self._emit(out)
+            view = view[count * CHUNK_SIZE:]
         while view:
             if len(self._buffer) == CHUNK_SIZE:
                 # More data follows, so the buffered chunk is not the final one. We cannot seal
@@ -124,7 +134,14 @@ class AgeWriter:
         if exc_type is None:
             self.close()
 
-    def _emit(self, data: bytes) -> None:
+    def _batch_buffer(self, size: int) -> memoryview:
+        """A view of `size` bytes of the writer's reused output buffer. Reuse is safe because a
+        Sink must not keep what it is given past `write` (files, hashes and S3 parts copy it)."""
+        if len(self._out_buffer) < size:
+            self._out_buffer = bytearray(size)
+        return memoryview(self._out_buffer)[:size]
+
+    def _emit(self, data: bytes | memoryview) -> None:
         """Write everything to `out`, counting it."""
         self._out.write(data)
         self._ciphertext_bytes += len(data)
