@@ -19,11 +19,10 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from contend import ROOT, race, span, throwaway_setup, wait_for
 
 
 def worker(config: Path, count: int, start_at: float, tag: str) -> None:
@@ -32,10 +31,7 @@ def worker(config: Path, count: int, start_at: float, tag: str) -> None:
 
     app = build_app(load_settings(config, os.environ))
     try:
-        delay = start_at - time.time()
-        if delay > 0:
-            time.sleep(delay)      # a common start: all appenders contend from the first record
-        started = time.time()
+        started = wait_for(start_at)
         for n in range(count):
             app.audit.record("bench.append", actor="bench", tenant="genk", source=tag, n=n)
         print(json.dumps({"started": started, "ended": time.time(), "count": count}), flush=True)
@@ -45,19 +41,9 @@ def worker(config: Path, count: int, start_at: float, tag: str) -> None:
 
 def run(config: Path, processes: int, count: int, lead: float = 3.0) -> dict[str, float]:
     """Start `processes` appenders of `count` records in all; their combined rate."""
-    start_at = time.time() + lead
     shares = [count // processes + (1 if i < count % processes else 0) for i in range(processes)]
-    children = [subprocess.Popen([sys.executable, __file__, "--worker", str(config), str(share), str(start_at),
-                                  f"proc-{i}"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-                for i, share in enumerate(shares)]
-    results = []
-    for child in children:
-        out, _ = child.communicate(timeout=600)
-        if child.returncode != 0:
-            raise RuntimeError(f"an appender failed ({child.returncode})")
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    began = min(r["started"] for r in results)
-    elapsed = max(r["ended"] for r in results) - began
+    results = race(__file__, [str(share) for share in shares], config, lead)
+    elapsed = span(results)
     return {"records": sum(r["count"] for r in results), "seconds": elapsed,
             "per_second": sum(r["count"] for r in results) / elapsed}
 
@@ -88,28 +74,11 @@ def main() -> None:
         print(json.dumps(run(args.config, args.processes, args.count)))
         print(verify(args.config))
         return
-    sys.path.insert(0, str(ROOT))
-    from sluis.server.cli.init import init_setup
-    from tests.support.pg import Cluster, find_bin_dir
-
-    cluster = None
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            url = ""
-            if args.engine == "postgresql":
-                bin_dir = find_bin_dir()
-                if bin_dir is None:
-                    raise SystemExit("PostgreSQL is not installed")
-                cluster = Cluster(bin_dir, durable=not args.fsync_off)
-                url = cluster.new_database()
-            config = init_setup(Path(tmp) / "sluis", {"database": {"url": url}} if url else None)
-            figures = run(config, args.processes, args.count)
-            print(json.dumps({"engine": args.engine, "processes": args.processes,
-                              "fsync": args.engine == "sqlite" or not args.fsync_off, **figures}))
-            print(verify(config))
-        finally:
-            if cluster is not None:
-                cluster.stop()
+    with throwaway_setup(args.engine, args.fsync_off) as config:
+        figures = run(config, args.processes, args.count)
+        print(json.dumps({"engine": args.engine, "processes": args.processes,
+                          "fsync": args.engine == "sqlite" or not args.fsync_off, **figures}))
+        print(verify(config))
 
 
 if __name__ == "__main__":

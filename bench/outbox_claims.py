@@ -17,14 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from contend import ROOT, race, span, throwaway_setup, wait_for
 
 
 def worker(config: Path, batch: int, start_at: float, tag: str) -> None:
@@ -34,10 +32,7 @@ def worker(config: Path, batch: int, start_at: float, tag: str) -> None:
 
     app = build_app(load_settings(config, os.environ))
     try:
-        delay = start_at - time.time()
-        if delay > 0:
-            time.sleep(delay)      # a common start: all claimers contend from the first job
-        started, taken = time.time(), []
+        started, taken = wait_for(start_at), []
         while jobs := app.outbox.take(batch):
             for job in jobs:
                 with app.db.writer() as tx:
@@ -78,21 +73,11 @@ def prepare(config: Path, count: int) -> None:
 
 
 def run(config: Path, processes: int, batch: int, lead: float = 3.0) -> dict[str, float]:
-    start_at = time.time() + lead
-    children = [subprocess.Popen([sys.executable, __file__, "--worker", str(config), str(batch), str(start_at),
-                                  f"proc-{i}"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-                for i in range(processes)]
-    results = []
-    for child in children:
-        out, _ = child.communicate(timeout=600)
-        if child.returncode != 0:
-            raise RuntimeError(f"a claimer failed ({child.returncode})")
-        results.append(json.loads(out.strip().splitlines()[-1]))
+    results = race(__file__, [str(batch)] * processes, config, lead)
     ids = [i for r in results for i in r["ids"]]
     if len(ids) != len(set(ids)):
         raise RuntimeError(f"{len(ids) - len(set(ids))} jobs were taken twice")
-    began = min(r["started"] for r in results)
-    elapsed = max(r["ended"] for r in results) - began
+    elapsed = span(results)
     return {"jobs": len(ids), "per_process": [len(r["ids"]) for r in results], "seconds": round(elapsed, 3),
             "per_second": round(len(ids) / elapsed, 1)}
 
@@ -111,28 +96,11 @@ def main() -> None:
         config, batch, start_at, tag = args.worker
         worker(Path(config), int(batch), float(start_at), tag)
         return
-    sys.path.insert(0, str(ROOT))
-    from sluis.server.cli.init import init_setup
-    from tests.support.pg import Cluster, find_bin_dir
-
-    cluster = None
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            overrides: dict = {"policy": {"content": "any"}, "crypto": {"scrypt_log_n": 10}}
-            if args.engine == "postgresql":
-                bin_dir = find_bin_dir()
-                if bin_dir is None:
-                    raise SystemExit("PostgreSQL is not installed")
-                cluster = Cluster(bin_dir, durable=not args.fsync_off)
-                overrides["database"] = {"url": cluster.new_database()}
-            config = init_setup(Path(tmp) / "sluis", overrides)
-            prepare(config, args.count)
-            figures = run(config, args.processes, args.batch)
-            print(json.dumps({"engine": args.engine, "processes": args.processes, "batch": args.batch,
-                              "fsync": args.engine == "sqlite" or not args.fsync_off, **figures}))
-        finally:
-            if cluster is not None:
-                cluster.stop()
+    with throwaway_setup(args.engine, args.fsync_off, {"policy": {"content": "any"}}) as config:
+        prepare(config, args.count)
+        figures = run(config, args.processes, args.batch)
+        print(json.dumps({"engine": args.engine, "processes": args.processes, "batch": args.batch,
+                          "fsync": args.engine == "sqlite" or not args.fsync_off, **figures}))
 
 
 if __name__ == "__main__":

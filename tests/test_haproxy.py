@@ -22,7 +22,8 @@ from sluis.server.cli.common import operator
 from sluis.server.formats.age import decrypt
 from tests.support import proxyheader
 from tests.support.clients_extra import audit, wait_audit
-from tests.support.haproxy import HAProxy, available, free_port
+from tests.support.haproxy import HAProxy, available
+from tests.support.loopback import free_port
 from tests.support.server import SSH_OPTIONS, SluisServer
 from tests.support.waiting import wait_until
 
@@ -162,12 +163,7 @@ def test_rolling_restart_drains_a_node_and_lets_its_upload_finish(make_server, m
     transport.close()
     drained = wait_until(lambda: proxy.stat("node1").get("scur") == "0" and time.monotonic(), "node1 to drain")
     first.passphrase("lijst.csv.age")                                     # published whole on node1
-    assert first.stop() == 0
-    stopped = time.monotonic()
-    first.start()
-    proxy.command("set server sluis/node1 state ready")
-    proxy.wait_up("node1")
-    back = time.monotonic()
+    stopped, back = proxy.restart("node1", first)
     proxy.command("set server sluis/node2 state drain")                  # node2's turn: node1 serves
     sftp(first, proxy, "agency", "ls /genk\n")
     print(f"\nrolling restart of one node, a 4 MiB paramiko upload running: its session ended "

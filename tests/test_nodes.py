@@ -284,12 +284,7 @@ def test_rolling_restart_with_a_transfer_running(cluster):
     upload.close()
     transport.close()
     drained = wait_until(lambda: proxy.stat("node1").get("scur") == "0" and time.monotonic(), "node1 to drain")
-    assert node1.stop() == 0
-    stopped = time.monotonic()
-    node1.start()
-    proxy.command("set server sluis/node1 state ready")
-    proxy.wait_up("node1")
-    back = time.monotonic()
+    stopped, back = proxy.restart("node1", node1)
     assert [r["name"] for r in cluster.audit("delivery.publish")] == ["lijst.csv"]
     print(f"\nrolling restart of node1 (two nodes, PostgreSQL + S3), a 16 MiB paramiko upload running: "
           f"its session ended {drained - started:.2f}s after the drain; stop {stopped - drained:.2f}s, "

@@ -29,6 +29,7 @@ from paramiko.ssh_exception import AuthenticationException, SSHException
 
 from tests.support.clients_extra import audit
 from tests.support.library import sluis
+from tests.support.loopback import closed_without_a_word, connect_from
 from tests.support.pg import fail_audit_inserts, heal_audit_inserts
 from tests.support.server import SluisServer
 from tests.support.waiting import wait_until
@@ -38,14 +39,6 @@ GUESSER, OTHER = "127.0.0.2", "127.0.0.3"
 
 
 # --- clients -------------------------------------------------------------------------------------------
-def connect_from(server: SluisServer, source: str, timeout: float = 10) -> socket.socket:
-    sock = socket.socket()
-    sock.settimeout(timeout)
-    sock.bind((source, 0))
-    sock.connect(("127.0.0.1", server.port))
-    return sock
-
-
 def key_login(server: SluisServer, user: str, source: str) -> float:
     """A full key login and one listing from `source`; returns the seconds it took."""
     started = time.monotonic()
@@ -99,13 +92,7 @@ def random_key() -> paramiko.PKey:
 
 def refused_before_ssh(server: SluisServer, source: str) -> bool:
     """True when the server closes the socket without sending even its version line."""
-    sock = connect_from(server, source)
-    try:
-        return sock.recv(64) == b""
-    except ConnectionResetError:
-        return True
-    finally:
-        sock.close()
+    return closed_without_a_word(connect_from(server, source))
 
 
 def greeted(sock: socket.socket) -> bool:

@@ -20,6 +20,7 @@ from sluis.server.sftp.gate import Gatekeeper
 from sluis.server.sftp.inflight import InFlight
 from tests.support import proxyheader
 from tests.support.clients_extra import audit, wait_audit
+from tests.support.loopback import closed_without_a_word, connect_from
 from tests.support.server import SluisServer
 from tests.support.waiting import wait_until
 
@@ -32,23 +33,6 @@ SETTINGS = {"server": {"proxy_protocol": True, "trusted_proxies": [PROXY], "prox
 @pytest.fixture
 def proxied(make_server) -> SluisServer:
     return make_server(SETTINGS).standard().start()
-
-
-def connect_from(server: SluisServer, source: str, header: bytes = b"") -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10, source_address=(source, 0))
-    if header:
-        sock.sendall(header)
-    return sock
-
-
-def closed_without_a_word(sock: socket.socket) -> bool:
-    """The server closed the socket without sending anything."""
-    try:
-        return sock.recv(100) == b""
-    except ConnectionResetError:
-        return True
-    finally:
-        sock.close()
 
 
 def login(server: SluisServer, sock: socket.socket, user: str = "genk-clerk") -> list[str]:

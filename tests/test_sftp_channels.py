@@ -19,6 +19,7 @@ from tests.support.clients import require_binary
 from tests.support.clients_extra import (
     TIMEOUT, audit, channel_request, connect, deliveries, sftp_on, transport, wait_audit, wait_until,
 )
+from tests.support.loopback import free_port, stop_process
 from tests.support.server import SluisServer
 
 
@@ -39,12 +40,6 @@ def ssh(server: SluisServer, *args: str, user: str = "agency", timeout: float = 
     require_binary("ssh")
     return subprocess.run(["ssh", "-p", str(server.port), *server.ssh_args(user), *args],
                           input=stdin, capture_output=True, text=True, timeout=timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Target:
@@ -143,12 +138,7 @@ def test_local_port_forwarding_is_refused(shared, target):
                 received = b""
         assert received == b""                   # ssh closed it: the server refused the channel
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
     assert target.accepted == 0
 
 

@@ -23,7 +23,7 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg_pool import ConnectionPool
 
-from .schema import EXPECTED_TABLES, MIGRATIONS, POSTGRESQL
+from .schema import EXPECTED_TABLES, POSTGRESQL, pending
 from .store import Conflict, check_read
 
 log = logging.getLogger("sluis.store")
@@ -230,18 +230,10 @@ class PostgresStore:
                          " name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
             row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()
             version = int(row[0]) if row else 0
-            if version > len(MIGRATIONS):
-                raise RuntimeError(f"the database's schema version {version} is newer than this sluis "
-                                   f"knows ({len(MIGRATIONS)}); upgrade sluis")
-            for migration in MIGRATIONS[version:]:
-                try:
-                    for statement in migration.statements(POSTGRESQL):
-                        conn.execute(statement)
-                except psycopg.Error as exc:
-                    raise migration.failed(exc) from exc
+            for migration in pending(version, "the PostgreSQL database"):
+                applied.append(migration.apply(conn.execute, POSTGRESQL, psycopg.Error))
                 conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
                              (migration.number, migration.name))
-                applied.append(f"{migration.number:04d}_{migration.name}")
                 log.info("database: applied migration %s", applied[-1])
         tables = {r[0] for r in self.query("SELECT table_name FROM information_schema.tables"
                                            " WHERE table_schema = current_schema()")}

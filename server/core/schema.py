@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable
 from importlib import resources
 
 SQLITE = "sqlite"
@@ -42,6 +43,16 @@ class Migration:
     def statements(self, dialect: str) -> list[str]:
         """The script's statements for `dialect` (no statement holds a `;` of its own)."""
         return [s.strip() for s in for_dialect(self.script, dialect).split(";") if s.strip()]
+
+    def apply(self, execute: Callable[[str], object], dialect: str, errors: type[Exception]) -> str:
+        """Run the statements through `execute` (in the caller's transaction); an engine error
+        (`errors`) becomes MigrationFailed. Returns the name the engines log and report."""
+        try:
+            for statement in self.statements(dialect):
+                execute(statement)
+        except errors as exc:
+            raise self.failed(exc) from exc
+        return f"{self.number:04d}_{self.name}"
 
 
 def load_migrations() -> list[Migration]:
@@ -81,3 +92,11 @@ def for_dialect(script: str, dialect: str) -> str:
 
 
 MIGRATIONS = load_migrations()
+
+
+def pending(version: int, database: str) -> list[Migration]:
+    """The migrations a database at schema `version` has not seen; a newer one is refused."""
+    if version > len(MIGRATIONS):
+        raise RuntimeError(f"{database}: schema version {version} is newer than this sluis knows "
+                           f"({len(MIGRATIONS)}); upgrade sluis")
+    return MIGRATIONS[version:]

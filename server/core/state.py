@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .schema import EXPECTED_TABLES, MIGRATIONS, SQLITE
+from .schema import EXPECTED_TABLES, SQLITE, pending
 from .store import Conflict, check_read
 
 BUSY_TIMEOUT_MS = 10_000
@@ -107,17 +107,9 @@ class Database:
         with self.writer() as tx:
             conn = tx.conn
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > len(MIGRATIONS):
-                raise RuntimeError(f"{self.path}: schema version {version} is newer than this sluis "
-                                   f"knows ({len(MIGRATIONS)}); upgrade sluis")
-            for migration in MIGRATIONS[version:]:
-                try:
-                    for statement in migration.statements(SQLITE):
-                        conn.execute(statement)
-                except sqlite3.Error as exc:
-                    raise migration.failed(exc) from exc
+            for migration in pending(version, str(self.path)):
+                applied.append(migration.apply(conn.execute, SQLITE, sqlite3.Error))
                 conn.execute(f"PRAGMA user_version = {migration.number}")
-                applied.append(f"{migration.number:04d}_{migration.name}")
         tables = {row[0] for row in self.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
         missing = set(EXPECTED_TABLES) - tables
         if missing:

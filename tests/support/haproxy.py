@@ -8,17 +8,14 @@ import re
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
+from tests.support.loopback import free_port, stop_process
 from tests.support.waiting import wait_until
 
 DEPLOYED = Path(__file__).resolve().parents[2] / "deploy" / "haproxy.cfg"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def available() -> bool:
@@ -98,11 +95,16 @@ class HAProxy:
                           and row, f"HAProxy to see {node} UP (L7OK)", timeout,
                           context=lambda: f"; stat: {self.stat(node)}")
 
+    def restart(self, node: str, server: Any) -> tuple[float, float]:
+        """A rolling restart's second half: stop the drained node's `server` (it must exit 0),
+        start it, put it back in the pool and wait until HAProxy sees it UP. Returns
+        (stopped, back) as time.monotonic() readings."""
+        assert server.stop() == 0
+        stopped = time.monotonic()
+        server.start()
+        self.command(f"set server sluis/{node} state ready")
+        self.wait_up(node)
+        return stopped, time.monotonic()
+
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process)

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tests.support.loopback import stop_process
 from tests.support.waiting import wait_until
 
 RUNNING = re.compile(r"Running on http://127\.0\.0\.1:(\d+)")
@@ -49,13 +50,7 @@ class MotoServer:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process)
         if self.log is not None:
             self.log.close()
             os.unlink(self.log.name)
