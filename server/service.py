@@ -119,7 +119,9 @@ class Service:
             **algorithms.server_options(),
             allow_scp=False, agent_forwarding=False, x11_forwarding=False, allow_pty=False,
             login_timeout=app.settings.server.login_timeout, keepalive_interval=60,
-            window=app.settings.limits.channel_window)
+            # No terminal sessions, so no line editor: asyncssh would wrap every channel in one
+            # whose every write and attribute lookup goes through a forwarding layer.
+            line_editor=False, window=app.settings.limits.channel_window)
         self.port = acceptor.sockets[0].getsockname()[1]
         sender = NotificationSender(app.settings, app.notifications, make_provider(app.settings.sms),
                                     mail_server(app.settings))

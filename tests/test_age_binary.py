@@ -63,10 +63,11 @@ def test_age_decrypts_our_files(tmp_path: Path, size: int) -> None:
 
 
 @pytest.mark.parametrize("size", [16 * CHUNK_SIZE, 16 * CHUNK_SIZE + 1, 40 * CHUNK_SIZE + 7])
-@pytest.mark.parametrize("piece", [None, 1024 * 1024 + 13])
+@pytest.mark.parametrize("piece", [None, 1024 * 1024 + 13, 261_120])
 def test_age_decrypts_our_batched_files(tmp_path: Path, size: int, piece: int | None) -> None:
     """Large writes take the writer's batch path (whole chunks sealed into one buffer, 16 at a
-    time), as the upload pipeline's 1 MiB batches do: the real age opens the result."""
+    time), as the upload pipeline's 1 MiB batches and OpenSSH's 255 KiB writes (views, not
+    chunk-aligned) do: the real age opens the result."""
     age = require_binary("age")
     data = os.urandom(size)
     passphrase = secrets.token_hex(16)
@@ -74,7 +75,7 @@ def test_age_decrypts_our_batched_files(tmp_path: Path, size: int, piece: int | 
     writer = AgeWriter(out, passphrase)
     step = piece or size
     for pos in range(0, size, step):
-        writer.write(data[pos:pos + step])
+        writer.write(memoryview(data)[pos:pos + step])
     writer.close()
     encrypted = tmp_path / "file.age"
     encrypted.write_bytes(out.getvalue())

@@ -212,6 +212,33 @@ def test_writer_never_buffers_more_than_one_chunk() -> None:
         assert 0 < writer.buffered_bytes <= CHUNK_SIZE
 
 
+def test_a_held_back_chunk_does_not_push_later_data_off_the_batch_path() -> None:
+    """A partial chunk is topped up and sealed, then whole chunks go 16 at a time: writes of
+    255 KiB (OpenSSH's), never chunk-aligned, reach storage in a few writes, not one per chunk."""
+    writes: list[int] = []
+
+    class Sink:
+        def write(self, b: bytes | memoryview) -> int:
+            writes.append(len(b))
+            return len(b)
+
+    data = os.urandom(20 * CHUNK_SIZE + 1)
+    writer = AgeWriter(Sink(), PASSPHRASE, log_n=FAST)
+    del writes[:]
+    writer.write(data[:1])
+    writer.write(memoryview(data)[1:])
+    assert writes == [CHUNK_SIZE + 16, 16 * (CHUNK_SIZE + 16), 3 * (CHUNK_SIZE + 16)]
+    assert writer.buffered_bytes == 1
+    writer.close()
+    out = io.BytesIO()
+    check = AgeWriter(out, PASSPHRASE, log_n=FAST)
+    for at in range(0, len(data), 261_120):
+        check.write(memoryview(data)[at:at + 261_120])
+    check.close()
+    assert decrypt(io.BytesIO(out.getvalue()), plain := io.BytesIO(), PASSPHRASE) == len(data)
+    assert plain.getvalue() == data
+
+
 def test_writer_memory_is_bounded() -> None:
     """A 4 MiB write allocates one output batch (16 chunks) and the final chunk's buffers, not a
     copy of the data (64 chunks)."""

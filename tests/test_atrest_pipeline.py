@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from paramiko.sftp import SFTP_FAILURE
 
-from sluis.server.core.pipeline import BATCH, PER_UPLOAD, AtRestWorkers
+from sluis.server.core.pipeline import BATCH, JOIN_UP_TO, PER_UPLOAD, AtRestWorkers
 from tests.support.clients import require_binary
 from tests.support.clients_extra import audit, close_raw, decrypt_file, deliveries
 from tests.support.waiting import wait_until
@@ -38,7 +38,7 @@ def _data(size: int, seed: int) -> bytes:
 
 
 # --- the pipeline itself ------------------------------------------------------------------------
-def test_feed_sees_every_byte_once_in_order_in_batches_from_a_worker():
+def test_feed_sees_every_byte_once_in_order_in_pieces_from_a_worker():
     data = _data(5 * MIB + 12345, 1)
     fed: list[bytes] = []
     threads: set[str] = set()
@@ -60,8 +60,38 @@ def test_feed_sees_every_byte_once_in_order_in_batches_from_a_worker():
 
     asyncio.run(main())
     assert b"".join(fed) == data
-    assert all(len(chunk) >= BATCH for chunk in fed[:-1]) and len(fed) == 6
+    # 32 KiB writes are joined: pieces of about JOIN_UP_TO, a few per 1 MiB batch.
+    assert max(len(chunk) for chunk in fed) < JOIN_UP_TO + 32768 + 7
+    assert len(fed) <= 6 * (BATCH // JOIN_UP_TO + 1)
     assert threads and all(name.startswith("sluis-atrest") for name in threads)
+
+
+def test_large_writes_reach_feed_as_they_came_without_a_copy():
+    """OpenSSH's sftp writes 255 KiB at a time, as views of their SFTP message: feed sees those
+    very views, in order (no 1 MiB join per batch); small writes are joined, 256 KiB at most."""
+    messages = [_data(261_120 + 13, n) for n in range(9)]
+    views = [memoryview(m)[13:] for m in messages]
+    fed: list[bytes | memoryview] = []
+
+    async def main() -> None:
+        pipeline = AtRestWorkers(64 * MIB).pipeline(lambda: None, fed.append)
+        await pipeline.begin()
+        for view in views:
+            pipeline.put(view)
+            await pipeline.room()
+        for at in range(0, MIB, 4096):   # then PuTTY-sized writes
+            pipeline.put(messages[0][at % 200_000:at % 200_000 + 4096])
+            await pipeline.room()
+        await pipeline.drain()
+
+    asyncio.run(main())
+    assert [f.obj for f in fed[:9] if isinstance(f, memoryview)] == messages
+    # The second batch ends with the first small write (joined alone); the other 255 make the
+    # last batch, joined into pieces of 256 KiB.
+    assert [len(f) for f in fed[9:]] == [4096, 64 * 4096, 64 * 4096, 64 * 4096, 63 * 4096]
+    assert all(type(f) is bytes for f in fed[9:])
+    assert b"".join(fed) == b"".join(views) + b"".join(
+        messages[0][at % 200_000:at % 200_000 + 4096] for at in range(0, MIB, 4096))
 
 
 def test_a_slow_disk_makes_writes_wait_with_bounded_memory():

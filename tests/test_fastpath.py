@@ -48,6 +48,7 @@ REPLACED = {
     "SSHChannel._flush_send_buf": "3f11e9dc27c58b18",      # slices, String()
     "SSHChannel.send_packet": "00e81b763c8f3dd2",          # joined payload
     "SFTPHandler.send_packet": "0c22ab5cc5f282e9",         # reply built by two concatenations
+    "SSHLogger.log": "508a0a50623f9179",                   # arguments made text before the level check
     "SSHConnection._recv_data": "fc4e0735191bb0fd",         # input cut once per read (fastrecv.py)
     "SSHConnection._recv_pkthdr": "7adc4d88fe20593c",       # first block sliced off the input
     "SSHConnection._recv_packet": "b3daa22e9763eee9",       # slices, joins; _dispatch copies its tail

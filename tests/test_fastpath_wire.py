@@ -21,7 +21,9 @@ from sluis.server.service import event_loop_factory, loop_name
 from sluis.server.sftp import fastpath
 from tests.support.clients import require_binary
 from tests.support.clients_extra import TIMEOUT, blob, decrypt_bytes, decrypt_file, env_without_agent
-from tests.support.raw_sftp import FXF_READ, INIT, RawSFTP, proc_status, string, u32
+from tests.support.raw_sftp import (
+    FX_OK, FXF_CREAT, FXF_READ, FXF_TRUNC, FXF_WRITE, INIT, WRITE, RawSFTP, proc_status, string, u32, u64,
+)
 from tests.support.raw_sftp import connect as raw_connect
 from tests.support.server import SSH_OPTIONS, SluisServer
 from tests.support.waiting import wait_until
@@ -166,6 +168,43 @@ def test_no_ignore_packets_on_the_wire(server: SluisServer, packet_log: PacketCo
     assert decrypt_bytes(stored, server.passphrase("w.bin.age")) == data
     assert packet_log.received.get("MSG_CHANNEL_DATA", 0) >= 32, packet_log.received
     assert packet_log.received.get("MSG_IGNORE", 0) == 0, packet_log.received
+
+
+def test_pipelined_replies_share_channel_packets(server: SluisServer, packet_log: PacketCounter) -> None:
+    """256 WRITEs of 4 KiB sent at once, as PuTTY pipelines them, one of them to a handle that is
+    not open: 256 replies in order, that one with upstream's error status, and the OK statuses
+    of the requests answered in one loop iteration share channel packets, as sshd packs its
+    subsystem's output (upstream sent a packet per reply). The refused write sent again, the
+    upload publishes whole."""
+    data = blob(256 * 4096, seed=11)
+
+    async def main() -> tuple[list[Any], int, bytes]:
+        async with await raw_connect(server, "agency") as conn:
+            raw = await RawSFTP.open(conn)
+            handle = (await raw.open_file("/genk/pipelined.bin", FXF_WRITE | FXF_CREAT | FXF_TRUNC)).handle
+            packet_log.received.clear()
+            # One write of all 256 requests: they arrive packed in full SSH packets, as under
+            # load, so the server has several to answer in one loop iteration.
+            bodies = [string(b"not-open" if n == 100 else handle) + u64(n * 4096) + string(data[n * 4096:(n + 1) * 4096])
+                      for n in range(256)]
+            ids = list(range(raw.next_id, raw.next_id + 256))
+            raw.next_id += 256
+            raw.send_bytes(b"".join(u32(5 + len(body)) + bytes([WRITE]) + u32(pktid) + body
+                                    for pktid, body in zip(ids, bodies)))
+            replies = [await raw.read_reply() for _ in ids]
+            packets = packet_log.received.get("MSG_CHANNEL_DATA", 0)
+            assert [reply.id for reply in replies] == ids
+            assert (await raw.write(handle, 100 * 4096, data[100 * 4096:101 * 4096])).code == FX_OK
+            assert (await raw.close(handle)).code == FX_OK
+        async with await raw_connect(server, "genk-clerk") as conn:
+            async with conn.start_sftp_client() as client:
+                async with client.open("/pipelined.bin.age", "rb") as download:
+                    return replies, packets, await download.read()
+    replies, packets, stored = asyncio.run(asyncio.wait_for(main(), 60))
+    assert [n for n, reply in enumerate(replies) if reply.code != FX_OK] == [100]
+    assert "handle" in replies[100].message.lower(), replies[100]
+    assert packets <= 64, packets
+    assert decrypt_bytes(stored, server.passphrase("pipelined.bin.age")) == data
 
 
 def test_replies_wait_for_a_client_that_stops_reading(server: SluisServer) -> None:

@@ -20,9 +20,11 @@ from asyncssh import sftp as upstream_sftp
 from asyncssh import logging as upstream_logging
 from asyncssh import packet as upstream_packet
 from asyncssh import stream as upstream_stream
+from asyncssh.packet import String, UInt32
 
 from sluis.config.settings import LimitSettings
 from sluis.server.core.coverage import MAX_RANGES
+from sluis.server.sftp import channel
 from sluis.server.sftp.limits import MAX_BREACHES, max_read
 from tests.support.clients_extra import audit, blob, data_files, deliveries, uploads, wait_audit, wait_until
 from tests.support.raw_sftp import (
@@ -80,7 +82,8 @@ def limit_records(server: SluisServer, limit: str) -> list[dict[str, Any]]:
 UPSTREAM = {
     (upstream_sftp.SFTPHandler, "recv_packet"): "d811faaea31cc51c",          # recv_packet: size cap
     (upstream_sftp.SFTPHandler, "recv_packets"): "f1c5fb1ba31b4800",         # one request at a time
-    (upstream_sftp.SFTPServerHandler, "_process_packet"): "4e7c6b60e5c9dd26",  # drain after reply
+    # drain after reply; a WRITE's OK answered by channel.py, its failure replayed (REPLAY)
+    (upstream_sftp.SFTPServerHandler, "_process_packet"): "4e7c6b60e5c9dd26",
     (upstream_sftp.SFTPServerHandler, "_process_open"): "de593bd0384f9f49",    # handle cap
     (upstream_sftp.SFTPServerHandler, "_process_write"): "8057f08f13ae0d06",   # lenient write
     (upstream_sftp.SFTPServerHandler, "_process_opendir"): "edbe8f8a79909dda",  # listed at open
@@ -113,6 +116,12 @@ def test_asyncssh_internals() -> None:
     assert "await self._process_packet(pkttype, pktid, packet)" in inspect.getsource(
         upstream_sftp.SFTPHandler.recv_packets)
     assert upstream_sftp.MAX_SFTP_PACKET_LEN > DEFAULTS.max_message
+    # channel.py answers a successful WRITE with upstream's OK reply, and has upstream answer a
+    # failed one by dispatching REPLAY, which upstream looks up like any request type.
+    source = inspect.getsource(upstream_sftp.SFTPServerHandler._process_packet)
+    assert "response = UInt32(FX_OK) + String('') + String('')" in source
+    assert "handler = self._packet_handlers.get(handler_type)" in source
+    assert channel.OK_STATUS == UInt32(FX_OK) + String("") + String("")
     assert set(upstream_sftp.SFTPServerHandler._packet_handlers) >= {
         upstream_sftp.FXP_OPEN, upstream_sftp.FXP_WRITE, b"limits@openssh.com"}
 

@@ -30,14 +30,14 @@ _NIS = re.compile(r"(?<!\d)\d{5}(?!\d)")
 class StreamCheck(Protocol):
     """What an upload feeds its plaintext to, in order; `close` raises ContentRefused."""
 
-    def feed(self, data: bytes) -> None: ...
+    def feed(self, data: bytes | memoryview) -> None: ...
     def close(self, upload_id: str) -> None: ...
 
 
 class NoCheck:
     """content = "any": every byte stream is acceptable."""
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         return None
 
     def close(self, upload_id: str) -> None:
@@ -57,8 +57,8 @@ class ListStreamCheck:
         self._name = name
         self._check = ListCheck(gate.settings.max_rows)
 
-    def feed(self, data: bytes) -> None:
-        self._check.feed(data)
+    def feed(self, data: bytes | memoryview) -> None:
+        self._check.feed(data if type(data) is bytes else bytes(data))
 
     def close(self, upload_id: str) -> None:
         verdict = self._check.finish()

@@ -21,10 +21,16 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Callable, Iterator
 
 BATCH = 1 << 20             # bytes handed to the worker at a time (the last batch may be shorter)
-PER_UPLOAD = 2 * BATCH      # queued for one upload's worker before its writes wait
+PER_UPLOAD = BATCH      # queued for one upload's worker before its writes wait
+# How a batch reaches `feed` (`_pieces`): a write of at least JOIN_BELOW bytes as it came, a view
+# of its SFTP message (OpenSSH's sftp writes 255 KiB: no copy at all); runs of smaller writes
+# (PuTTY's 4 KiB) joined into pieces of JOIN_UP_TO bytes, so `feed` runs a few times per batch,
+# not once per write, and no piece costs more than 256 KiB of memory.
+JOIN_BELOW = 64 * 1024
+JOIN_UP_TO = 256 * 1024
 THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
@@ -42,7 +48,7 @@ class AtRestWorkers:
     def queued(self) -> int:
         return self._queued
 
-    def pipeline(self, start: Callable[[], None], feed: Callable[[bytes], None]) -> Pipeline:
+    def pipeline(self, start: Callable[[], None], feed: Callable[[bytes | memoryview], None]) -> Pipeline:
         return Pipeline(self, start, feed)
 
     def _count(self, size: int) -> None:
@@ -64,7 +70,7 @@ class Pipeline:
     Used without `begin` (no event loop: the library, the CLI), `put` does the work at once.
     """
 
-    def __init__(self, workers: AtRestWorkers, start: Callable[[], None], feed: Callable[[bytes], None]) -> None:
+    def __init__(self, workers: AtRestWorkers, start: Callable[[], None], feed: Callable[[bytes | memoryview], None]) -> None:
         self._workers = workers
         self._start: Callable[[], None] | None = start
         self._feed = feed
@@ -166,7 +172,7 @@ class Pipeline:
         start, self._start = self._start, None
         if start is not None:
             start()
-        self._feed(data if type(data) is bytes else bytes(data))
+        self._feed(data)
 
     # --- any thread -----------------------------------------------------------------------
     def drained(self) -> bool:
@@ -204,8 +210,8 @@ class Pipeline:
                     parts = self._queue.popleft()
                 size = sum(len(p) for p in parts)
                 try:
-                    # One bytes object for `feed`: SFTP writes arrive as views of their message.
-                    self._feed(parts[0] if len(parts) == 1 and type(parts[0]) is bytes else b"".join(parts))
+                    for piece in _pieces(parts):
+                        self._feed(piece)
                 finally:
                     with self._lock:
                         self._queued -= size
@@ -241,3 +247,23 @@ class Pipeline:
             self._loop.call_soon_threadsafe(callback)
         except RuntimeError:   # the loop has closed (shutdown): nobody is waiting any more
             pass
+
+
+def _pieces(parts: list[bytes | memoryview]) -> Iterator[bytes | memoryview]:
+    """The batch's bytes in order: large writes as they are, small ones joined (JOIN_BELOW)."""
+    run: list[bytes | memoryview] = []
+    size = 0
+    for part in parts:
+        if len(part) >= JOIN_BELOW:
+            if run:
+                yield b"".join(run)
+                run, size = [], 0
+            yield part
+            continue
+        run.append(part)
+        size += len(part)
+        if size >= JOIN_UP_TO:
+            yield b"".join(run)
+            run, size = [], 0
+    if run:
+        yield b"".join(run)

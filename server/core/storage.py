@@ -25,6 +25,10 @@ _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # the kernel starts writing back only when dirty pages age or pile up, and the close's fsync
 # writes the whole file (about 70 ms for 256 MiB here, on every upload's critical path).
 WRITEBACK_STEP = 8 << 20
+# The temporary's write buffer. The age writer hands over whole batches of sealed chunks (up to
+# 1 MiB), which pass it straight to the file; it only gathers the header and the zip format's
+# small pieces. At 1 MiB it copied every batch once more and held a megabyte per upload.
+TEMP_BUFFER = 64 << 10
 
 
 def is_storage_full(exc: OSError) -> bool:
@@ -74,7 +78,7 @@ class _LocalTemp:
         self.key = key
         self.path = path
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        self._file: BinaryIO = os.fdopen(fd, "wb", buffering=1 << 20)
+        self._file: BinaryIO = os.fdopen(fd, "wb", buffering=TEMP_BUFFER)
         self._written = 0
         self._handed = 0     # bytes whose write-back has been started
 

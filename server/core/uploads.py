@@ -70,9 +70,9 @@ class Upload:
         self._open_encryptor = _started   # it holds the passphrase: keep it no longer
         self.temp.flush()
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes | memoryview) -> None:
         """The one in-order plaintext hook: every byte of the upload passes here exactly once, in
-        order, in batches of pipeline.BATCH (the last may be shorter), in the at-rest worker
+        order, as large writes or batches of small ones (pipeline.py), in the at-rest worker
         thread. An exception raised here fails the upload at its next write or at its close."""
         self._hash.update(data)
         self._check.feed(data)

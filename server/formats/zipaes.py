@@ -179,7 +179,7 @@ class ZipAesWriter:
 
     # ------------------------------------------------------------------ public interface
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         """Compress, encrypt and write `data`; memory stays bounded by CHUNK."""
         self._require_open()
         view = memoryview(data)

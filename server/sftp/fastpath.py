@@ -35,6 +35,7 @@ from typing import Any, Callable, Optional, Sequence
 import asyncssh.channel as _channel
 import asyncssh.connection as _connection
 import asyncssh.encryption as _encryption
+import asyncssh.logging as _logging
 import asyncssh.sftp as _sftp
 from asyncssh.constants import (
     MSG_CHANNEL_DATA, MSG_CHANNEL_EOF, MSG_CHANNEL_EXTENDED_DATA, MSG_DEBUG, MSG_IGNORE, MSG_KEX_LAST, MSG_NEWKEYS,
@@ -241,8 +242,10 @@ def channel_pause_resume_writing(self: Any) -> None:
 
 def channel_write(self: Any, data: Any, datatype: Any = None) -> None:
     """Replaces SSHChannel.write, which copies every write into a bytearray (so it can `del`
-    what was sent): bytes are kept as they are, behind a memoryview; other buffers are copied
-    once into bytes. Checks and logging are upstream's."""
+    what was sent) and sends it at once, in packets of its own. Here bytes are kept as they are,
+    behind a memoryview (other buffers are copied once into bytes); full packets go at once, and
+    a shorter tail waits until the end of the loop iteration, so the next writes can share its
+    packet (`_send_data`). Checks and logging are upstream's."""
     if self._send_state != "open":
         raise BrokenPipeError("Channel not open for sending")
     if datatype is not None and datatype not in self._write_datatypes:
@@ -254,38 +257,76 @@ def channel_write(self: Any, data: Any, datatype: Any = None) -> None:
     elif type(data) is not bytes:
         data = bytes(data)
     datalen = len(data)
-    self.logger.debug2("Sending %d data byte%s%s", datalen, "s" if datalen > 1 else "",
-                       f" to {_channel._data_type_names[datatype]}" if datatype else "")
+    if self.logger._debug_level >= 2:   # upstream formats the line's arguments whatever the level
+        self.logger.debug2("Sending %d data byte%s%s", datalen, "s" if datalen > 1 else "",
+                           f" to {_channel._data_type_names[datatype]}" if datatype else "")
     self._send_buf.append((memoryview(data), datatype))
     self._send_buf_len += datalen
-    self._flush_send_buf()
+    if self._send_buf_len >= min(self._send_pktsize, self._send_window):   # a full packet is there
+        _send_data(self, final=False)
+    if self._send_buf and not self.__dict__.get("_fp_tail_scheduled"):
+        self._fp_tail_scheduled = True
+        self._loop.call_soon(_send_tail, self)
+    self._pause_resume_writing()
 
 
-def channel_flush_send_buf(self: Any) -> None:
-    """Replaces SSHChannel._flush_send_buf, which slices a bytearray (a copy), deletes the sent
-    part and wraps the data in String() (another copy): views are sliced and the length and
-    data go down as separate pieces, joined once when the packet is built."""
+def _send_data(self: Any, final: bool) -> None:
+    """Send the buffered channel data as the window allows, in packets as full as it can make
+    them: one packet may carry the end of one write and the start of the next, as OpenSSH's sshd
+    does with its subsystem's output. Unless `final`, a last packet shorter than a full one is
+    kept back: the SFTP replies of one loop iteration (PuTTY's 4 KiB writes get a 28-byte STATUS
+    each; its 32 KiB reads a reply 13 bytes longer than two of its 16 KiB packets) then leave in
+    a few full packets instead of one or two short ones each."""
     send_buf = self._send_buf
     while send_buf and self._send_window:
         pktsize = min(self._send_window, self._send_pktsize)
-        buf, datatype = send_buf[0]
-        if len(buf) > pktsize:
-            data = buf[:pktsize]
-            send_buf[0] = (buf[pktsize:], datatype)
-        else:
-            data = buf
-            del send_buf[0]
-        size = len(data)
+        datatype = send_buf[0][1]
+        pieces: list[Any] = []
+        size = used = partial = 0
+        for buf, kind in send_buf:
+            if kind != datatype:
+                break
+            room = pktsize - size
+            if len(buf) > room:   # the packet ends inside this piece
+                pieces.append(buf[:room])
+                size, partial = pktsize, room
+                break
+            pieces.append(buf)
+            size += len(buf)
+            used += 1
+            if size == pktsize:
+                break
+        if size < pktsize and not final and used == len(send_buf):
+            break   # a short tail: the next write (or the end of the iteration) sends it
+        del send_buf[:used]
+        if partial:
+            buf, kind = send_buf[0]
+            send_buf[0] = (buf[partial:], kind)
         self._send_buf_len -= size
         self._send_window -= size
         if datatype is None:
-            self.send_packet(MSG_CHANNEL_DATA, UInt32(size), data)
+            self.send_packet(MSG_CHANNEL_DATA, UInt32(size), *pieces)
         else:
-            self.send_packet(MSG_CHANNEL_EXTENDED_DATA, UInt32(datatype), UInt32(size), data)
+            self.send_packet(MSG_CHANNEL_EXTENDED_DATA, UInt32(datatype), UInt32(size), *pieces)
+
+
+def _send_tail(self: Any) -> None:
+    """End of the loop iteration: what `channel_write` kept back goes now."""
+    self._fp_tail_scheduled = False
+    if self._send_buf and self._send_state != "closed":
+        self._flush_send_buf()
+
+
+def channel_flush_send_buf(self: Any) -> None:
+    """Replaces SSHChannel._flush_send_buf (called on a window adjust, EOF and close), which
+    slices a bytearray (a copy), deletes the sent part and wraps the data in String() (another
+    copy): views are sliced, and the length and data go down as separate pieces, joined once
+    when the packet is built. Everything the window allows is sent, a short tail included."""
+    _send_data(self, final=True)
 
     self._pause_resume_writing()
 
-    if not send_buf:
+    if not self._send_buf:
         if self._send_state == "eof_pending":
             self.send_packet(MSG_CHANNEL_EOF)
             self._send_state = "eof"
@@ -295,9 +336,13 @@ def channel_flush_send_buf(self: Any) -> None:
 
 def channel_send_packet(self: Any, pkttype: int, *args: bytes) -> None:
     """Replaces SSHChannel.send_packet, which joins the channel number and the arguments into
-    one payload (a copy of the data): the pieces go to the connection, which joins them once."""
+    one payload (a copy of the data): the pieces go to the connection, which joins them once.
+    Data kept back by `channel_write` goes first, so no other packet of the channel (a window
+    adjust, exit-status, EOF, close) overtakes it."""
     if self._send_chan is None:  # pragma: no cover
         return
+    if pkttype != MSG_CHANNEL_DATA and pkttype != MSG_CHANNEL_EXTENDED_DATA and self._send_buf:
+        _send_data(self, final=True)
     self._conn.send_packet(pkttype, UInt32(self._send_chan), *args, handler=self)
 
 
@@ -316,6 +361,19 @@ def sftp_send_packet(self: Any, pkttype: int, pktid: Optional[int], *args: bytes
     self._writer.write(b"".join((UInt32(size), Byte(pkttype), *args)))
     if self.logger._debug_level >= 3:
         self.log_sent_packet(pkttype, pktid, Byte(pkttype) + b"".join(args))
+
+
+# --------------------------------------------------------------------------- logging
+
+def logger_log(self: Any, level: int, msg: str, *args: Any, **kwargs: Any) -> None:
+    """Replaces SSHLogger.log, which turns every argument into text (a list and a call per
+    argument) before LoggerAdapter.log looks at the level: asyncssh logs a debug line for every
+    READ and its reply, dropped below DEBUG after that work. Here the level comes first."""
+    if self.isEnabledFor(level):
+        _upstream_log(self, level, msg, *args, **kwargs)
+
+
+_upstream_log = _logging.SSHLogger.log
 
 
 # --------------------------------------------------------------------------- install
@@ -337,6 +395,7 @@ _METHODS: dict[tuple[type, str], Callable[..., Any]] = {
     (_channel.SSHChannel, "_flush_send_buf"): channel_flush_send_buf,
     (_channel.SSHChannel, "send_packet"): channel_send_packet,
     (_sftp.SFTPHandler, "send_packet"): sftp_send_packet,
+    (_logging.SSHLogger, "log"): logger_log,
     (_connection.SSHConnection, "_recv_data"): fastrecv._recv_data,
     (_connection.SSHConnection, "_recv_pkthdr"): fastrecv._recv_pkthdr,
     (_connection.SSHConnection, "_recv_packet"): fastrecv._recv_packet,
@@ -346,7 +405,7 @@ _PARTS: dict[str, list[tuple[type, str]]] = {"packet": [(_connection.SSHConnecti
           "flow": [(_connection.SSHConnection, "pause_writing"), (_connection.SSHConnection, "resume_writing"),
                    (_channel.SSHChannel, "_pause_resume_writing")],
           "channel": [(_channel.SSHChannel, name) for name in ("write", "_flush_send_buf", "send_packet")]
-          + [(_sftp.SFTPHandler, "send_packet")],
+          + [(_sftp.SFTPHandler, "send_packet"), (_logging.SSHLogger, "log")],
           "recv": [(_connection.SSHConnection, name) for name in ("_recv_data", "_recv_pkthdr", "_recv_packet")]}
 PARTS = frozenset({"packet", "no-ignore", "ciphers", "coalesce", "flow", "channel", "recv"})
 # The upstream originals, taken at import (before any install): tests/test_fastpath.py digests them.

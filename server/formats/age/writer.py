@@ -86,31 +86,33 @@ class AgeWriter:
         """Plaintext held back, never more than one chunk."""
         return len(self._buffer)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         """Accept plaintext; seal a full chunk only once more data shows it is not the last."""
         if self._closed:
             raise ValueError("write to a closed AgeWriter")
         view = memoryview(data).cast("B")
         self._plaintext_bytes += len(view)
-        # Fast path for large writes (the upload pipeline hands over 1 MiB at a time): the whole
-        # chunks with more data after them are sealed straight from the caller's buffer into one
-        # output buffer and written with one call, so storage and hash see one write per batch.
-        while not self._buffer and len(view) > CHUNK_SIZE:
+        if self._buffer:
+            # Top up the held-back chunk. Once it is full and more data follows, it is not the
+            # final chunk and can be sealed. We cannot seal it earlier: the final chunk must
+            # carry the last-chunk flag, and a full chunk may turn out to be the final one.
+            take = CHUNK_SIZE - len(self._buffer)
+            self._buffer += view[:take]
+            view = view[take:]
+            if not view:
+                return
+            self._emit(self._sealer.seal(bytes(self._buffer), last=False))
+            self._buffer.clear()
+        # Whole chunks with more data after them are sealed straight from the caller's buffer,
+        # BATCH_CHUNKS at a time, into one output buffer written with one call: storage and hash
+        # see one write per batch, whatever the size of the caller's writes.
+        while len(view) > CHUNK_SIZE:
             count = min((len(view) - 1) // CHUNK_SIZE, BATCH_CHUNKS)
             out = self._batch_buffer(count * ENCRYPTED_CHUNK_SIZE)
             self._sealer.seal_full_into(view[:count * CHUNK_SIZE], out)
             self._emit(out)
             view = view[count * CHUNK_SIZE:]
-        while view:
-            if len(self._buffer) == CHUNK_SIZE:
-                # More data follows, so the buffered chunk is not the final one. We cannot seal
-                # it earlier: the final chunk must carry the last-chunk flag, and a full chunk
-                # may turn out to be the final one.
-                self._emit(self._sealer.seal(bytes(self._buffer), last=False))
-                self._buffer.clear()
-            take = CHUNK_SIZE - len(self._buffer)
-            self._buffer += view[:take]
-            view = view[take:]
+        self._buffer += view   # at most one chunk: it may be the final one
 
     def close(self) -> None:
         """Seal the final chunk. Does not close `out`, which belongs to the caller."""
