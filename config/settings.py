@@ -163,7 +163,7 @@ class UploadSettings:
     max_file_size: int = setting("4GiB", parse_size, "largest file a sender may upload")
     atrest_memory: int = setting("64MiB", size_range(1 << 20, 1 << 40),
                                  "all uploads together: plaintext queued for encryption and hashing "
-                                 "(2 MiB at most per upload); writes past it wait")
+                                 "(1 MiB at most per upload); writes past it wait")
 
 
 @dataclass(frozen=True)

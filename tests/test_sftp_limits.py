@@ -86,6 +86,7 @@ UPSTREAM = {
     (upstream_sftp.SFTPServerHandler, "_process_packet"): "4e7c6b60e5c9dd26",
     (upstream_sftp.SFTPServerHandler, "_process_open"): "de593bd0384f9f49",    # handle cap
     (upstream_sftp.SFTPServerHandler, "_process_write"): "8057f08f13ae0d06",   # lenient write
+    (upstream_sftp.SFTPServerHandler, "_process_read"): "bb3d2d0ec3f55fed",    # quiet read
     (upstream_sftp.SFTPServerHandler, "_process_opendir"): "edbe8f8a79909dda",  # listed at open
     (upstream_sftp.SFTPServerHandler, "_process_limits"): "62a6a3cb0ec8ec7c",   # our limits
     (upstream_sftp.SFTPServerHandler, "_cleanup"): "620706aba4753e82",          # exit status
@@ -121,6 +122,9 @@ def test_asyncssh_internals() -> None:
     source = inspect.getsource(upstream_sftp.SFTPServerHandler._process_packet)
     assert "response = UInt32(FX_OK) + String('') + String('')" in source
     assert "handler = self._packet_handlers.get(handler_type)" in source
+    # ... and a successful READ with upstream's DATA reply (version 3: no end flag).
+    assert "response = String(data) + end" in source
+    assert "end = Boolean(at_end) if at_end and self._version >= 6 else b''" in source
     assert channel.OK_STATUS == UInt32(FX_OK) + String("") + String("")
     assert set(upstream_sftp.SFTPServerHandler._packet_handlers) >= {
         upstream_sftp.FXP_OPEN, upstream_sftp.FXP_WRITE, b"limits@openssh.com"}

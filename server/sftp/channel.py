@@ -25,9 +25,10 @@ from typing import Any, Awaitable, Callable, Mapping, Protocol, cast
 
 from asyncssh.channel import SSHServerChannel
 from asyncssh.packet import PacketDecodeError, SSHPacket, String, UInt32
+from asyncssh.misc import plural
 from asyncssh.sftp import (
-    FX_OK, FXP_INIT, FXP_OPEN, FXP_OPENDIR, FXP_STATUS, FXP_WRITE, SFTPBadMessage, SFTPInvalidHandle,
-    SFTPLimits, SFTPServerHandler,
+    FX_OK, FXP_DATA, FXP_INIT, FXP_OPEN, FXP_OPENDIR, FXP_READ, FXP_STATUS, FXP_WRITE, SFTPBadMessage,
+    SFTPEOFError, SFTPInvalidHandle, SFTPLimits, SFTPServerHandler,
 )
 from asyncssh.stream import SSHReader, SSHServerStreamSession, SSHWriter
 
@@ -113,19 +114,27 @@ class SluisSFTPHandler(SFTPServerHandler):
         buffer to drain below asyncssh's high-water mark bounds both directions: the next request
         is read only after the reply went out, and unread requests stay in the receive window.
 
-        A WRITE (PuTTY sends one per 4 KiB) that succeeds is answered here with the OK status
-        upstream sends, without its dispatch, debug line and reply concatenations (about 2 µs of
-        each request's 20); one that fails is answered by upstream's error mapping, as any other."""
-        if pkttype == FXP_WRITE:
+        A WRITE or READ (PuTTY sends one per 4 KiB written and per 32 KiB read) that succeeds is
+        answered here with the reply upstream sends (WRITE: its OK status; READ: the data, in SFTP
+        version 3 without an end flag), without upstream's dispatch, debug lines and reply
+        concatenations (a copy of the data); one that fails is answered by upstream's error
+        mapping, as any other."""
+        if pkttype == FXP_WRITE or pkttype == FXP_READ:
             try:
-                await cast(_Handler, self._packet_handlers[FXP_WRITE])(self, packet)   # the table's
+                result = await cast(_Handler, self._packet_handlers[pkttype])(self, packet)   # the table's
             except Exception as exc:
                 self._failed = exc
                 await super()._process_packet(REPLAY, pktid, packet)   # raises it in its mapping
             else:
-                if self._debug:
-                    self.logger.debug1("Sending OK")
-                self.send_packet(FXP_STATUS, pktid, UInt32(pktid), OK_STATUS)
+                if pkttype == FXP_WRITE:
+                    if self._debug:
+                        self.logger.debug1("Sending OK")
+                    self.send_packet(FXP_STATUS, pktid, UInt32(pktid), OK_STATUS)
+                else:
+                    data = result[0]
+                    if self._debug:
+                        self.logger.debug1("Sending %s", plural(len(data), "data byte"))
+                    self.send_packet(FXP_DATA, pktid, UInt32(pktid), UInt32(len(data)), data)
         else:
             await super()._process_packet(pkttype, pktid, packet)
         if self._writer is not None:
@@ -168,6 +177,25 @@ class SluisSFTPHandler(SFTPServerHandler):
             raise SFTPInvalidHandle("Invalid file handle")
         return await self._server.write(file_obj, offset, data)
 
+    async def _process_read_quiet(self, packet: SSHPacket) -> tuple[bytes, bool]:
+        """Replaces upstream _process_read, which formats a debug line for every READ (`plural`,
+        the handle in hex) before its logger drops it: the same checks and results, the line only
+        when asyncssh's debug lines are on. SFTP version 3 has no end flag (always False)."""
+        handle = packet.get_string()
+        offset = packet.get_uint64()
+        length = packet.get_uint32()
+        packet.check_end()
+        if self._debug:
+            self.logger.debug1("Received read for %s at offset %d in handle %s",
+                               plural(length, "byte"), offset, handle.hex())
+        file_obj = self._file_handles.get(handle)
+        if not file_obj:
+            raise SFTPInvalidHandle("Invalid file handle")
+        data = await self._server.read(file_obj, offset, length)
+        if not data:
+            raise SFTPEOFError
+        return data, False
+
     async def _process_opendir_checked(self, packet: SSHPacket) -> bytes:
         path = packet.get_string()
         packet.check_end()
@@ -196,6 +224,7 @@ class SluisSFTPHandler(SFTPServerHandler):
         **{kind: _reporting_malformed(cast(_Handler, func)) for kind, func in {
             **{kind: func for kind, func in SFTPServerHandler._packet_handlers.items() if kind in PACKETS},
             FXP_WRITE: _process_write_lenient,
+            FXP_READ: _process_read_quiet,
             FXP_OPENDIR: _process_opendir_checked,
             FXP_OPEN: _process_open_capped,
             b"limits@openssh.com": _process_limits_sluis,
