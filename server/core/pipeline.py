@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
 BATCH = 1 << 20             # bytes handed to the worker at a time (the last batch may be shorter)
-PER_UPLOAD = BATCH      # queued for one upload's worker before its writes wait
+PER_UPLOAD = BATCH          # queued for one upload's worker before its writes wait
 # How a batch reaches `feed` (`_pieces`): a write of at least JOIN_BELOW bytes as it came, a view
 # of its SFTP message (OpenSSH's sftp writes 255 KiB: no copy at all); runs of smaller writes
 # (PuTTY's 4 KiB) joined into pieces of JOIN_UP_TO bytes, so `feed` runs a few times per batch,

@@ -10,7 +10,9 @@ asyncssh builds its own session and handler when given `sftp_factory`; we build 
 - tell the server object when the session is going away, before asyncssh closes open handles,
   so that an upload cut off mid-way is discarded rather than published;
 - hold the [limits] caps (server/sftp/limits.py): message size, open handles, the
-  limits@openssh.com reply, backpressure on replies, malformed packets reported.
+  limits@openssh.com reply, backpressure on replies, malformed packets reported;
+- answer a successful READ or WRITE (most of a transfer's requests) without upstream's
+  dispatch and its per-request debug formatting; a failed one gets upstream's error reply.
 This uses asyncssh internals (SSHServerStreamSession, SFTPServerHandler); pyproject pins the
 minor version, each override names the upstream behaviour it replaces, and
 tests/test_sftp_limits.py::test_asyncssh_internals fails when an upgrade changes one of them.
@@ -24,8 +26,8 @@ import logging
 from typing import Any, Awaitable, Callable, Mapping, Protocol, cast
 
 from asyncssh.channel import SSHServerChannel
-from asyncssh.packet import PacketDecodeError, SSHPacket, String, UInt32
 from asyncssh.misc import plural
+from asyncssh.packet import PacketDecodeError, SSHPacket, String, UInt32
 from asyncssh.sftp import (
     FX_OK, FXP_DATA, FXP_INIT, FXP_OPEN, FXP_OPENDIR, FXP_READ, FXP_STATUS, FXP_WRITE, SFTPBadMessage,
     SFTPEOFError, SFTPInvalidHandle, SFTPLimits, SFTPServerHandler,

@@ -21,9 +21,12 @@ tripwire) when an asyncssh upgrade changes an overridden internal.
   so SFTP replies wait (channel.py's drain) instead of piling up in the transport buffer.
 - Receive (server/sftp/fastrecv.py): input read at an offset and cut once per socket read, each
   packet verified and decrypted in place, channel data handed to the session as a view.
-- Channel data: `write` keeps the caller's bytes (a view, no bytearray copy) and
-  `_flush_send_buf` slices views and hands the pieces down unjoined; SFTP replies are built
-  with one join instead of two concatenations.
+- Channel data: `write` keeps the caller's bytes (a view, no bytearray copy); packets are
+  filled across writes, a short tail waiting for the end of the loop iteration (the replies
+  answered in one iteration share packets, as sshd packs its subsystem's output); views are
+  sliced and handed down unjoined; SFTP replies are built with one join instead of two
+  concatenations.
+- Logging: asyncssh's logger checks the level before it turns the arguments into text.
 """
 
 from __future__ import annotations
