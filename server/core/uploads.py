@@ -131,7 +131,7 @@ class Upload:
             self._check.close(self.id)      # ContentRefused: nothing is published
             assert self._encryptor is not None
             self._encryptor.close()
-            self._encryptor = None   # its output buffer (1 MiB) goes now, not with the handle
+            self._encryptor = None   # its output buffer (up to 1 MiB) goes now, not with the handle
             self.temp.sync()
             self.temp.close()
             self.sealed = SealedUpload(size, self._hash.hexdigest(), self._out.size, self._out.hexdigest())

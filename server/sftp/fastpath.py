@@ -346,6 +346,7 @@ def channel_send_packet(self: Any, pkttype: int, *args: bytes) -> None:
         return
     if pkttype != MSG_CHANNEL_DATA and pkttype != MSG_CHANNEL_EXTENDED_DATA and self._send_buf:
         _send_data(self, final=True)
+        self._pause_resume_writing()   # as after every send of buffered data
     self._conn.send_packet(pkttype, UInt32(self._send_chan), *args, handler=self)
 
 
