@@ -40,13 +40,14 @@ class Client:
         return self.batch(srv, ["pwd"], cwd)[:2]
 
 
-TIMEOUT = 180.0   # seconds for one client run; see TransferTimeout
+TIMEOUT = 60.0   # seconds for one client run (run.py sets it per file size); see TransferTimeout
 
 
 class TransferTimeout(RuntimeError):
-    """A client run took longer than TIMEOUT and was killed. Seen once with psftp uploading to
-    OpenSSH's sftp-server on a loaded machine: sftp-server's input buffer grew to 170 MB and it
-    crawled at 0.4 MB/s. The round records the time as a lower bound and goes on."""
+    """A client run took longer than TIMEOUT and was killed. Seen with psftp uploading to
+    OpenSSH's sftp-server, in 2 or 3 of 5 rounds on the 2-core VM: sftp-server's input buffer
+    grew to 170 MB and it crawled at 0.4-1.5 MB/s. The round records the time as a lower bound
+    and goes on."""
 
     def __init__(self, wall: float, cpu: float, what: str) -> None:
         super().__init__(f"{what} killed after {wall:.0f} s")

@@ -36,7 +36,7 @@ from report import markdown, summarise
 from extras import concurrent_downloads, idle_sessions, login_cpu
 from procs import GIB, MIB, REPO, TreeSampler, cpu_seconds, idle_rss_mib, log, run, sluis_exe, \
     stop_group, wait_no_descendants
-from servers import IDLE_SESSIONS, TENANT, Server, start_openssh, start_sluis
+from servers import IDLE_SESSIONS, TENANT, Server, discard, start_openssh, start_sluis
 
 LOCK = Path("/tmp/sluis-bench.lock")
 CLIENTS = {"chacha": "chacha20-poly1305@openssh.com", "gcm": "aes128-gcm@openssh.com", "psftp": ""}
@@ -117,8 +117,7 @@ def warm_up(client: Client, pairs, src: Path, cwd: Path) -> None:
         except TransferTimeout as slow:
             log(f"WARNING: warm-up: {slow}")
         got.unlink(missing_ok=True)
-        if srv_up.name == "openssh":
-            Path(srv_up.remote("warm.bin")).unlink(missing_ok=True)
+        discard(srv_up, "warm.bin")
     log("warm-up transfers done (not counted)")
 
 
@@ -172,7 +171,7 @@ def make_source(path: Path, nbytes: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-mib", type=int, default=256, help="file size of the transfers (default 256)")
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
     ap.add_argument("--clients", default="chacha,gcm,psftp",
                     help="comma list of chacha, gcm (OpenSSH sftp with that cipher), psftp (default all)")
     ap.add_argument("--parts", default=",".join(PARTS),
@@ -220,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, _terminate)
     nbytes = args.size_mib * MIB
     import clients as clients_module
-    clients_module.TIMEOUT = max(180.0, nbytes / 2e6)   # slower than 2 MB/s is broken, not slow
+    # Slower than 5 MB/s is broken, not slow: the transfers run at 100-700 MB/s here, and a
+    # stalled one (TransferTimeout) would otherwise hold the whole run for minutes.
+    clients_module.TIMEOUT = max(60.0, nbytes / 5e6)
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="sluis-bench-", dir=args.workdir))
     log(f"work dir {work}")
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         src = cwd / "source.bin"
         log(f"writing {args.size_mib} MiB of random data")
         src_sha = make_source(src, nbytes)
-        up, down = start_sluis(work, keys)
+        up, down = start_sluis(work, keys, collected_grace="0s")   # see `discard`
         procs.append(up.proc)
         ossh = start_openssh(work, keys)
         procs.append(ossh.proc)
@@ -265,19 +266,6 @@ def main(argv: list[str] | None = None) -> int:
             log("logins: server CPU ms per login " + ", ".join(
                 f"{k} {v['server_cpu_ms_per_login']:.1f}" for k, v in extras["logins"].items()))
 
-        conc_name = "concurrent.bin"
-        if "concurrent" in parts:
-            conc_src = cwd / "concurrent-source.bin"
-            make_source(conc_src, args.concurrent_mib * MIB)
-            for srv in (up, ossh):
-                default_client.upload(srv, conc_src, conc_name, cwd)
-            # Collect it once: a collected file stays readable for its grace period, and the
-            # tenant may have only one delivery waiting (the rounds upload theirs).
-            default_client.download(down, conc_name, cwd / "conc-collect.out", cwd)
-            (cwd / "conc-collect.out").unlink()
-            conc_src.unlink()
-            extras["concurrent"] = {"streams": args.streams, "mib_each": args.concurrent_mib,
-                                    "client": default_client.name, "sluis": [], "openssh": []}
         if "transfers" in parts:
             warm_up(default_client, ((up, down), (ossh, ossh)), src, cwd)
         for i in range(1, args.rounds + 1):
@@ -302,19 +290,32 @@ def main(argv: list[str] | None = None) -> int:
                         elif i == 1:
                             check_download(srv_up, got, name, src_sha)
                         got.unlink(missing_ok=True)
-                        if srv_up.name == "openssh":
-                            Path(srv_up.remote(name)).unlink(missing_ok=True)
+                        discard(srv_up, name)
                         rnd[c.name][srv_up.name] = {"upload": res_up, "download": res_down}
                         log(f"round {i} {c.name:28s} {srv_up.name:7s}: up {res_up['mb_per_s']:6.1f} MB/s "
                             f"cpu {res_up['server_cpu_s_per_gib']:5.2f} s/GiB peak {res_up['peak_hwm_mib']:5.1f} MiB | "
                             f"down {res_down['mb_per_s']:6.1f} MB/s cpu {res_down['server_cpu_s_per_gib']:5.2f} s/GiB "
                             f"peak {res_down['peak_hwm_mib']:5.1f} MiB")
-            if "concurrent" in parts:
+            rounds.append(rnd)
+
+        # After the transfers, whose janitor passes (`discard`) would remove this file too.
+        if "concurrent" in parts:
+            conc_name = "concurrent.bin"
+            conc_src = cwd / "concurrent-source.bin"
+            make_source(conc_src, args.concurrent_mib * MIB)
+            for srv in (up, ossh):
+                default_client.upload(srv, conc_src, conc_name, cwd)
+            # Collect it once: a collected file stays readable until a janitor pass removes it.
+            default_client.download(down, conc_name, cwd / "conc-collect.out", cwd)
+            (cwd / "conc-collect.out").unlink()
+            conc_src.unlink()
+            extras["concurrent"] = {"streams": args.streams, "mib_each": args.concurrent_mib,
+                                    "client": default_client.name, "sluis": [], "openssh": []}
+            for _ in range(args.rounds):
                 for srv in (down, ossh):
                     extras["concurrent"][srv.name].append(
                         concurrent_downloads(default_client, srv, conc_name, args.concurrent_mib * MIB, cwd,
                                              args.streams))
-            rounds.append(rnd)
 
         profile = None
         if args.profile:

@@ -53,8 +53,9 @@ def _set(text: str, key: str, value: str) -> str:
     return text
 
 
-def start_sluis(work: Path, keys: dict[str, Path]) -> tuple[Server, Server]:
-    """Returns (sender view, recipient view) of one sluis server."""
+def start_sluis(work: Path, keys: dict[str, Path], collected_grace: str = "") -> tuple[Server, Server]:
+    """Returns (sender view, recipient view) of one sluis server. `collected_grace` ("0s"): how
+    long a collected file stays, for `discard` (default: what `sluis init` writes, 24 h)."""
     exe = sluis_exe()
     d = work / "sluis"
     run([exe, "init", str(d)])
@@ -68,6 +69,8 @@ def start_sluis(work: Path, keys: dict[str, Path]) -> tuple[Server, Server]:
     text = _set(text, "content", '"any"')
     # 100 idle sessions of one user, and 8 concurrent downloads.
     text = _set(text, "max_sessions_per_user", str(IDLE_SESSIONS + 20))
+    if collected_grace:
+        text = _set(text, "collected_grace", f'"{collected_grace}"')
     conf.write_text(text)
     c = [exe, "-c", str(conf)]
     run(c + ["tenant", "add", TENANT, "--phone", PHONE])
@@ -99,6 +102,22 @@ def fingerprint(pub: Path) -> str:
     """SHA256:... of a public key file (what psftp -hostkey takes)."""
     out = run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(pub)]).stdout
     return out.split()[1]
+
+
+def discard(srv: Server, name: str) -> None:
+    """Remove a file the bench uploaded and then collected, as soon as the round is done with it:
+    OpenSSH's by unlinking it, sluis's by a janitor pass (`sluis janitor run`), which removes
+    every collected file once [retention] collected_grace is over (start_sluis(collected_grace="0s")).
+
+    Both alike, because files left in place keep their page cache: every later upload to that
+    server then needs pages nothing freed, and on a VM pages its guest never touched cost about
+    10 times more to write into (2.4 against 0.17 ms per MiB here). sluis's collected files,
+    kept for the default 24 h, would take some 6 GiB of new pages over a `make bench` (23 files
+    of 256 MiB) while OpenSSH's uploads reused the pages of the files unlinked before them."""
+    if srv.name == "openssh":
+        Path(srv.remote(name)).unlink(missing_ok=True)
+    else:
+        run([sluis_exe(), "-c", srv.extra["config"], "janitor", "run"])
 
 
 def start_openssh(work: Path, keys: dict[str, Path]) -> Server:

@@ -2,7 +2,8 @@
 hashing, encryption) in a bounded worker.
 
 - the pipeline hands `feed` every byte once, in order, in batches of at least 1 MiB (the last may
-  be shorter), from the worker thread;
+  be shorter), from the worker thread; `beside` (the plaintext hash) gets the same bytes in
+  order, at the same time, in another thread, and its error fails the upload as feed's does;
 - a slow disk (a feed that blocks) bounds what is queued, per upload and for all uploads: the
   writer waits instead;
 - an error in the worker is raised by the next write and by the drain (the close), never lost;
@@ -25,7 +26,7 @@ from pathlib import Path
 import pytest
 from paramiko.sftp import SFTP_FAILURE
 
-from sluis.server.core.pipeline import BATCH, JOIN_UP_TO, PER_UPLOAD, AtRestWorkers
+from sluis.server.core.pipeline import BATCH, BESIDE_FROM, JOIN_UP_TO, PER_UPLOAD, AtRestWorkers
 from tests.support.clients import require_binary
 from tests.support.clients_extra import audit, close_raw, decrypt_file, deliveries
 from tests.support.waiting import wait_until
@@ -184,6 +185,92 @@ def test_a_worker_error_fails_the_next_write_and_the_drain():
             await failing_key.drain()
 
     asyncio.run(main())
+
+
+def test_beside_sees_the_same_bytes_in_order_while_feed_works_on_the_batch():
+    """Both hooks meet at a barrier inside every full batch: they can only both reach it if they
+    run at the same time (in one thread, one after the other, the first would time out)."""
+    data = _data(4 * MIB + 4321, 3)
+    fed: list[bytes] = []
+    beside: list[bytes] = []
+    threads: dict[str, set[str]] = {"feed": set(), "beside": set()}
+    meet = threading.Barrier(2, timeout=10)
+    seen = {"feed": 0, "beside": 0}
+
+    def hook(name: str, out: list[bytes]):
+        def take(chunk: bytes | memoryview) -> None:
+            before = seen[name]
+            seen[name] += len(chunk)
+            if before // BATCH != seen[name] // BATCH or before % BATCH == 0:   # once per batch
+                if len(data) - before >= BATCH:
+                    meet.wait()
+            threads[name].add(threading.current_thread().name)
+            out.append(bytes(chunk))
+        return take
+
+    async def main() -> None:
+        pipeline = AtRestWorkers(64 * MIB).pipeline(lambda: None, hook("feed", fed), beside=hook("beside", beside))
+        await pipeline.begin()
+        for at in range(0, len(data), 261_120):
+            pipeline.put(data[at:at + 261_120])
+            await pipeline.room()
+        await pipeline.drain()
+
+    asyncio.run(main())
+    assert b"".join(fed) == data and b"".join(beside) == data
+    assert all(name.startswith("sluis-atrest") for name in threads["feed"])
+    assert threads["beside"] and all(name.startswith("sluis-beside") for name in threads["beside"])
+
+
+def test_a_short_batch_runs_beside_in_the_worker_itself():
+    """A small file (one batch under BESIDE_FROM): no second thread for a few KiB."""
+    order: list[tuple[str, str]] = []
+
+    def hook(name: str):
+        return lambda chunk: order.append((name, threading.current_thread().name))
+
+    async def main() -> None:
+        pipeline = AtRestWorkers(64 * MIB).pipeline(lambda: None, hook("feed"), beside=hook("beside"))
+        await pipeline.begin()
+        pipeline.put(bytes(BESIDE_FROM - 1))
+        await pipeline.drain()
+
+    asyncio.run(main())
+    assert [name for name, _ in order] == ["beside", "feed"]
+    assert all(thread.startswith("sluis-atrest") for _, thread in order)
+
+
+def test_an_error_beside_fails_the_next_write_and_the_drain():
+    class HashBroke(RuntimeError):
+        pass
+
+    fed: list[int] = []
+
+    def beside(chunk: bytes | memoryview) -> None:
+        raise HashBroke("plaintext hash")
+
+    async def main() -> None:
+        pipeline = AtRestWorkers(64 * MIB).pipeline(lambda: None, lambda chunk: fed.append(len(chunk)), beside=beside)
+        await pipeline.begin()
+        for _ in range(3):
+            pipeline.put(bytes(BATCH))
+        with pytest.raises(HashBroke):
+            await pipeline.drain()
+        with pytest.raises(HashBroke):
+            pipeline.put(b"more")
+
+    asyncio.run(main())
+    assert sum(fed) == BATCH     # the failing batch was fed; the queued ones were dropped
+
+
+def test_without_an_event_loop_both_hooks_run_at_once_in_order():
+    """The library and the CLI use the pipeline without `begin`: `put` runs both hooks inline."""
+    order: list[str] = []
+    pipeline = AtRestWorkers(64 * MIB).pipeline(lambda: order.append("start"), lambda c: order.append("feed"),
+                                                beside=lambda c: order.append("beside"))
+    pipeline.put(b"one")
+    pipeline.put(b"two")
+    assert order == ["start", "beside", "feed", "beside", "feed"]
 
 
 def test_cancel_drops_the_queue_and_waits_for_the_batch_in_hand():

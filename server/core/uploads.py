@@ -1,5 +1,5 @@
-"""One upload in flight: SFTP writes -> reorder window -> at-rest pipeline -> `_feed` (hash,
-encryptor) -> hidden temporary blob.
+"""One upload in flight: SFTP writes -> reorder window -> at-rest pipeline -> `_feed` (content
+check, encryptor) and, beside it, the plaintext hash -> hidden temporary blob.
 
 Nothing is visible until `DropBox.publish`; `abort` leaves nothing behind. `begin`, `write`,
 `room` and `drain` run on the event loop and cost microseconds: the key derivation, hashing,
@@ -55,7 +55,8 @@ class Upload:
         self._encryptor: Encryptor | None = None
         self._hash = hashlib.sha256()
         self._check = check     # [policy] content: sees the plaintext in order, refuses at seal
-        self._pipeline = workers.pipeline(self._start, self._feed)
+        # The plaintext's SHA-256 runs beside the encryption, on the same batch in another thread.
+        self._pipeline = workers.pipeline(self._start, self._feed, beside=self._hash.update)
         self._window: ReorderWindow = window_factory(self._pipeline.put)
         self._lock = threading.Lock()
         self.sealed: SealedUpload | None = None
@@ -71,10 +72,10 @@ class Upload:
         self.temp.flush()
 
     def _feed(self, data: bytes | memoryview) -> None:
-        """The one in-order plaintext hook: every byte of the upload passes here exactly once, in
+        """The in-order plaintext hook: every byte of the upload passes here exactly once, in
         order, as large writes or batches of small ones (pipeline.py), in the at-rest worker
-        thread. An exception raised here fails the upload at its next write or at its close."""
-        self._hash.update(data)
+        thread; the same bytes pass through the plaintext hash beside it. An exception raised
+        here fails the upload at its next write or at its close."""
         self._check.feed(data)
         assert self._encryptor is not None
         self._encryptor.write(data)
