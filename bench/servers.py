@@ -87,6 +87,7 @@ def start_sluis(work: Path, keys: dict[str, Path], collected_grace: str = "") ->
     up = Server("sluis", port, "up", keys["up"], proc, logfile, hostkey)
     down = Server("sluis", port, "down", keys["down"], proc, logfile, hostkey)
     up.extra["config"] = down.extra["config"] = str(conf)
+    up.extra["exe"] = down.extra["exe"] = exe
     try:
         wait_port(port, proc, logfile)
         deadline = time.monotonic() + 10
@@ -117,7 +118,7 @@ def discard(srv: Server, name: str) -> None:
     if srv.name == "openssh":
         Path(srv.remote(name)).unlink(missing_ok=True)
     else:
-        run([sluis_exe(), "-c", srv.extra["config"], "janitor", "run"])
+        run([srv.extra["exe"], "-c", srv.extra["config"], "janitor", "run"])
 
 
 def start_openssh(work: Path, keys: dict[str, Path]) -> Server:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import procs  # noqa: E402
 from clients import Client, OpenSSH, Psftp  # noqa: E402
 from run import make_source  # noqa: E402
-from servers import start_sluis  # noqa: E402
+from servers import discard, start_sluis  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -70,7 +70,7 @@ def main() -> int:
         for i, exe in enumerate(args.sluis_exe):
             procs.SLUIS_EXE = exe
             (work / str(i)).mkdir()
-            servers.append(start_sluis(work / str(i), keys))
+            servers.append(start_sluis(work / str(i), keys, collected_grace="0s"))
         src = work / "src.bin"
         make_source(src, nbytes)
         results: list[list[tuple[float, float, float]]] = [[] for _ in servers]
@@ -81,6 +81,7 @@ def main() -> int:
                     client.upload(srv, src, f"r{r}.bin", work)
                     t1 = thread_cpu(srv.pid)
                     client.download(down, f"r{r}.bin", work / "got.age", work)   # collected: the next may come
+                    discard(srv, f"r{r}.bin")   # its page cache freed, as in run.py (servers.discard)
                     loop, rest = split(srv.pid, t0, t1)
                     down_loop, _ = split(srv.pid, t1, thread_cpu(srv.pid))
                     results[i].append((loop / gib, rest / gib, down_loop / gib))
