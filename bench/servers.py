@@ -112,7 +112,7 @@ def discard(srv: Server, name: str) -> None:
 
     Both alike, because files left in place keep their page cache: every later upload to that
     server then needs pages nothing freed, and on a VM pages its guest never touched cost about
-    10 times more to write into (2.4 against 0.17 ms per MiB here). sluis's collected files,
+    14 times more to write into (2.4 against 0.17 ms per MiB here). sluis's collected files,
     kept for the default 24 h, would take some 6 GiB of new pages over a `make bench` (23 files
     of 256 MiB) while OpenSSH's uploads reused the pages of the files unlinked before them."""
     if srv.name == "openssh":
