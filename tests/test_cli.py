@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import re
 import socket
 import subprocess
@@ -224,6 +225,41 @@ def test_status_lists_deliveries_and_standing(make_server, tmp_path):
     assert re.search(rf"{re.escape(socket.gethostname())}\s+live\s+0\s", text)
 
 
+def test_operator_removes_a_delivery_from_a_running_server(make_server, tmp_path):
+    """`sluis delivery remove`: the file is gone at once for the running server, a download in
+    progress reads no more, the key cannot be sent again, and the audit log and the receipt say
+    that an operator removed it, who, and why. Unknown and already removed deliveries are clear
+    errors."""
+    srv = make_server({"crypto": {"scrypt_log_n": 10}}).standard().start()
+    (tmp_path / "lijst.csv").write_bytes(random.Random(7).randbytes(2 * 1024 * 1024))
+    srv.sftp("agency", f"put {tmp_path / 'lijst.csv'} /genk/lijst.csv\n")
+    [row] = json.loads(ok(sluis(srv.config, "status", "--json")).stdout)["deliveries"]
+    with srv.paramiko("genk-clerk") as clerk:
+        handle = clerk.open("/lijst.csv.age", "rb")
+        assert len(handle.read(32768)) == 32768               # a download in progress
+        done = ok(sluis(srv.config, "delivery", "remove", row["id"], "--reason", "verkeerde gemeente"))
+        assert f"removed genk/lijst.csv.age ({row['id']})" in done.stdout
+        with pytest.raises(OSError, match="withdrawn, replaced or removed"):
+            handle.read(32768)
+        assert "lijst.csv.age" not in clerk.listdir("/")
+    [gone] = json.loads(ok(sluis(srv.config, "status", "--all", "--json")).stdout)["deliveries"]
+    assert (gone["state"], gone["removed"]) == ("removed", "admin")
+    assert not list((srv.data_dir / "boxes").rglob("*.age"))
+    resend = sluis(srv.config, "key", "resend", row["id"])
+    assert resend.returncode == 1 and "destroyed" in resend.stderr
+    records = [json.loads(line) for line in ok(sluis(srv.config, "audit", "export", "--json")).stdout.splitlines()]
+    [removal] = [r for r in records if r["event"] == "delivery.remove"]
+    assert removal["actor"].startswith("admin:") and removal["source"].startswith("cli:")
+    assert (removal["detail"]["reason"], removal["detail"]["why"]) == ("admin", "verkeerde gemeente")
+    assert json.loads(ok(sluis(srv.config, "receipt", "show", row["id"])).stdout)["outcome"] == "admin"
+    ok(sluis(srv.config, "audit", "verify"))
+
+    again = sluis(srv.config, "delivery", "remove", row["id"], "--reason", "nogmaals")
+    assert again.returncode == 1 and "already removed (admin)" in again.stderr
+    unknown = sluis(srv.config, "delivery", "remove", "d-nonexistent", "--reason", "x")
+    assert unknown.returncode == 1 and "no delivery 'd-nonexistent'" in unknown.stderr
+
+
 # --- help ----------------------------------------------------------------------------------------------
 def _command_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     paths = [prefix]
@@ -241,7 +277,7 @@ def test_every_subcommand_has_help(capsys):
                 ("user", "list"), ("user", "disable"), ("user", "key", "add"), ("user", "key", "remove"),
                 ("audit", "verify"), ("audit", "export"), ("audit", "checkpoint"), ("audit", "public-key"),
                 ("janitor", "run"), ("key", "resend"),
-                ("delivery", "allow")}
+                ("delivery", "allow"), ("delivery", "remove")}
     assert expected <= set(paths)
     for path in paths:
         with pytest.raises(SystemExit) as done:

@@ -11,7 +11,7 @@ from ..core.auditkey import PublicKey
 from ..core.checkpoints import MANUAL, check_checkpoints
 from ..core.clock import iso
 from ..core import deliveries
-from ..errors import InvalidInput
+from ..errors import InvalidInput, NotFound
 from .. import memory
 from ..hardening import forbid_core_dumps
 from ..service import Service, event_loop_factory
@@ -78,11 +78,20 @@ def add_ops_commands(commands: Any, command: Any) -> None:
                      "Audited; at most once per [sms] resend_interval; impossible once the key is destroyed.")
     resend.add_argument("delivery", metavar="DELIVERY")
     resend.add_argument("--phone", metavar="E164")
-    delivery = commands.add_parser("delivery", help="the yearly limit").add_subparsers(
+    delivery = commands.add_parser("delivery", help="the yearly limit; removing a delivery").add_subparsers(
         dest="delivery_command", required=True, metavar="ACTION")
     allow = command(delivery, "allow", cmd_delivery_allow, "grant a tenant one delivery beyond the yearly limit")
     allow.add_argument("tenant", metavar="TENANT")
     allow.add_argument("--reason", required=True, metavar="TEXT", help="why (kept in the audit log)")
+    remove = command(delivery, "remove", cmd_delivery_remove, "remove a delivery now, as the operator",
+                     "Remove a waiting or collected delivery before its time: a list sent to the wrong "
+                     "municipality that its sender can no longer withdraw, or on the DPO's order. The file is "
+                     "deleted, key messages not yet sent are cancelled and the key is destroyed, a download in "
+                     "progress reads no more, and delivery.remove is audited with reason admin, the operator "
+                     "and --reason; a delivery nobody collected gets its receipt (outcome admin). A running "
+                     "server needs no restart. Exits 1 for an unknown or already removed delivery.")
+    remove.add_argument("delivery", metavar="DELIVERY", help="the delivery's id (`sluis status`)")
+    remove.add_argument("--reason", required=True, metavar="TEXT", help="why (kept in the audit log)")
 
 
 def cmd_status(args: Any) -> None:
@@ -225,6 +234,21 @@ def cmd_key_resend(args: Any) -> None:
     actor = operator()
     phones = app.outbox.resend(args.delivery, actor=actor.name, phone=args.phone, source=actor.source)
     print(f"queued the key of {args.delivery} for {', '.join(phones)}; the running server sends it")
+
+
+def cmd_delivery_remove(args: Any) -> None:
+    app = open_app(args)
+    found = deliveries.by_id(app.db, args.delivery)
+    if found is None:
+        raise NotFound(f"no delivery {args.delivery!r} (`sluis status --all` lists them)")
+    if found.state == deliveries.REMOVED:
+        raise InvalidInput(f"delivery {found.id} is already removed ({found.removed_reason})")
+    actor = operator()
+    if not app.dropbox.remove(found, deliveries.REASON_ADMIN, actor=actor.name, source=actor.source,
+                              why=args.reason):
+        raise InvalidInput(f"delivery {found.id} was removed meanwhile")
+    tenant = app.directory.tenant_name(found.tenant_id)
+    print(f"removed {tenant}/{found.stored_name} ({found.id}); key destroyed, unsent key messages cancelled")
 
 
 def cmd_delivery_allow(args: Any) -> None:
