@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import random
+import resource
 import tracemalloc
 from pathlib import Path
 
@@ -14,7 +16,8 @@ import pytest
 
 from sluis.config.settings import StorageSettings
 from sluis.server.core.s3storage import S3Storage
-from sluis.server.core.storage import WRITEBACK_STEP, LocalStorage, start_writeback
+from sluis.server.core import storage as local_storage
+from sluis.server.core.storage import PAGE, TEMP_BUFFER, WRITEBACK_STEP, LocalStorage, start_writeback
 from sluis.server.errors import NotFound, StorageUnavailable
 from tests.support.moto import REGION, Bucket
 from tests.support.waiting import wait_until
@@ -297,3 +300,63 @@ def test_local_writeback_starts_during_the_upload(tmp_path):
     temp.close()
     store.publish(temp, "t000001/u-1")
     assert store.size("t000001/u-1") == 10 * len(data)
+
+
+def test_local_temp_writes_whole_pages_and_keeps_every_byte(tmp_path, monkeypatch):
+    """Large writes reach the file cut at a page boundary (the rest is held for the next write);
+    small ones are gathered; whatever the sizes, views or bytes, and flushes in between, the
+    file holds exactly what was written, in order."""
+    calls: list[tuple[int, int]] = []   # (file offset before, bytes written) of each writev
+    real_writev = os.writev
+
+    def recording_writev(fd: int, buffers: list[memoryview]) -> int:
+        at = os.lseek(fd, 0, os.SEEK_CUR)
+        done = real_writev(fd, buffers)
+        calls.append((at, done))
+        return done
+
+    monkeypatch.setattr(local_storage.os, "writev", recording_writev)
+    rng = random.Random(12)
+    store = LocalStorage(tmp_path / "boxes")
+    temp = store.create_temp("u-1", "t000001/u-1")
+    expected = bytearray()
+    flushed_at: set[int] = set()   # file sizes right after a flush: the only unaligned ends
+    for n in range(400):
+        size = rng.choice((1, 17, 4095, 4096, 4097, 65_552, 196_656, 261_120, rng.randrange(1, 300_000)))
+        chunk = rng.randbytes(size)
+        temp.write(memoryview(chunk) if n % 2 else chunk)
+        expected += chunk
+        if n % 97 == 0:
+            temp.flush()
+            flushed_at.add(len(expected))
+    temp.sync()
+    flushed_at.add(len(expected))
+    temp.close()
+    store.publish(temp, "t000001/u-1")
+    reader = store.open_read("t000001/u-1")
+    try:
+        assert store.size("t000001/u-1") == len(expected)
+        assert reader.read_at(0, len(expected)) == expected
+    finally:
+        reader.close()
+    ends = [at + done for at, done in calls]
+    assert len(calls) > 100
+    assert all(end % PAGE == 0 or end in flushed_at for end in ends), \
+        [end for end in ends if end % PAGE and end not in flushed_at][:5]
+
+
+def test_local_temp_full_disk_is_storage_full(tmp_path):
+    """A write past the file size limit (EFBIG, as a full disk) is StorageFull, at the write that
+    reaches the file or at the sync, never lost."""
+    store = LocalStorage(tmp_path / "boxes")
+    temp = store.create_temp("u-1", "t000001/u-1")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (TEMP_BUFFER * 4, hard))
+    try:
+        with pytest.raises(local_storage.StorageFull):
+            for _ in range(16):
+                temp.write(os.urandom(TEMP_BUFFER))
+            temp.sync()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        temp.close()

@@ -13,7 +13,7 @@ import functools
 import os
 import re
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 from ..errors import NotFound, StorageFull
 
@@ -29,6 +29,11 @@ WRITEBACK_STEP = 8 << 20
 # 1 MiB), which pass it straight to the file; it only gathers the header and the zip format's
 # small pieces. At 1 MiB it copied every batch once more and held a megabyte per upload.
 TEMP_BUFFER = 64 << 10
+# Large writes reach the file cut at a page boundary, the rest held for the next write: the age
+# writer's batches (3 chunks, 196,656 bytes) end mid-page, and a page the kernel fills in two
+# writes costs it more than one filled once (ext4, 256 MiB written and fsynced: 0.30 s of CPU per
+# GiB in batches of that size, 0.25 in page-aligned ones; issue 12).
+PAGE = 4096
 
 
 def is_storage_full(exc: OSError) -> bool:
@@ -74,50 +79,85 @@ class Storage(Protocol):
 
 
 class _LocalTemp:
+    """A temporary file being written: small writes gathered up to TEMP_BUFFER, large ones
+    written at once up to the last page boundary they reach (PAGE), with what was held before
+    them in the same system call (writev); the bytes past that boundary wait for the next
+    write, `flush` or `sync`."""
+
     def __init__(self, key: str, path: Path) -> None:
         self.key = key
         self.path = path
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        self._file: BinaryIO = os.fdopen(fd, "wb", buffering=TEMP_BUFFER)
-        self._written = 0
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        self._held = bytearray()   # taken, not yet written: under TEMP_BUFFER + PAGE
+        self._written = 0    # bytes taken in all (written or held)
         self._handed = 0     # bytes whose write-back has been started
 
     def write(self, data: bytes | memoryview) -> int:
+        size = len(data)
         try:
-            size = self._file.write(data)
+            held = len(self._held)
+            if held + size < TEMP_BUFFER:
+                self._held += data
+            else:
+                keep = (self._written + size) % PAGE   # past the last page boundary
+                if keep <= size:
+                    self._write_all((self._held, memoryview(data)[:size - keep]))
+                    self._held = bytearray(memoryview(data)[size - keep:])
+                else:   # a small write after many held bytes: the boundary lies in what was held
+                    cut = held - (keep - size)
+                    self._write_all((memoryview(self._held)[:cut],))
+                    self._held = self._held[cut:] + data
             self._written += size
-            if self._written - self._handed >= WRITEBACK_STEP:
+            if self._written - len(self._held) - self._handed >= WRITEBACK_STEP:
                 self._start_writeback()
             return size
         except OSError as exc:
             raise StorageFull("no space left for the upload") if is_storage_full(exc) else exc
 
+    def _write_all(self, pieces: tuple[bytes | bytearray | memoryview, ...]) -> None:
+        """Write every byte of `pieces`, in order: writev again after a short write."""
+        views = [memoryview(piece) for piece in pieces if len(piece)]
+        while views:
+            done = os.writev(self._fd, views)
+            while done:
+                if done >= len(views[0]):
+                    done -= len(views.pop(0))
+                else:
+                    views[0] = views[0][done:]
+                    done = 0
+
     def _start_writeback(self) -> None:
-        """Start (not wait for) writing the bytes since the last step to disk: Linux's
+        """Start (not wait for) writing the bytes written since the last step to disk: Linux's
         sync_file_range(SYNC_FILE_RANGE_WRITE). The pages stay cached, and the final fsync
         still decides what is durable."""
-        self._file.flush()
-        start_writeback(self._file.fileno(), self._handed, self._written - self._handed)
-        self._handed = self._written
+        on_file = self._written - len(self._held)
+        start_writeback(self._fd, self._handed, on_file - self._handed)
+        self._handed = on_file
 
     def flush(self) -> None:
         try:
-            self._file.flush()
+            self._write_all((self._held,))
+            self._held = bytearray()
         except OSError as exc:
             raise StorageFull("no space left for the upload") if is_storage_full(exc) else exc
 
     def sync(self) -> None:
+        self.flush()
         try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            os.fsync(self._fd)
         except OSError as exc:
             raise StorageFull("no space left for the upload") if is_storage_full(exc) else exc
 
     def close(self) -> None:
+        if self._fd < 0:
+            return
         try:
-            self._file.close()
-        except OSError:
+            self.flush()
+        except (OSError, StorageFull):
             pass  # a failed flush of a temp that is being discarded anyway
+        finally:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class _LocalReader:
