@@ -181,10 +181,11 @@ class LimitSettings:
                                    "work factor) at once, process-wide")
     max_message: int = setting("256KiB", size_range(64 * 1024, 4 * 1024 * 1024),
                                "largest SFTP message accepted; a READ returns at most this less 1 KiB (as OpenSSH)")
-    channel_window: int = setting("1MiB", size_range(256 * 1024, 16 * 1024 * 1024),
+    channel_window: int = setting("768KiB", size_range(256 * 1024, 16 * 1024 * 1024),
                                   "SSH receive window of each session: upload data a client may send before the "
                                   "server has read it. A session buffers at most about two windows; one upload "
-                                  "moves at most one window per network round trip")
+                                  "moves at most one window per network round trip (raise it for large files "
+                                  "over long links)")
     store_readers: int = setting(64, int_range(1, 10000),
                                  "s3: downloads open at once, process-wide (each holds a reader thread and 5 MiB of "
                                  "read-ahead); one more is refused until one closes")
