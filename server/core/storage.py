@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import mmap
 import os
 import re
 from pathlib import Path
@@ -33,7 +34,7 @@ TEMP_BUFFER = 64 << 10
 # writer's batches (3 chunks, 196,656 bytes) end mid-page, and a page the kernel fills in two
 # writes costs it more than one filled once (ext4, 256 MiB written and fsynced: 0.30 s of CPU per
 # GiB in batches of that size, 0.25 in page-aligned ones; issue 12).
-PAGE = 4096
+PAGE = mmap.PAGESIZE
 
 
 def is_storage_full(exc: OSError) -> bool:
@@ -108,11 +109,16 @@ class _LocalTemp:
                     self._write_all((memoryview(self._held)[:cut],))
                     self._held = self._held[cut:] + data
             self._written += size
-            if self._written - len(self._held) - self._handed >= WRITEBACK_STEP:
+            if self._on_file - self._handed >= WRITEBACK_STEP:
                 self._start_writeback()
             return size
         except OSError as exc:
             raise StorageFull("no space left for the upload") if is_storage_full(exc) else exc
+
+    @property
+    def _on_file(self) -> int:
+        """Bytes written to the file so far (taken, less those held)."""
+        return self._written - len(self._held)
 
     def _write_all(self, pieces: tuple[bytes | bytearray | memoryview, ...]) -> None:
         """Write every byte of `pieces`, in order: writev again after a short write."""
@@ -130,7 +136,7 @@ class _LocalTemp:
         """Start (not wait for) writing the bytes written since the last step to disk: Linux's
         sync_file_range(SYNC_FILE_RANGE_WRITE). The pages stay cached, and the final fsync
         still decides what is durable."""
-        on_file = self._written - len(self._held)
+        on_file = self._on_file
         start_writeback(self._fd, self._handed, on_file - self._handed)
         self._handed = on_file
 
