@@ -186,6 +186,13 @@ class LimitSettings:
                                   "server has read it. A session buffers at most about two windows; one upload "
                                   "moves at most one window per network round trip (raise it for large files "
                                   "over long links)")
+    send_half_window: bool = setting(True, parse_bool,
+                                     "a download keeps at most half the SSH window its client opened, plus one "
+                                     "packet, unacknowledged (clients adjust at half, so none waits; one that has "
+                                     "not adjusted after 0.25 s gets the whole window). OpenSSH's client otherwise "
+                                     "buffers up to its whole 2 MiB window and spends a quarter more CPU per byte. "
+                                     "One download then moves at most half the client's window per network round "
+                                     "trip (OpenSSH: 1 MiB); false: the whole window, as other SSH servers")
     store_readers: int = setting(64, int_range(1, 10000),
                                  "s3: downloads open at once, process-wide (each holds a reader thread and 5 MiB of "
                                  "read-ahead); one more is refused until one closes")

@@ -68,6 +68,8 @@ RELIED_ON = {
     upstream_connection.SSHConnection._finish_recv_packet: "e12d96db58b3524e",   # seq, handler reset
     upstream_channel.SSHChannel._process_data: "342490795c4b893c",   # the checks fastrecv._channel_data makes
     upstream_channel.SSHChannel._accept_data: "33121e9e185c9850",    # window, buffer while paused
+    upstream_channel.SSHChannel.process_open: "6a3a551a99b6d76b",    # the client's window and packet size (fastchannel)
+    upstream_channel.SSHChannel._process_window_adjust: "7a2e4c4998e0b496",   # += adjust, then _flush_send_buf
     upstream_packet.SSHPacketHandler.process_packet: "490a59d971d0ce03",  # a channel's dispatch by type
     upstream_stream.SSHStreamSession.pause_writing: "938c7d566804ea04",
     upstream_stream.SSHStreamSession.resume_writing: "879610913ac64f92",

@@ -73,15 +73,19 @@ def test_psftp_byte_for_byte(server: SluisServer, tmp_path: Path) -> None:
     src = tmp_path / "lijst.bin"
     src.write_bytes(data)
     got = tmp_path / "got.age"
-    for user, script in (("agency", f"put {src} /genk/lijst.bin\n"), ("genk-clerk", f"get lijst.bin.age {got}\n")):
-        batch = tmp_path / f"{user}.txt"
-        batch.write_text(script)
-        result = subprocess.run(["psftp", "-batch", "-bc", "-b", str(batch), "-P", str(server.port), "-noagent",
-                                 "-i", str(server.accounts[user].ppk()), "-hostkey", server.host_key_fingerprint(),
-                                 f"{user}@127.0.0.1"], capture_output=True, text=True, timeout=TIMEOUT,
-                                stdin=subprocess.DEVNULL)
-        assert result.returncode == 0, result.stdout + result.stderr
+    psftp(server, "agency", f"put {src} /genk/lijst.bin\n", tmp_path)
+    psftp(server, "genk-clerk", f"get lijst.bin.age {got}\n", tmp_path)
     assert decrypt_file(got, server.passphrase("lijst.bin.age")) == data
+
+
+def psftp(server: SluisServer, user: str, script: str, tmp_path: Path) -> None:
+    batch = tmp_path / f"{user}.txt"
+    batch.write_text(script)
+    result = subprocess.run(["psftp", "-batch", "-bc", "-b", str(batch), "-P", str(server.port), "-noagent",
+                             "-i", str(server.accounts[user].ppk()), "-hostkey", server.host_key_fingerprint(),
+                             f"{user}@127.0.0.1"], capture_output=True, text=True, timeout=TIMEOUT,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 PARAMIKO = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr"]
@@ -249,6 +253,98 @@ def _grows(pid: int, limit_kib: int) -> bool:
     except AssertionError:
         return False
     return True
+
+
+# --- half the window (server/sftp/fastchannel.py) --------------------------------------------------
+def _download_paused(server: SluisServer, window: int, size: int) -> tuple[bytes, re.Match[str] | None]:
+    """Upload `size` bytes; then a client opens a `window`-byte channel, asks for the whole file
+    in 32 KiB READs and takes no data (so it sends no window adjust) until the server logs that
+    it gave that client its whole window, or for at most 3 s; then reads every reply."""
+    data = blob(size, seed=window % 251)
+    pattern = r'window: user="genk-clerk" from="127\.0\.0\.1" sent no window adjust .* with (\d+) bytes unacknowledged'
+
+    async def main() -> tuple[bytes, re.Match[str] | None]:
+        async with await raw_connect(server, "agency") as conn, conn.start_sftp_client() as client:
+            async with client.open("/genk/late.bin", "wb") as handle:
+                await handle.write(data)
+        async with await raw_connect(server, "genk-clerk") as conn:
+            async with conn.start_sftp_client() as client:
+                stored_size = (await client.stat("/late.bin.age")).size
+            writer, reader, _ = await conn.open_session(subsystem="sftp", encoding=None, window=window)
+            raw = RawSFTP(writer, reader)
+            raw.send_bytes(u32(5) + bytes([INIT]) + u32(3))
+            await raw.read_reply()
+            handle = (await raw.open_file("/late.bin.age", FXF_READ)).handle
+            writer.channel.pause_reading()   # data stays in the client's channel: no adjust goes out
+            offsets = range(0, stored_size, 32768)
+            for offset in offsets:
+                raw.send(5, string(handle) + u64(offset) + u32(32768))
+            try:
+                line = await asyncio.to_thread(server.wait_for, pattern, 3)
+            except AssertionError:
+                line = None
+            writer.channel.resume_reading()
+            stored = b"".join([(await raw.read_reply()).data for _ in offsets])
+            return stored, line
+    stored, line = asyncio.run(asyncio.wait_for(main(), 60))
+    assert decrypt_bytes(stored, server.passphrase("late.bin.age")) == data
+    return stored, line
+
+
+def test_half_the_window_then_all_of_it_for_a_client_that_adjusts_late(server: SluisServer) -> None:
+    """A client that sends no adjust: the server sends half its 1 MiB window plus one packet
+    (asyncssh's 32 KiB), waits, gives it the whole window (logged once), and the download
+    completes intact. Without the hold-back no line; without the release the client would wait
+    forever (as an asyncssh client did against a fixed 512 KiB cap)."""
+    _, line = _download_paused(server, 1024 * 1024, 3 * 1024 * 1024)
+    assert line is not None, "no release logged"
+    assert int(line.group(1)) == 512 * 1024 + 32768
+    assert len(re.findall(r"sent no window adjust", server.log)) == 1
+
+
+def test_the_whole_window_when_send_half_window_is_off(make_server: Any) -> None:
+    """`[limits] send_half_window = false`: the part is not installed, and a client that takes
+    no data gets its whole window at once: no release is ever needed, none is logged."""
+    server = make_server({"limits": {"send_half_window": False}}).standard().start()
+    line = server.wait_for(r"sluis listening on .*transport fast path: ([a-z,-]+)\)")
+    assert set(line.group(1).split(",")) == fastpath.PARTS - {"half-window"}
+    _, released = _download_paused(server, 1024 * 1024, 3 * 1024 * 1024)
+    assert released is None
+
+
+def test_clients_that_adjust_at_half_never_wait(server: SluisServer, tmp_path: Path) -> None:
+    """OpenSSH (adjusts after three packets), PuTTY psftp and asyncssh (at half) and paramiko (at
+    a tenth) download 8 MiB through the held-back window without one release."""
+    require_binary("sftp")
+    require_binary("psftp")
+    require_binary("puttygen")
+    data = blob(8 * 1024 * 1024, seed=17)
+    src = tmp_path / "acht.bin"
+    src.write_bytes(data)
+    sftp(server, "agency", f"put {src} /genk/acht.bin\n")
+    got = tmp_path / "got.age"
+    sftp(server, "genk-clerk", f"get acht.bin.age {got}\n")
+    via_psftp = tmp_path / "psftp.age"
+    psftp(server, "genk-clerk", f"get acht.bin.age {via_psftp}\n", tmp_path)
+
+    async def fetch() -> bytes:
+        async with await raw_connect(server, "genk-clerk") as conn, conn.start_sftp_client() as client:
+            async with client.open("/acht.bin.age", "rb") as handle:
+                return await handle.read()
+    via_asyncssh = asyncio.run(asyncio.wait_for(fetch(), 60))
+    import paramiko
+    transport = paramiko.Transport(("127.0.0.1", server.port))
+    try:
+        transport.connect(username="genk-clerk",
+                          pkey=paramiko.Ed25519Key.from_private_key_file(str(server.accounts["genk-clerk"].key)))
+        with paramiko.SFTPClient.from_transport(transport) as client, client.open("/acht.bin.age", "rb") as handle:
+            handle.prefetch()
+            via_paramiko = handle.read()
+    finally:
+        transport.close()
+    assert got.read_bytes() == via_psftp.read_bytes() == via_asyncssh == via_paramiko
+    assert decrypt_bytes(via_paramiko, server.passphrase("acht.bin.age")) == data
+    assert "sent no window adjust" not in server.log
 
 
 # --- the event loop -------------------------------------------------------------------------------

@@ -31,7 +31,8 @@ def cmd_serve(args: Any) -> None:
     memory.limit_arenas()  # before any thread starts (server/memory.py)
     app = open_app(args)
     try:
-        fastpath.install()  # the transport fast path (server/sftp/fastpath.py), this process only
+        # the transport fast path (server/sftp/fastpath.py), this process only
+        fastpath.install(fastpath.PARTS if app.settings.limits.send_half_window else fastpath.PARTS - {"half-window"})
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             runner.run(Service(app).run())
     finally:

@@ -25,7 +25,11 @@ tripwire) when an asyncssh upgrade changes an overridden internal.
   filled across writes, a short tail waiting for the end of the loop iteration (the replies
   answered in one iteration share packets, as sshd packs its subsystem's output); views are
   sliced and handed down unjoined; SFTP replies are built with one join instead of two
-  concatenations.
+  concatenations (server/sftp/fastchannel.py).
+- Half the window (fastchannel.py): a download keeps at most half the largest window its
+  client granted, plus one packet, unacknowledged (upstream: all of it), so OpenSSH's client
+  does not buffer megabytes it cannot pass on yet; a client that has not adjusted after STALL
+  seconds gets its whole window. Left out with `[limits] send_half_window = false`.
 - Logging: asyncssh's logger checks the level before it turns the arguments into text.
 """
 
@@ -41,14 +45,14 @@ import asyncssh.encryption as _encryption
 import asyncssh.logging as _logging
 import asyncssh.sftp as _sftp
 from asyncssh.constants import (
-    MSG_CHANNEL_DATA, MSG_CHANNEL_EOF, MSG_CHANNEL_EXTENDED_DATA, MSG_DEBUG, MSG_IGNORE, MSG_KEX_LAST, MSG_NEWKEYS,
+    MSG_DEBUG, MSG_IGNORE, MSG_KEX_LAST, MSG_NEWKEYS,
     MSG_SERVICE_ACCEPT, MSG_SERVICE_REQUEST, MSG_USERAUTH_BANNER, MSG_USERAUTH_LAST,
 )
 from asyncssh.encryption import ChachaEncryption, ETMEncryption, GCMEncryption
 from asyncssh.misc import CompressionError, ProtocolError
 from asyncssh.packet import Byte, String, UInt32
 
-from . import fastrecv
+from . import fastchannel, fastrecv
 from .fastciphers import FastBasicEncryption, FastChachaEncryption, FastETMEncryption, FastGCMEncryption
 
 COALESCE_LIMIT = 256 * 1024   # bytes of packets that may wait for the end of a loop iteration
@@ -226,130 +230,6 @@ def resume_writing(self: Any) -> None:
             chan._session.resume_writing()
 
 
-# --------------------------------------------------------------------------- channel
-
-def channel_pause_resume_writing(self: Any) -> None:
-    """Replaces SSHChannel._pause_resume_writing: as upstream, except that a channel whose
-    buffer drained does not resume its session while the transport itself is paused."""
-    if self._send_paused:
-        if self._send_buf_len <= self._send_low_water:
-            self.logger.debug2("Writing from session resumed")
-            self._send_paused = False
-            if not self._conn.__dict__.get("_fp_transport_paused"):
-                self._session.resume_writing()
-    elif self._send_buf_len > self._send_high_water:
-        self.logger.debug2("Writing from session paused")
-        self._send_paused = True
-        self._session.pause_writing()
-
-
-def channel_write(self: Any, data: Any, datatype: Any = None) -> None:
-    """Replaces SSHChannel.write, which copies every write into a bytearray (so it can `del`
-    what was sent) and sends it at once, in packets of its own. Here bytes are kept as they are,
-    behind a memoryview (other buffers are copied once into bytes); full packets go at once, and
-    a shorter tail waits until the end of the loop iteration, so the next writes can share its
-    packet (`_send_data`). Checks and logging are upstream's."""
-    if self._send_state != "open":
-        raise BrokenPipeError("Channel not open for sending")
-    if datatype is not None and datatype not in self._write_datatypes:
-        raise OSError("Invalid extended data type")
-    if not data:
-        return
-    if self._encoding:
-        data = self._encoder.encode(data)
-    elif type(data) is not bytes:
-        data = bytes(data)
-    datalen = len(data)
-    if self.logger._debug_level >= 2:   # upstream formats the line's arguments whatever the level
-        self.logger.debug2("Sending %d data byte%s%s", datalen, "s" if datalen > 1 else "",
-                           f" to {_channel._data_type_names[datatype]}" if datatype else "")
-    self._send_buf.append((memoryview(data), datatype))
-    self._send_buf_len += datalen
-    if self._send_buf_len >= min(self._send_pktsize, self._send_window):   # a full packet is there
-        _send_data(self, final=False)
-    if self._send_buf and not self.__dict__.get("_fp_tail_scheduled"):
-        self._fp_tail_scheduled = True
-        self._loop.call_soon(_send_tail, self)
-    self._pause_resume_writing()
-
-
-def _send_data(self: Any, final: bool) -> None:
-    """Send the buffered channel data as the window allows, in packets as full as it can make
-    them: one packet may carry the end of one write and the start of the next, as OpenSSH's sshd
-    does with its subsystem's output. Unless `final`, a last packet shorter than a full one is
-    kept back: the SFTP replies of one loop iteration (PuTTY's 4 KiB writes get a 28-byte STATUS
-    each; its 32 KiB reads a reply 13 bytes longer than two of its 16 KiB packets) then leave in
-    a few full packets instead of one or two short ones each."""
-    send_buf = self._send_buf
-    while send_buf and self._send_window:
-        pktsize = min(self._send_window, self._send_pktsize)
-        datatype = send_buf[0][1]
-        pieces: list[Any] = []
-        size = used = partial = 0
-        for buf, kind in send_buf:
-            if kind != datatype:
-                break
-            room = pktsize - size
-            if len(buf) > room:   # the packet ends inside this piece
-                pieces.append(buf[:room])
-                size, partial = pktsize, room
-                break
-            pieces.append(buf)
-            size += len(buf)
-            used += 1
-            if size == pktsize:
-                break
-        if size < pktsize and not final and used == len(send_buf):
-            break   # a short tail: the next write (or the end of the iteration) sends it
-        del send_buf[:used]
-        if partial:
-            buf, kind = send_buf[0]
-            send_buf[0] = (buf[partial:], kind)
-        self._send_buf_len -= size
-        self._send_window -= size
-        if datatype is None:
-            self.send_packet(MSG_CHANNEL_DATA, UInt32(size), *pieces)
-        else:
-            self.send_packet(MSG_CHANNEL_EXTENDED_DATA, UInt32(datatype), UInt32(size), *pieces)
-
-
-def _send_tail(self: Any) -> None:
-    """End of the loop iteration: what `channel_write` kept back goes now."""
-    self._fp_tail_scheduled = False
-    if self._send_buf and self._send_state != "closed":
-        self._flush_send_buf()
-
-
-def channel_flush_send_buf(self: Any) -> None:
-    """Replaces SSHChannel._flush_send_buf (called on a window adjust, EOF and close), which
-    slices a bytearray (a copy), deletes the sent part and wraps the data in String() (another
-    copy): views are sliced, and the length and data go down as separate pieces, joined once
-    when the packet is built. Everything the window allows is sent, a short tail included."""
-    _send_data(self, final=True)
-
-    self._pause_resume_writing()
-
-    if not self._send_buf:
-        if self._send_state == "eof_pending":
-            self.send_packet(MSG_CHANNEL_EOF)
-            self._send_state = "eof"
-        elif self._send_state == "close_pending":
-            self._close_send()
-
-
-def channel_send_packet(self: Any, pkttype: int, *args: bytes) -> None:
-    """Replaces SSHChannel.send_packet, which joins the channel number and the arguments into
-    one payload (a copy of the data): the pieces go to the connection, which joins them once.
-    Data kept back by `channel_write` goes first, so no other packet of the channel (a window
-    adjust, exit-status, EOF, close) overtakes it."""
-    if self._send_chan is None:  # pragma: no cover
-        return
-    if pkttype != MSG_CHANNEL_DATA and pkttype != MSG_CHANNEL_EXTENDED_DATA and self._send_buf:
-        _send_data(self, final=True)
-        self._pause_resume_writing()   # as after every send of buffered data
-    self._conn.send_packet(pkttype, UInt32(self._send_chan), *args, handler=self)
-
-
 # --------------------------------------------------------------------------- SFTP replies
 
 def sftp_send_packet(self: Any, pkttype: int, pktid: Optional[int], *args: bytes) -> None:
@@ -394,10 +274,10 @@ _METHODS: dict[tuple[type, str], Callable[..., Any]] = {
     (_connection.SSHConnection, "_force_close"): _force_close,
     (_connection.SSHConnection, "pause_writing"): pause_writing,
     (_connection.SSHConnection, "resume_writing"): resume_writing,
-    (_channel.SSHChannel, "_pause_resume_writing"): channel_pause_resume_writing,
-    (_channel.SSHChannel, "write"): channel_write,
-    (_channel.SSHChannel, "_flush_send_buf"): channel_flush_send_buf,
-    (_channel.SSHChannel, "send_packet"): channel_send_packet,
+    (_channel.SSHChannel, "_pause_resume_writing"): fastchannel.channel_pause_resume_writing,
+    (_channel.SSHChannel, "write"): fastchannel.channel_write,
+    (_channel.SSHChannel, "_flush_send_buf"): fastchannel.channel_flush_send_buf,
+    (_channel.SSHChannel, "send_packet"): fastchannel.channel_send_packet,
     (_sftp.SFTPHandler, "send_packet"): sftp_send_packet,
     (_logging.SSHLogger, "log"): logger_log,
     (_connection.SSHConnection, "_recv_data"): fastrecv._recv_data,
@@ -411,7 +291,7 @@ _PARTS: dict[str, list[tuple[type, str]]] = {"packet": [(_connection.SSHConnecti
           "channel": [(_channel.SSHChannel, name) for name in ("write", "_flush_send_buf", "send_packet")]
           + [(_sftp.SFTPHandler, "send_packet"), (_logging.SSHLogger, "log")],
           "recv": [(_connection.SSHConnection, name) for name in ("_recv_data", "_recv_pkthdr", "_recv_packet")]}
-PARTS = frozenset({"packet", "no-ignore", "ciphers", "coalesce", "flow", "channel", "recv"})
+PARTS = frozenset({"packet", "no-ignore", "ciphers", "coalesce", "flow", "channel", "half-window", "recv"})
 # The upstream originals, taken at import (before any install): tests/test_fastpath.py digests them.
 UPSTREAM = {key: key[0].__dict__[key[1]] for key in _METHODS}
 _installed: frozenset[str] = frozenset()
@@ -419,8 +299,9 @@ _no_ignore: tuple[type, ...] = ()   # set by install: the encryptions sent witho
 
 
 def install(parts: frozenset[str] = PARTS) -> None:
-    """Put the fast path in place, once. Only `sluis serve` calls this, with every part; a
-    subset ("no-ignore" needs "packet") serves to measure each part's effect (docs/sftp.md)."""
+    """Put the fast path in place, once. Only `sluis serve` calls this, with every part
+    ("half-window" left out by `[limits] send_half_window = false`); a subset ("no-ignore" needs
+    "packet", "half-window" needs "channel") serves to measure each part's effect (docs/sftp.md)."""
     global _installed, _no_ignore
     if _installed:
         return
@@ -434,6 +315,7 @@ def install(parts: frozenset[str] = PARTS) -> None:
     for part in sorted(parts & _PARTS.keys()):
         for owner, name in _PARTS[part]:
             setattr(owner, name, _METHODS[owner, name])
+    fastchannel.hold_half_window("half-window" in parts and "channel" in parts)
     if "packet" in parts and "coalesce" not in parts:
         setattr(_connection.SSHConnection, "_send", _send_joined)   # as the parts above
     _installed = frozenset(parts)
