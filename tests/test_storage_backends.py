@@ -17,7 +17,7 @@ import pytest
 from sluis.config.settings import StorageSettings
 from sluis.server.core.s3storage import S3Storage
 from sluis.server.core import storage as local_storage
-from sluis.server.core.storage import PAGE, TEMP_BUFFER, WRITEBACK_STEP, LocalStorage, start_writeback
+from sluis.server.core.storage import PAGE, PREALLOCATE_STEP, TEMP_BUFFER, WRITEBACK_STEP, LocalStorage, start_writeback
 from sluis.server.errors import NotFound, StorageUnavailable
 from tests.support.moto import REGION, Bucket
 from tests.support.waiting import wait_until
@@ -343,6 +343,32 @@ def test_local_temp_writes_whole_pages_and_keeps_every_byte(tmp_path, monkeypatc
     assert len(calls) > 100
     assert all(end % PAGE == 0 or end in flushed_at for end in ends), \
         [end for end in ends if end % PAGE and end not in flushed_at][:5]
+
+
+def test_local_temp_reserves_blocks_ahead_and_gives_back_the_rest(tmp_path):
+    """While an upload is written its blocks are allocated PREALLOCATE_STEP ahead (the file's
+    size stays what was written); `sync` gives back what lies past the end, so a published
+    file holds only its own blocks. A second step is reserved once the first is used."""
+    store = LocalStorage(tmp_path / "boxes")
+    temp = store.create_temp("u-1", "t000001/u-1")
+    data = os.urandom(PREALLOCATE_STEP + 3 * 65_552)
+    temp.write(data[:300_000])
+    stat = os.stat(temp.path)
+    assert stat.st_size == 300_000 - 300_000 % PAGE   # the held tail is not on file yet
+    assert stat.st_blocks * 512 >= PREALLOCATE_STEP
+    temp.write(data[300_000:])
+    assert os.stat(temp.path).st_blocks * 512 >= 2 * PREALLOCATE_STEP
+    temp.sync()
+    stat = os.stat(temp.path)
+    assert stat.st_size == len(data)
+    assert stat.st_blocks * 512 < len(data) + 64 * 1024, stat.st_blocks
+    temp.close()
+    store.publish(temp, "t000001/u-1")
+    reader = store.open_read("t000001/u-1")
+    try:
+        assert reader.read_at(0, len(data) + 1) == data
+    finally:
+        reader.close()
 
 
 def test_local_temp_full_disk_is_storage_full(tmp_path):

@@ -26,6 +26,12 @@ _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # the kernel starts writing back only when dirty pages age or pile up, and the close's fsync
 # writes the whole file (about 70 ms for 256 MiB here, on every upload's critical path).
 WRITEBACK_STEP = 8 << 20
+# A temporary's blocks are reserved PREALLOCATE_STEP bytes ahead of its writes (fallocate with
+# FALLOC_FL_KEEP_SIZE; the reserve past the end is given back at `sync`): ext4 then maps each page
+# written to a block already allocated instead of reserving a delayed allocation for it (256 MiB
+# written in the age writer's batches and fsynced: 0.23 s of CPU per GiB without, 0.16 with; the
+# whole machine's CPU 0.27 against 0.21; issue 12), and a large file lies in fewer extents.
+PREALLOCATE_STEP = 8 << 20
 # The temporary's write buffer. The age writer hands over whole batches of sealed chunks (up to
 # 1 MiB), which pass it straight to the file; it only gathers the header and the zip format's
 # small pieces. At 1 MiB it copied every batch once more and held a megabyte per upload.
@@ -92,6 +98,8 @@ class _LocalTemp:
         self._held = bytearray()   # taken, not yet written: under TEMP_BUFFER + PAGE
         self._written = 0    # bytes taken in all (written or held)
         self._handed = 0     # bytes whose write-back has been started
+        self._reserved = 0   # the end of the blocks allocated ahead (PREALLOCATE_STEP)
+        self._preallocating = True
 
     def write(self, data: bytes | memoryview) -> int:
         size = len(data)
@@ -122,6 +130,12 @@ class _LocalTemp:
 
     def _write_all(self, pieces: tuple[bytes | bytearray | memoryview, ...]) -> None:
         """Write every byte of `pieces`, in order: writev again after a short write."""
+        end = self._on_file + sum(map(len, pieces))
+        while self._preallocating and self._reserved < end:
+            if not preallocate(self._fd, self._reserved, PREALLOCATE_STEP):
+                self._preallocating = False   # the file system cannot, or the disk is nearly full: the writes decide
+                break
+            self._reserved += PREALLOCATE_STEP
         views = [memoryview(piece) for piece in pieces if len(piece)]
         while views:
             done = os.writev(self._fd, views)
@@ -150,6 +164,9 @@ class _LocalTemp:
     def sync(self) -> None:
         self.flush()
         try:
+            if self._reserved > self._on_file:
+                os.ftruncate(self._fd, self._on_file)   # gives back the blocks reserved past the end
+                self._reserved = self._on_file
             os.fsync(self._fd)
         except OSError as exc:
             raise StorageFull("no space left for the upload") if is_storage_full(exc) else exc
@@ -187,6 +204,23 @@ class _LocalReader:
 
 
 SYNC_FILE_RANGE_WRITE = 2   # <fcntl.h>
+FALLOC_FL_KEEP_SIZE = 1     # <linux/falloc.h>: allocate blocks, leave the file's size as it is
+
+
+@functools.cache
+def _fallocate() -> Any:
+    function = getattr(ctypes.CDLL(None, use_errno=True), "fallocate", None)
+    if function is not None:
+        function.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    return function
+
+
+def preallocate(fd: int, offset: int, size: int) -> bool:
+    """Allocate a file's blocks for a range without changing its size (Linux fallocate with
+    FALLOC_FL_KEEP_SIZE); False where that is not possible (no such call, a file system without
+    it, no space for the whole range): the writes then allocate as they go, as without it."""
+    function = _fallocate()
+    return function is not None and function(fd, FALLOC_FL_KEEP_SIZE, offset, size) == 0
 
 
 @functools.cache
