@@ -7,6 +7,7 @@ is created for its final key and completed on publish (s3storage.py).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import functools
@@ -14,7 +15,7 @@ import mmap
 import os
 import re
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 from ..errors import NotFound, StorageFull
 
@@ -85,6 +86,16 @@ class Storage(Protocol):
     def keys(self) -> list[str]: ...
 
 
+@contextlib.contextmanager
+def _full_is_storage_full() -> Iterator[None]:
+    """A write, sync or give-back that finds the disk full (or the quota, or the file size
+    limit) raises StorageFull, which the upload reports as such; other OSErrors pass as they are."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageFull("no space left for the upload") if is_storage_full(exc) else exc
+
+
 class _LocalTemp:
     """A temporary file being written: small writes gathered up to TEMP_BUFFER, large ones
     written at once up to the last page boundary they reach (PAGE), with what was held before
@@ -103,7 +114,7 @@ class _LocalTemp:
 
     def write(self, data: bytes | memoryview) -> int:
         size = len(data)
-        try:
+        with _full_is_storage_full():
             held = len(self._held)
             if held + size < TEMP_BUFFER:
                 self._held += data
@@ -120,8 +131,6 @@ class _LocalTemp:
             if self._on_file - self._handed >= WRITEBACK_STEP:
                 self._start_writeback()
             return size
-        except OSError as exc:
-            raise StorageFull("no space left for the upload") if is_storage_full(exc) else exc
 
     @property
     def _on_file(self) -> int:
@@ -155,21 +164,17 @@ class _LocalTemp:
         self._handed = on_file
 
     def flush(self) -> None:
-        try:
+        with _full_is_storage_full():
             self._write_all((self._held,))
             self._held = bytearray()
-        except OSError as exc:
-            raise StorageFull("no space left for the upload") if is_storage_full(exc) else exc
 
     def sync(self) -> None:
         self.flush()
-        try:
+        with _full_is_storage_full():
             if self._reserved > self._on_file:
                 os.ftruncate(self._fd, self._on_file)   # gives back the blocks reserved past the end
                 self._reserved = self._on_file
             os.fsync(self._fd)
-        except OSError as exc:
-            raise StorageFull("no space left for the upload") if is_storage_full(exc) else exc
 
     def close(self) -> None:
         if self._fd < 0:
@@ -208,10 +213,12 @@ FALLOC_FL_KEEP_SIZE = 1     # <linux/falloc.h>: allocate blocks, leave the file'
 
 
 @functools.cache
-def _fallocate() -> Any:
-    function = getattr(ctypes.CDLL(None, use_errno=True), "fallocate", None)
+def _libc(name: str, *argtypes: Any) -> Any:
+    """The C library's function `name` with its argument types, errno kept; None where the
+    library has no such function (not Linux)."""
+    function = getattr(ctypes.CDLL(None, use_errno=True), name, None)
     if function is not None:
-        function.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+        function.argtypes = argtypes
     return function
 
 
@@ -219,23 +226,15 @@ def preallocate(fd: int, offset: int, size: int) -> bool:
     """Allocate a file's blocks for a range without changing its size (Linux fallocate with
     FALLOC_FL_KEEP_SIZE); False where that is not possible (no such call, a file system without
     it, no space for the whole range): the writes then allocate as they go, as without it."""
-    function = _fallocate()
+    function = _libc("fallocate", ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
     return function is not None and function(fd, FALLOC_FL_KEEP_SIZE, offset, size) == 0
-
-
-@functools.cache
-def _sync_file_range() -> Any:
-    function = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
-    if function is not None:
-        function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    return function
 
 
 def start_writeback(fd: int, offset: int, size: int) -> None:
     """Ask the kernel to start writing a file's range to disk, without waiting (Linux; elsewhere
     nothing happens and the fsync does it all). POSIX_FADV_DONTNEED would start it too, but drops
     the pages already written back from the cache: a download soon after would read the disk."""
-    function = _sync_file_range()
+    function = _libc("sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
     if function is not None and function(fd, offset, size, SYNC_FILE_RANGE_WRITE) != 0:
         error = ctypes.get_errno()
         raise OSError(error, os.strerror(error))
