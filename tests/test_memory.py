@@ -20,6 +20,9 @@ from tests.support.server import SluisServer
 # store; boto3: object storage; rich/paramiko: `sluis send`; phonenumbers: `sluis tenant add`;
 # smtplib: only when a mail is sent).
 OPTIONAL = ("twilio", "requests", "rich", "paramiko", "psycopg", "boto3", "botocore", "phonenumbers", "smtplib")
+# Modules no configuration of `sluis serve` needs: X.509 (asyncssh tries it; server/unloaded.py)
+# and the evidence report's HTML renderer with html.entities (`sluis report` only).
+NEVER = ("cryptography.x509", "html", "sluis.server.formats.report_html")
 
 # The cap: the issue-12 floor for the peak RSS of a whole 256 MiB upload is 64 MiB, so an idle
 # server above it could never meet that floor. Today's 54 MiB leaves 10 MiB: one stray optional
@@ -34,9 +37,14 @@ def rss_mib(pid: int) -> float:
     return int(match.group(1)) / 1024
 
 
+def imported_modules(log: str) -> set[str]:
+    """Modules named in the `-X importtime` lines of the server's log."""
+    return {m.group(1) for m in re.finditer(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)$", log, re.M)}
+
+
 def imported(log: str) -> set[str]:
     """Top-level packages named in the `-X importtime` lines of the server's log."""
-    return {m.group(1).split(".")[0] for m in re.finditer(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)$", log, re.M)}
+    return {name.split(".")[0] for name in imported_modules(log)}
 
 
 def test_idle_serve_imports_and_memory(make_server: Any) -> None:
@@ -53,5 +61,7 @@ def test_idle_serve_imports_and_memory(make_server: Any) -> None:
     modules = imported(log)
     assert {"asyncssh", "sluis"} <= modules, "no -X importtime lines in the log"   # the check can see
     assert not modules & set(OPTIONAL), f"sluis serve imported {sorted(modules & set(OPTIONAL))}"
+    never = imported_modules(log) & set(NEVER)
+    assert not never, f"sluis serve imported {sorted(never)}"
     rss = rss_mib(server.process.pid)
     assert rss < IDLE_RSS_CAP_MIB, f"idle sluis serve holds {rss:.1f} MiB RSS (cap {IDLE_RSS_CAP_MIB})"

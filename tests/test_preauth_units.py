@@ -5,9 +5,11 @@ internals that sftp/listener.py overrides (fails loudly if an upgrade changes th
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
 import threading
+import weakref
 from dataclasses import replace
 
 import asyncssh
@@ -206,7 +208,10 @@ def test_asyncssh_internals():
     made = inspect.getsource(asyncssh.connection.SSHConnection.connection_made)
     assert made.index("self._peer_addr, self._peer_port") < made.index("self._connection_made()")
     assert "self._peer_addr" in inspect.getsource(asyncssh.SSHServerConnection._connection_made)
-    for name in ("send_userauth_failure", "send_userauth_success", "_login_timer_callback", "_connection_made"):
+    recv = inspect.getsource(asyncssh.connection.SSHConnection)
+    assert "self._recv_handler = self._recv_pkthdr" in recv and "while self._inpbuf and self._recv_handler():" in recv
+    for name in ("send_userauth_failure", "send_userauth_success", "_login_timer_callback", "_connection_made",
+                 "connection_lost"):
         assert name in SluisServerConnection.__dict__
 
 
@@ -246,3 +251,65 @@ def test_a_protocol_error_is_logged_with_the_clients_words_quoted_and_audited(li
     assert line.endswith(': "bad version line \\"SSH-2.0-x\\" user=\\"root\\""'), line
     [record] = [r for r in app.audit.records() if r.event == "protocol.error"]
     assert record.detail["what"] == what and record.source == "192.0.2.9:4000"
+
+
+class _Owner(asyncssh.SSHServer):
+    """A stand-in for sftp/auth.py's SSHServer: no authentication; it keeps a weak reference to
+    its connection and says when the connection is lost."""
+
+    def __init__(self) -> None:
+        self.lost = asyncio.Event()
+        self.connection: weakref.ref[asyncssh.SSHServerConnection] | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.connection = weakref.ref(conn)
+
+    def begin_auth(self, username: str) -> bool:
+        return False
+
+    def attempt_failed(self) -> bool:
+        return True
+
+    async def login_allowed(self) -> bool:
+        return True
+
+    def login_timed_out(self) -> None:
+        pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.set()
+
+
+def test_a_closed_connection_is_freed_without_the_cycle_collector():
+    """asyncssh leaves a lost connection in a reference cycle (its packet reader is a bound method
+    of it); sftp/listener.py breaks it. With the collector off, only reference counting can free
+    the connection once an unpatched asyncssh client has logged in, asked for a session and gone."""
+    from sluis.server.sftp import listener
+
+    async def main() -> None:
+        owner = _Owner()
+        server = await listener.listen("127.0.0.1", 0, lambda host, port: True, server_factory=lambda: owner,
+                                       server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")])
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with asyncssh.connect("127.0.0.1", port, username="x", known_hosts=None,
+                                        client_keys=None) as client:
+                with pytest.raises(asyncssh.ChannelOpenError):   # the stand-in serves no session
+                    await client.run("true")
+            await asyncio.wait_for(owner.lost.wait(), 10)
+            assert owner.connection is not None
+            for _ in range(100):      # the loop's callbacks for the closed transport run out
+                if owner.connection() is None:
+                    break
+                await asyncio.sleep(0)
+            assert owner.connection() is None, "a closed connection outlives its last reference: a cycle"
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    gc.collect()
+    gc.disable()
+    try:
+        asyncio.run(main())
+    finally:
+        gc.enable()

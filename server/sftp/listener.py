@@ -7,7 +7,7 @@ no version line, no key exchange, nothing allocated but the socket. An admitted 
 handed to `SluisServerConnection` (`transport.set_protocol`), exactly as asyncssh's own
 `listen()` would have done with the same options.
 
-`SluisServerConnection` replaces three upstream behaviours of asyncssh 2.24 (pinned; the test
+`SluisServerConnection` replaces these upstream behaviours of asyncssh 2.24 (pinned; the test
 tests/test_preauth_units.py::test_asyncssh_internals fails if an upgrade changes them):
 - `send_userauth_failure`: upstream sends USERAUTH_FAILURE with no cap on attempts. Here every
   failure counts (any method: 'none' after the first request, keyboard-interactive, unsupported
@@ -19,6 +19,11 @@ tests/test_preauth_units.py::test_asyncssh_internals fails if an upgrade changes
   the owner; here the owner learns it first (to penalise the source).
 - `_connection_made` (behind a proxy only): the peer address asyncssh keeps and logs is the
   client's from the PROXY header, not the proxy's.
+- `connection_lost`: upstream keeps its packet reader as a bound method of the connection
+  (`_recv_handler`) after the connection is gone, a reference cycle that leaves every closed
+  connection, with its ciphers, options and logger, to Python's cycle collector: 100 closed
+  sessions kept 4.8 MiB, growing by 2 MiB per 100 more until a full collection (issue 12).
+  Here the reader is replaced once upstream has cleaned up, so a connection is freed when it ends.
 
 Behind a load balancer (`[server] proxy_protocol`, docs/defender.md "Behind a load balancer")
 a socket from a trusted proxy first gets `_HeaderReader`: it reads the PROXY header
@@ -94,6 +99,14 @@ class SluisServerConnection(asyncssh.SSHServerConnection):
         if owner is not None:
             owner.login_timed_out()
         super()._login_timer_callback()
+
+    def connection_lost(self, exc: Exception | None = None) -> None:
+        super().connection_lost(exc)
+        self._recv_handler = _no_more_packets   # was a bound method of self: the cycle
+
+
+def _no_more_packets() -> bool:
+    return False
 
 
 class _Gate(asyncio.Protocol):
