@@ -2,7 +2,8 @@
 
 Measured 2026-11-30 (Python 3.11, uvloop, SQLite, console SMS, no [email]): 54 MiB RSS, of
 which about 11 MiB is the bare interpreter, 10 MiB asyncio with ssl, 21 MiB asyncssh with
-cryptography, 6 MiB sluis's own modules (docs/sftp.md, "Memory"). Optional libraries cost
+cryptography, 6 MiB sluis's own modules (docs/sftp.md, "Memory"); 50.6 MiB since 2026-12-01,
+with asyncssh's unused UMAC and X.509 modules and the report's HTML renderer left unloaded. Optional libraries cost
 3 to 8 MiB each once imported (twilio 7, requests 7, paramiko 8, rich 3, phonenumbers 1,
 smtplib with email 1): they are imported where a configuration or a command needs them.
 """
@@ -25,8 +26,8 @@ OPTIONAL = ("twilio", "requests", "rich", "paramiko", "psycopg", "boto3", "botoc
 NEVER = ("cryptography.x509", "html", "sluis.server.formats.report_html")
 
 # The cap: the issue-12 floor for the peak RSS of a whole 256 MiB upload is 64 MiB, so an idle
-# server above it could never meet that floor. Today's 54 MiB leaves 10 MiB: one stray optional
-# import (7-8 MiB) plus normal drift stays under it, two do not.
+# server above it could never meet that floor. The 51-54 MiB measured leave 10 MiB or more: one
+# stray optional import (7-8 MiB) plus normal drift stays under it, two do not.
 IDLE_RSS_CAP_MIB = 64
 
 
