@@ -16,7 +16,9 @@ STALL seconds while data waits gets its whole window from then on, as upstream.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import asyncssh.channel as _channel
@@ -37,35 +39,47 @@ def hold_half_window(on: bool) -> None:
     _hold = on
 
 
-def _hold_back(self: Any) -> None:
+@dataclass(slots=True)
+class _Held:
+    """What one channel holds back of its client's window (kept on the channel as `_fp_half`)."""
+
+    largest: int = 0       # the largest window the client has granted
+    held: int = 0          # granted, not yet usable: upstream's `_send_window` is the rest
+    sent: int = 0          # bytes sent so far (a stall check sees whether any moved since)
+    stall: asyncio.TimerHandle | None = None
+    released: bool = False   # the client adjusted late once: its whole window from then on
+
+
+def _hold_back(self: Any) -> _Held:
     """Hold back all but half the largest window the client has granted, plus one packet: at
     its first send, and whenever an adjust grants more than before. The usable part stays in
-    upstream's `_send_window` (so every upstream check of it applies), the rest in `_fp_held`."""
-    held = self.__dict__.get("_fp_held", 0)
-    granted = self._send_window + held
-    if "_fp_target" not in self.__dict__:
-        self._fp_target, self._fp_held, self._fp_sent, self._fp_stall = 0, 0, 0, None
-    if granted > self._fp_target:
-        self._fp_target = granted
-        self._fp_held = max(0, granted - granted // 2 - self._send_pktsize)
-        self._send_window = granted - self._fp_held
+    upstream's `_send_window` (so every upstream check of it applies), the rest in `_Held.held`."""
+    half = self.__dict__.get("_fp_half")
+    if half is None:
+        half = self._fp_half = _Held()
+    granted = self._send_window + half.held
+    if not half.released and granted > half.largest:
+        half.largest = granted
+        half.held = max(0, granted - granted // 2 - self._send_pktsize)
+        self._send_window = granted - half.held
+    return half
 
 
-def _stalled(self: Any, sent_then: int) -> None:
+def _stalled(self: Any, half: _Held, sent_then: int) -> None:
     """STALL seconds after a send ran out of window: if nothing was sent since and data still
     waits, this client adjusts later than at half its window, and gets all of it from now on."""
-    self._fp_stall = None
-    if self._send_state == "closed" or not self._fp_held or not self._send_buf or self._send_window > 0:
+    half.stall = None
+    if self._send_state == "closed" or not half.held or not self._send_buf or self._send_window > 0:
         return
-    if self._fp_sent != sent_then:   # adjusts came meanwhile: look again later
-        self._fp_stall = self._loop.call_later(STALL, _stalled, self, self._fp_sent)
+    if half.sent != sent_then:   # adjusts came meanwhile: look again later
+        half.stall = self._loop.call_later(STALL, _stalled, self, half, half.sent)
         return
     log.info("window: user=%s from=%s sent no window adjust for %.2f s with %d bytes unacknowledged; "
              "it gets its whole window from now on", quoted(self.get_extra_info("username")),
-             quoted(self.get_extra_info("peername", ("-",))[0]), STALL, self._fp_target - self._fp_held)
-    self._send_window += self._fp_held
-    self._fp_held = 0
-    self._fp_target = 1 << 62   # never held back again
+             quoted(self.get_extra_info("peername", ("-",))[0]), STALL, half.largest - half.held)
+    self._send_window += half.held
+    half.held = 0
+    half.released = True
     self._flush_send_buf()
 
 
@@ -121,8 +135,9 @@ def _send_data(self: Any, final: bool) -> None:
     kept back: the SFTP replies of one loop iteration (PuTTY's 4 KiB writes get a 28-byte STATUS
     each; its 32 KiB reads a reply 13 bytes longer than two of its 16 KiB packets) then leave in
     a few full packets instead of one or two short ones each."""
-    if _hold and "_fp_target" not in self.__dict__:
-        _hold_back(self)
+    half: _Held | None = None
+    if _hold:
+        half = self.__dict__.get("_fp_half") or _hold_back(self)   # at the channel's first send
     send_buf = self._send_buf
     sent = 0
     while send_buf and self._send_window > 0:
@@ -156,10 +171,10 @@ def _send_data(self: Any, final: bool) -> None:
             self.send_packet(MSG_CHANNEL_DATA, UInt32(size), *pieces)
         else:
             self.send_packet(MSG_CHANNEL_EXTENDED_DATA, UInt32(datatype), UInt32(size), *pieces)
-    if _hold:
-        self._fp_sent += sent
-        if send_buf and self._send_window <= 0 and self._fp_held and self._fp_stall is None:
-            self._fp_stall = self._loop.call_later(STALL, _stalled, self, self._fp_sent)
+    if half is not None:
+        half.sent += sent
+        if send_buf and self._send_window <= 0 and half.held and half.stall is None:
+            half.stall = self._loop.call_later(STALL, _stalled, self, half, half.sent)
 
 
 def _send_tail(self: Any) -> None:
